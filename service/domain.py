@@ -219,7 +219,9 @@ class ModelNotFound(FailedPrecondition):
     reason = "MODEL_NOT_FOUND"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"model {model!r} is not available from the configured provider", metadata={"model": model})
+        super().__init__(
+            f"model {model!r} is not available from the configured provider", metadata={"model": model}
+        )
         self.model = model
 
 
@@ -253,7 +255,9 @@ REQUEST_ID_MAX = 64
 
 def check_request_id(value: str) -> str:
     if len(value) > REQUEST_ID_MAX or not value.isascii() or not value.isprintable():
-        raise InvalidArgument.field("request_id", f"must be at most {REQUEST_ID_MAX} printable ASCII characters")
+        raise InvalidArgument.field(
+            "request_id", f"must be at most {REQUEST_ID_MAX} printable ASCII characters"
+        )
     return value
 
 
@@ -266,6 +270,14 @@ def check_text(field_name: str, value: str, *, max_bytes: int, required: bool) -
     if "\x00" in value:
         raise InvalidArgument.field(field_name, "must not contain NUL characters")
     return value
+
+
+def check_owner(resource: Conversation | Message | None, principal: Principal, kind: str) -> None:
+    """Isolation: a missing resource is NOT_FOUND, another user's is PERMISSION_DENIED."""
+    if resource is None:
+        raise NotFound(f"{kind} not found")
+    if resource.owner != principal.user_id:
+        raise PermissionDenied(f"the {kind} belongs to another user")
 
 
 def estimate_tokens(text: str) -> int:

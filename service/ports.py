@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -78,8 +78,9 @@ class ConversationRepository(Protocol):
 
 
 class MessageRepository(Protocol):
-    async def add(self, message: Message) -> None:
-        """Insert; raises `DuplicateRequest` when (owner, request_id, role) already exists."""
+    async def add(self, message: Message, *, lease: tuple[str, datetime] | None = None) -> None:
+        """Insert, with a lease (owner, expiry) for a STREAMING reply. Raises `DuplicateRequest` when
+        (owner, request_id, role) already exists; the unit of work must then be abandoned."""
         ...
 
     async def get(self, message_id: str) -> Message | None: ...
@@ -114,10 +115,21 @@ class MessageRepository(Protocol):
         """Write a reply's final state (content, status, usage, finish reason, error) and clear its lease."""
         ...
 
-    async def request_cancel(self, message_id: str) -> None: ...
+    async def request_cancel(self, message_id: str) -> None:
+        """Flag a STREAMING reply so its owner stops it on its next flush."""
+        ...
+
+    async def request_cancel_all(self, conversation_id: str) -> None:
+        """Flag every STREAMING reply of a conversation."""
+        ...
 
     async def mark_abandoned(
-        self, *, now: datetime, status: str, error_message: str, message_id: str | None = None,
+        self,
+        *,
+        now: datetime,
+        status: str,
+        error_message: str,
+        message_id: str | None = None,
         lease_owner: str | None = None,
     ) -> Sequence[str]:
         """Atomically end STREAMING replies whose lease expired before `now` (or that `lease_owner` held),
@@ -154,6 +166,21 @@ class UnitOfWork(Protocol):
     ) -> None: ...
 
     async def commit(self) -> None: ...
+
+
+class ReplyNotifications(Protocol):
+    """Tells followers on every replica that replies changed (flushed, ended). Best effort: followers also
+    poll, so a lost notification costs latency, never correctness."""
+
+    async def start(self, on_change: Callable[[Iterable[str]], None]) -> None:
+        """Begin delivering changes (message ids) published by any replica to `on_change`."""
+        ...
+
+    def publish(self, message_ids: Iterable[str]) -> None:
+        """Announce changes to these replies; must not block."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]

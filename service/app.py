@@ -1,0 +1,172 @@
+"""Composition root: builds every dependency once, creates the server, serves until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chat.v1 import chat_pb2, chat_pb2_grpc
+from service.auth import ApiKeys
+from service.chat import Conversations, ModelCatalog
+from service import llm
+from service.pagination import PageTokens
+from service.personas import PersonaCatalog
+from service.ports import Provider
+from service.replies import Replies, ReplyLimits
+from service.rpc.chat_servicer import ChatServicer
+from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor
+from service.settings import Settings
+from service.storage import migrate
+from service.storage.database import Database
+
+logger = logging.getLogger(__name__)
+
+CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Dependencies:
+    settings: Settings
+    database: Database
+    provider: Provider
+    personas: PersonaCatalog
+    api_keys: ApiKeys
+    replies: Replies
+    conversations: Conversations
+
+    async def aclose(self) -> None:
+        await self.provider.aclose()
+        await self.database.dispose()
+
+
+def page_token_secret(settings: Settings) -> bytes:
+    if settings.page_token_secret is not None:
+        return settings.page_token_secret.get_secret_value().encode()
+    # Replicas sharing a database share this default; tokens grant nothing (listings filter by caller).
+    return hashlib.sha256(b"chat-service page tokens\x00" + settings.database_url.encode()).digest()
+
+
+def build(
+    settings: Settings, *, provider: Provider | None = None, clock: Callable[[], datetime] = utc_now
+) -> Dependencies:
+    """Every long-lived object, built once. Tests pass their own provider; nothing is built at import."""
+    database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    provider = provider or llm.build_provider(settings)
+    personas = PersonaCatalog.load(settings.personas_file)
+    tokens = PageTokens(page_token_secret(settings))
+    limits = ReplyLimits(
+        max_message_bytes=settings.max_message_bytes,
+        max_reply_tokens=settings.max_reply_tokens,
+        history_token_budget=settings.history_token_budget,
+        history_max_messages=settings.history_max_messages,
+        flush_interval=settings.flush_interval_ms / 1000,
+        lease_seconds=settings.lease_seconds,
+        provider_attempts=settings.llm_retry_attempts,
+    )
+    uow = database.unit_of_work
+    replies = Replies(
+        uow, provider, personas, replica_id=settings.resolved_replica_id, clock=clock, limits=limits
+    )
+    models = ModelCatalog(provider, default_model=settings.resolved_model)
+    conversations = Conversations(
+        uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes
+    )
+    api_keys = ApiKeys(uow, tokens, clock=clock)
+    return Dependencies(settings, database, provider, personas, api_keys, replies, conversations)
+
+
+class App:
+    """A running replica: the gRPC server, health, and the reply manager's lifecycle."""
+
+    def __init__(self, deps: Dependencies) -> None:
+        self.deps = deps
+        self.health = health.aio.HealthServicer()
+        self.server = create_server(deps, self.health)
+        self.port = 0
+
+    async def start(self, address: str | None = None) -> int:
+        settings = self.deps.settings
+        if settings.should_migrate:
+            await asyncio.to_thread(migrate.upgrade, settings.database_url)
+        await self.deps.replies.start()
+        self.port = self.server.add_insecure_port(address or settings.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {address or settings.listen}")
+        await self.server.start()
+        for service_name in ("", CHAT_SERVICE):
+            await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING first, then no new RPCs; replies in flight get `grace` seconds to finish and
+        the rest end INTERRUPTED (their streams still get the final event before the server closes)."""
+        grace = self.deps.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await asyncio.gather(self.server.stop(grace + 2.0), self.deps.replies.close(grace))
+        await self.deps.aclose()
+
+
+def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:
+    settings = deps.settings
+    server = grpc.aio.server(
+        interceptors=[
+            AccessLogInterceptor(),
+            AuthInterceptor(deps.api_keys.authenticate),
+            ErrorInterceptor(),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+            ("grpc.so_reuseport", 0),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ],
+    )
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(deps.conversations, deps.replies, default_model=settings.resolved_model), server
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((CHAT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    return server
+
+
+async def serve(settings: Settings, *, on_listening: Callable[[str], None] = print) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    app = App(build(settings))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    port = await app.start()
+    host = settings.listen.rpartition(":")[0]
+    logger.info(
+        "serving",
+        extra={
+            "address": f"{host}:{port}",
+            "provider": settings.llm_provider,
+            "replica_id": settings.resolved_replica_id,
+        },
+    )
+    on_listening(f"chat-service listening on {host}:{port}")
+    await stop.wait()
+    logger.info(
+        "shutting down",
+        extra={
+            "grace_seconds": settings.shutdown_grace_seconds,
+            "replies_in_flight": app.deps.replies.in_flight,
+        },
+    )
+    await app.stop()
+    logger.info("stopped")

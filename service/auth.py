@@ -1,0 +1,141 @@
+"""API keys: minted with a secret shown once, stored as a hash, verified in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service.domain import ApiKey, InvalidArgument, NotFound, Page, Principal, Unauthenticated
+from service.pagination import PageTokens, page_size
+from service.ports import UnitOfWorkFactory
+
+KEY_PREFIX = "csk"
+USER_ID_MAX = 128
+SCOPES = frozenset({"admin"})
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 256 random bits: a fast hash is enough (no dictionary to guard against).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_key(token: str) -> tuple[str, str] | None:
+    """`csk_<id>_<secret>` -> (id, secret)."""
+    prefix, _, rest = token.partition("_")
+    key_id, _, secret = rest.partition("_")
+    if prefix != KEY_PREFIX or not key_id or not secret:
+        return None
+    return key_id, secret
+
+
+def check_user_id(user_id: str) -> str:
+    if not user_id or len(user_id) > USER_ID_MAX or not user_id.isprintable() or user_id != user_id.strip():
+        raise InvalidArgument.field("user_id", f"must be 1-{USER_ID_MAX} printable characters")
+    return user_id
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    secret_hash: str
+    until: float
+
+
+class ApiKeys:
+    """Create, list, revoke keys, and authenticate bearer tokens against them.
+
+    Verified keys are cached for `cache_seconds` so a request costs no database read; a revocation reaches
+    this replica at once and other replicas within that time.
+    """
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        tokens: PageTokens,
+        *,
+        clock: Callable[[], datetime],
+        cache_seconds: float = 5.0,
+        touch_every: timedelta = timedelta(minutes=1),
+    ) -> None:
+        self._uow = uow
+        self._tokens = tokens
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._touch_every = touch_every
+        self._cache: dict[str, _Verified] = {}
+
+    async def create(self, user_id: str, *, scopes: Iterable[str] = (), name: str = "") -> tuple[ApiKey, str]:
+        """Returns the stored key and its token; the token is never stored and cannot be shown again."""
+        user_id = check_user_id(user_id)
+        scopes = frozenset(scopes)
+        if not scopes <= SCOPES:
+            raise InvalidArgument.field("scopes", f"unknown scopes {sorted(scopes - SCOPES)}")
+        if len(name) > 200:
+            raise InvalidArgument.field("name", "must be at most 200 characters")
+        key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+        key = ApiKey(key_id, user_id, hash_secret(secret), scopes, self._clock(), name=name)
+        async with self._uow() as uow:
+            await uow.api_keys.add(key)
+            await uow.commit()
+        return key, f"{KEY_PREFIX}_{key_id}_{secret}"
+
+    async def list(self, *, user_id: str | None, size: int, token: str) -> Page[ApiKey]:
+        limit = page_size(size)
+        scope = f"api_keys:{user_id or '*'}"
+        after = self._tokens.decode(scope, token)
+        async with self._uow() as uow:
+            rows = await uow.api_keys.list(user_id=user_id, limit=limit, after=after)
+        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        async with self._uow() as uow:
+            if (
+                not await uow.api_keys.revoke(key_id, self._clock())
+                and await uow.api_keys.get(key_id) is None
+            ):
+                raise NotFound("API key not found", metadata={"keyId": key_id})
+            key = await uow.api_keys.get(key_id)
+            await uow.commit()
+        self._cache.pop(key_id, None)
+        assert key is not None
+        return key
+
+    def forget(self, key_id: str) -> None:
+        """Drop a cached verification (a revocation announced by another replica)."""
+        self._cache.pop(key_id, None)
+
+    async def authenticate(self, token: str) -> Principal:
+        parsed = parse_key(token)
+        if parsed is None:
+            raise Unauthenticated("the bearer token is not a valid API key")
+        key_id, secret = parsed
+        secret_hash = hash_secret(secret)
+        cached = self._cache.get(key_id)
+        if cached is not None and cached.until > time.monotonic():
+            if hmac.compare_digest(cached.secret_hash, secret_hash):
+                return cached.principal
+            raise Unauthenticated("the API key is not valid")
+        return await self._verify(key_id, secret_hash)
+
+    async def _verify(self, key_id: str, secret_hash: str) -> Principal:
+        now = self._clock()
+        async with self._uow() as uow:
+            key = await uow.api_keys.get(key_id)
+            valid = (
+                key is not None
+                and key.revoke_time is None
+                and hmac.compare_digest(key.secret_hash, secret_hash)
+            )
+            if not valid or key is None:
+                raise Unauthenticated("the API key is not valid")
+            if key.last_used_time is None or now - key.last_used_time > self._touch_every:
+                await uow.api_keys.touch(key_id, now)
+                await uow.commit()
+        principal = Principal(key.user_id, key.scopes)
+        self._cache[key_id] = _Verified(principal, key.secret_hash, time.monotonic() + self._cache_seconds)
+        return principal

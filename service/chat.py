@@ -1,0 +1,207 @@
+"""Conversation and message use cases. Each public method is one short transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
+
+from service.domain import (
+    Conversation,
+    InvalidArgument,
+    Message,
+    ModelInfo,
+    ModelNotFound,
+    Page,
+    Principal,
+    Unavailable,
+    check_id,
+    check_owner,
+    check_text,
+    new_id,
+)
+from service.pagination import PageTokens, page_size
+from service.personas import PersonaCatalog
+from service.ports import Provider, UnitOfWork, UnitOfWorkFactory
+from service.replies import Replies
+
+logger = logging.getLogger(__name__)
+
+TITLE_MAX = 200
+DEFAULT_TITLE = "New conversation"
+UPDATABLE = frozenset({"title", "model", "persona", "system_prompt"})
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConversationFields:
+    title: str = ""
+    model: str = ""
+    persona: str = ""
+    system_prompt: str = ""
+
+
+class ModelCatalog:
+    """The provider's models, cached briefly: checking a name must not cost a provider round trip each time."""
+
+    def __init__(self, provider: Provider, *, default_model: str, ttl: float = 30.0) -> None:
+        self._provider = provider
+        self.default_model = default_model
+        self._ttl = ttl
+        self._cached: tuple[float, Sequence[ModelInfo]] | None = None
+
+    async def models(self) -> Sequence[ModelInfo]:
+        if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
+            self._cached = (time.monotonic(), await self._provider.list_models())
+        return self._cached[1]
+
+    async def check(self, name: str) -> None:
+        """Raise ModelNotFound for a name the provider does not offer. An unreachable provider is not a
+        reason to refuse a conversation: the reply will report it."""
+        try:
+            names = {m.name for m in await self.models()}
+        except Unavailable:
+            logger.warning("could not list models to check %r; accepting it", name)
+            return
+        if name not in names and f"{name}:latest" not in names:
+            raise ModelNotFound(name)
+
+
+class Conversations:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        replies: Replies,
+        models: ModelCatalog,
+        personas: PersonaCatalog,
+        tokens: PageTokens,
+        *,
+        clock: Callable[[], datetime],
+        max_prompt_bytes: int,
+    ) -> None:
+        self._uow = uow
+        self._replies = replies
+        self._models = models
+        self._personas = personas
+        self._tokens = tokens
+        self._clock = clock
+        self._max_prompt_bytes = max_prompt_bytes
+
+    async def create(self, principal: Principal, fields: ConversationFields) -> Conversation:
+        fields = await self._validated(fields, UPDATABLE, prefix="")
+        now = self._clock()
+        conversation = Conversation(
+            id=new_id(),
+            owner=principal.user_id,
+            title=fields.title or DEFAULT_TITLE,
+            model=fields.model or self._models.default_model,
+            persona=fields.persona,
+            system_prompt=fields.system_prompt,
+            create_time=now,
+            update_time=now,
+        )
+        async with self._uow() as uow:
+            await uow.conversations.add(conversation)
+            await uow.commit()
+        return conversation
+
+    async def get(self, principal: Principal, conversation_id: str) -> Conversation:
+        conversation_id = check_id("conversation_id", conversation_id)
+        async with self._uow() as uow:
+            return await _owned(uow, principal, conversation_id)
+
+    async def list(self, principal: Principal, size: int, token: str) -> Page[Conversation]:
+        limit = page_size(size)
+        scope = f"conversations:{principal.user_id}"
+        after = self._tokens.decode(scope, token)
+        async with self._uow() as uow:
+            rows = await uow.conversations.list_by_owner(principal.user_id, limit=limit, after=after)
+        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+
+    async def update(
+        self, principal: Principal, conversation_id: str, fields: ConversationFields, mask: Collection[str]
+    ) -> Conversation:
+        conversation_id = check_id("conversation.conversation_id", conversation_id)
+        if not mask:  # AIP-134: no mask updates every field the caller set
+            mask = {name for name in UPDATABLE if getattr(fields, name)}
+        unknown = set(mask) - UPDATABLE
+        if unknown:
+            raise InvalidArgument.field("update_mask", f"cannot update {', '.join(sorted(unknown))}")
+        fields = await self._validated(fields, frozenset(mask), prefix="conversation.")
+        changes = {name: getattr(fields, name) for name in mask}
+        if "title" in changes and not changes["title"]:
+            changes["title"] = DEFAULT_TITLE
+        if "model" in changes and not changes["model"]:
+            changes["model"] = self._models.default_model
+        async with self._uow() as uow:
+            current = await _owned(uow, principal, conversation_id, for_update=True)
+            merged = dataclasses.replace(current, **changes, update_time=self._clock())
+            if merged.persona and merged.system_prompt:
+                raise InvalidArgument.field("conversation.persona", "cannot be combined with a system_prompt")
+            await uow.conversations.update(merged)
+            await uow.commit()
+        return merged
+
+    async def delete(self, principal: Principal, conversation_id: str) -> None:
+        conversation_id = check_id("conversation_id", conversation_id)
+        async with self._uow() as uow:
+            await _owned(uow, principal, conversation_id)
+            await uow.messages.request_cancel_all(conversation_id)
+            await uow.commit()
+        # Replies in flight here stop and are stored before their rows go; other replicas stop on their next flush.
+        await self._replies.stop_conversation(conversation_id)
+        async with self._uow() as uow:
+            await uow.conversations.delete(conversation_id)
+            await uow.commit()
+
+    async def messages(
+        self, principal: Principal, conversation_id: str, size: int, token: str
+    ) -> Page[Message]:
+        conversation_id = check_id("conversation_id", conversation_id)
+        limit = page_size(size)
+        scope = f"messages:{principal.user_id}:{conversation_id}"
+        after = self._tokens.decode(scope, token)
+        async with self._uow() as uow:
+            await _owned(uow, principal, conversation_id)
+            rows = await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
+        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+
+    async def models(self, size: int, token: str) -> Page[ModelInfo]:
+        limit = page_size(size)
+        start = int(self._tokens.decode("models", token) or 0)
+        models = sorted(await self._models.models(), key=lambda m: m.name)
+        following = start + limit
+        cursor = str(following) if following < len(models) else None
+        return Page(models[start:following], self._tokens.encode("models", cursor))
+
+    async def _validated(
+        self, fields: ConversationFields, names: Collection[str], *, prefix: str
+    ) -> ConversationFields:
+        if "title" in names and len(fields.title) > TITLE_MAX:
+            raise InvalidArgument.field(f"{prefix}title", f"must be at most {TITLE_MAX} characters")
+        if "system_prompt" in names:
+            check_text(
+                f"{prefix}system_prompt",
+                fields.system_prompt,
+                max_bytes=self._max_prompt_bytes,
+                required=False,
+            )
+        if "persona" in names and fields.persona and self._personas.get(fields.persona) is None:
+            raise InvalidArgument.field(
+                f"{prefix}persona", f"unknown persona {fields.persona!r}; see ListPersonas"
+            )
+        if {"persona", "system_prompt"} <= set(names) and fields.persona and fields.system_prompt:
+            raise InvalidArgument.field(f"{prefix}persona", "cannot be combined with a system_prompt")
+        if "model" in names and fields.model:
+            await self._models.check(fields.model)
+        return fields
+
+
+async def _owned(
+    uow: UnitOfWork, principal: Principal, conversation_id: str, *, for_update: bool = False
+) -> Conversation:
+    conversation = await uow.conversations.get(conversation_id, for_update=for_update)
+    check_owner(conversation, principal, "conversation")
+    assert conversation is not None
+    return conversation

@@ -1,0 +1,186 @@
+"""`chat-service serve | migrate | keys create|list|revoke` — flags override CHAT_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from service import logs
+from service.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chat-service", description="gRPC service for LLM conversations")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve gRPC until SIGTERM")
+    serve.add_argument("--listen", help="host:port (CHAT_LISTEN, default 127.0.0.1:50051)")
+    _database_flag(serve)
+    serve.add_argument(
+        "--llm",
+        dest="llm_provider",
+        choices=["ollama", "openai", "local", "fake"],
+        help="model provider (CHAT_LLM_PROVIDER, default local)",
+    )
+    serve.add_argument("--llm-url", help="provider base URL (CHAT_LLM_URL)")
+    serve.add_argument("--model", dest="default_model", help="default model (CHAT_DEFAULT_MODEL)")
+    serve.add_argument(
+        "--demo-key",
+        action="store_true",
+        help="SQLite only: create a demo API key once (kept beside the database) and print it",
+    )
+
+    _database_flag(commands.add_parser("migrate", help="apply database migrations"))
+
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    create = keys.add_parser("create", help="create a key; its secret is the last line printed")
+    create.add_argument("--user", required=True, help="the user the key authenticates as")
+    create.add_argument("--admin", action="store_true", help="grant the admin scope")
+    create.add_argument("--name", default="", help="a label for the key")
+    _database_flag(create)
+    listing = keys.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--user", help="only this user's keys")
+    _database_flag(listing)
+    revoke = keys.add_parser("revoke", help="revoke a key at once")
+    revoke.add_argument("key_id")
+    _database_flag(revoke)
+    return parser
+
+
+def _database_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url", help="SQLAlchemy async URL (CHAT_DATABASE_URL, default sqlite ./chat.db)"
+    )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("listen", "database_url", "llm_provider", "llm_url", "default_model")
+    overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return Settings(**overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = _settings(args)
+    except ValidationError as error:
+        print(f"chat-service: invalid configuration:\n{error}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log_level)
+    try:
+        if args.command == "serve":
+            return _serve(settings, demo_key=args.demo_key)
+        if args.command == "migrate":
+            from service.storage import migrate
+
+            migrate.upgrade(settings.database_url)
+            print(f"migrated {settings.database_url.split('@')[-1]} to {migrate.current_head()}")
+            return 0
+        return asyncio.run(_keys(settings, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(settings: Settings, *, demo_key: bool) -> int:
+    from service import app
+
+    if demo_key:
+        if not settings.is_sqlite:
+            print("chat-service: --demo-key is for the embedded SQLite database only", file=sys.stderr)
+            return 2
+        asyncio.run(_print_demo_key(settings))
+    asyncio.run(app.serve(settings, on_listening=lambda line: print(line, flush=True)))
+    return 0
+
+
+async def _with_keys(settings: Settings) -> Any:
+    from service.app import page_token_secret, utc_now
+    from service.auth import ApiKeys
+    from service.pagination import PageTokens
+    from service.storage import migrate
+    from service.storage.database import Database
+
+    if settings.should_migrate:
+        await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    database = Database(settings.database_url, pool_size=1)
+    return database, ApiKeys(database.unit_of_work, PageTokens(page_token_secret(settings)), clock=utc_now)
+
+
+async def _keys(settings: Settings, args: argparse.Namespace) -> int:
+    from service.domain import DomainError
+
+    database, keys = await _with_keys(settings)
+    try:
+        if args.keys_command == "create":
+            key, secret = await keys.create(args.user, scopes={"admin"} if args.admin else (), name=args.name)
+            print(f"created key {key.id} for user {key.user_id!r}{' (admin)' if args.admin else ''}")
+            print("the secret below is shown once; store it now:")
+            print(secret)
+        elif args.keys_command == "list":
+            token = ""
+            while True:
+                page = await keys.list(user_id=args.user, size=1000, token=token)
+                for k in page.items:
+                    state = f"revoked {k.revoke_time:%Y-%m-%d %H:%M}" if k.revoke_time else "active"
+                    print(
+                        f"{k.id}\t{k.user_id}\t{' '.join(sorted(k.scopes)) or '-'}\t{k.create_time:%Y-%m-%d}\t{state}"
+                    )
+                if not (token := page.next_page_token):
+                    break
+        else:
+            await keys.revoke(args.key_id)
+            print(f"revoked key {args.key_id}")
+        return 0
+    except DomainError as error:
+        print(f"chat-service: {error.message}", file=sys.stderr)
+        return 1
+    finally:
+        await database.dispose()
+
+
+def demo_key_path(settings: Settings) -> Path:
+    database = settings.database_url.split("///", 1)[-1] or "chat.db"
+    return Path(f"{database}.demo-key")
+
+
+async def _print_demo_key(settings: Settings) -> None:
+    """Create the demo key once and keep its secret beside the SQLite file, so every `make run` can print it."""
+    from service.domain import DomainError
+
+    path = demo_key_path(settings)
+    database, keys = await _with_keys(settings)
+    try:
+        secret = path.read_text().strip() if path.exists() else ""
+        try:
+            if secret:
+                await keys.authenticate(secret)
+        except DomainError:
+            secret = ""  # the database was reset: mint a new key
+        if not secret:
+            _, secret = await keys.create("demo", name="make run demo key")
+            path.write_text(secret + "\n")
+            os.chmod(path, 0o600)
+    finally:
+        await database.dispose()
+    address = settings.listen
+    print(f"Demo API key (user 'demo', kept in {path}):\n  {secret}\n")
+    print("Try it (in another terminal):")
+    print(f"  KEY={secret}")
+    print(
+        f'  grpcurl -plaintext -H "authorization: Bearer $KEY" -d \'{{"title": "first chat"}}\' '
+        f"{address} chat.v1.ChatService/CreateConversation"
+    )
+    print(
+        f'  grpcurl -plaintext -H "authorization: Bearer $KEY" -d \'{{"conversation_id": "<id from above>", '
+        f'"content": "Hello! How are you?"}}\' {address} chat.v1.ChatService/StreamReply\n',
+        flush=True,
+    )

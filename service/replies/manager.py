@@ -1,0 +1,369 @@
+"""Reply use cases: start a generation, follow it from any offset, cancel it, and the replica's lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from service.domain import (
+    ChatTurn,
+    Conversation,
+    DuplicateRequest,
+    FailedPrecondition,
+    InvalidArgument,
+    Message,
+    MessageStatus,
+    OutOfRange,
+    Principal,
+    Prompt,
+    Role,
+    Unavailable,
+    check_id,
+    check_owner,
+    check_request_id,
+    check_text,
+    history_window,
+    new_id,
+)
+from service.personas import PersonaCatalog
+from service.ports import Provider, UnitOfWork, UnitOfWorkFactory
+from service.replies.buffer import Delta, Ended, ReplyBuffer, read
+from service.replies.flusher import ABANDONED_MESSAGE, Flusher
+from service.replies.generation import Generation, Producer, drive
+from service.replies.remote import RemoteFollower
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyLimits:
+    max_message_bytes: int = 32 * 1024
+    max_reply_tokens: int = 512
+    history_token_budget: int = 3072
+    history_max_messages: int = 200
+    flush_interval: float = 0.25
+    lease_seconds: float = 10.0
+    provider_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """First event of a reply stream: the user message and the assistant message as stored."""
+
+    user_message: Message | None
+    assistant_message: Message
+
+
+ReplyEvent = Started | Delta | Ended
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    user: Message
+    assistant: Message
+
+
+class Replies:
+    """Owns every generation this replica runs. RPCs subscribe to generations; they never own them."""
+
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        provider: Provider,
+        personas: PersonaCatalog,
+        *,
+        replica_id: str,
+        clock: Callable[[], datetime],
+        limits: ReplyLimits = ReplyLimits(),
+        remote: RemoteFollower | None = None,
+    ) -> None:
+        self._uow = uow
+        self._personas = personas
+        self._replica_id = replica_id
+        self._clock = clock
+        self._limits = limits
+        self._producer = Producer(provider, attempts=limits.provider_attempts)
+        self._live: dict[str, Generation] = {}
+        self._closing = False
+        self._remote = remote or RemoteFollower(
+            uow, clock=clock, poll_interval=limits.flush_interval, lease_seconds=limits.lease_seconds
+        )
+        self.flusher = Flusher(
+            self._live,
+            uow,
+            replica_id=replica_id,
+            interval=limits.flush_interval,
+            lease=limits.lease_seconds,
+            clock=clock,
+            on_flushed=self._remote.publish,
+        )
+        self._flusher_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """End the replies this replica left behind (it restarted) and start the flusher."""
+        async with self._uow() as uow:
+            orphans = await uow.messages.mark_abandoned(
+                now=self._clock(),
+                status=MessageStatus.INTERRUPTED.value,
+                error_message="the service restarted while the reply was being generated",
+                lease_owner=self._replica_id,
+            )
+            await uow.commit()
+        if orphans:
+            logger.warning("marked %d replies left by a previous run INTERRUPTED", len(orphans))
+        await self._remote.start()
+        self._flusher_task = asyncio.create_task(self.flusher.run(), name="reply-flusher")
+
+    async def close(self, grace: float) -> None:
+        """Refuse new replies, let those in flight finish within `grace` seconds, end the rest INTERRUPTED."""
+        self._closing = True
+        generations = list(self._live.values())
+        if generations:
+            done, pending = await asyncio.wait([g.task for g in generations if g.task], timeout=grace)
+            for generation in generations:
+                generation.stop(MessageStatus.INTERRUPTED)
+            if pending:
+                await asyncio.wait(pending, timeout=max(grace, 5.0))
+        if self._flusher_task:
+            self._flusher_task.cancel()
+            await asyncio.gather(self._flusher_task, return_exceptions=True)
+        await self._remote.close()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._live)
+
+    # ------------------------------------------------------------------------------------------ use cases
+
+    async def stream(
+        self, principal: Principal, conversation_id: str, content: str, request_id: str
+    ) -> AsyncIterator[ReplyEvent]:
+        """StreamReply: store the user message, start (or attach to) the reply, and follow it."""
+        reply = await self._begin(principal, conversation_id, content, request_id)
+        yield Started(reply.user, reply.assistant)
+        async for event in self._follow(reply.assistant, 0):
+            yield event
+
+    async def send(
+        self, principal: Principal, conversation_id: str, content: str, request_id: str, *, background: bool
+    ) -> tuple[Message, Message]:
+        """SendMessage: (user message, assistant message) — the latter final, or STREAMING if `background`."""
+        reply = await self._begin(principal, conversation_id, content, request_id)
+        if background:
+            return reply.user, reply.assistant
+        async for event in self._follow(reply.assistant, 0):
+            if isinstance(event, Ended):
+                return reply.user, event.message
+        raise AssertionError("a followed reply always ends with Ended or an error")
+
+    async def resume(self, principal: Principal, message_id: str, offset: int) -> AsyncIterator[ReplyEvent]:
+        """ResumeReply: the reply's text from `offset` as far as generated, then live, then its end."""
+        message_id = check_id("message_id", message_id)
+        if offset < 0:
+            raise InvalidArgument.field("offset", "must not be negative")
+        async with self._uow() as uow:
+            message = await self._owned_reply(uow, principal, message_id)
+            related = await uow.messages.find_by_request(message.owner, message.request_id)
+        user = next((m for m in related if m.role is Role.USER), None)
+        if message.status.is_final and offset > len(message.content):
+            raise OutOfRange(
+                f"offset {offset} is past the end of the reply ({len(message.content)} characters)",
+                metadata={"offset": str(offset), "length": str(len(message.content))},
+            )
+        yield Started(user, message)
+        async for event in self._follow(message, offset):
+            yield event
+
+    async def cancel(self, principal: Principal, message_id: str) -> Message:
+        """CancelReply: stop a reply in flight, here or on another replica; returns it CANCELLED."""
+        message_id = check_id("message_id", message_id)
+        async with self._uow() as uow:
+            message = await self._owned_reply(uow, principal, message_id)
+            if message.status is MessageStatus.STREAMING and message.id not in self._live:
+                await uow.messages.request_cancel(message.id)
+                await uow.commit()
+        if message.status is MessageStatus.CANCELLED:
+            return message
+        if message.status.is_final:
+            raise FailedPrecondition(
+                f"the reply is not generating (it is {message.status.value})",
+                metadata={"status": message.status.value},
+            )
+        generation = self._live.get(message.id)
+        if generation is not None:
+            generation.stop(MessageStatus.CANCELLED)
+            final = (await generation.ended()).message
+        else:
+            final = await self._remote.wait_final(message, cancel=True)
+        if final.status is not MessageStatus.CANCELLED:
+            raise FailedPrecondition(
+                f"the reply ended before it could be cancelled (it is {final.status.value})",
+                metadata={"status": final.status.value},
+            )
+        return final
+
+    async def stop_conversation(self, conversation_id: str) -> None:
+        """Stop this replica's replies in a conversation (it is being deleted) and wait until they are stored."""
+        generations = [g for g in self._live.values() if g.message.conversation_id == conversation_id]
+        for generation in generations:
+            generation.stop(MessageStatus.CANCELLED)
+        for generation in generations:
+            await generation.ended()
+
+    # ------------------------------------------------------------------------------------------ internals
+
+    async def _begin(
+        self, principal: Principal, conversation_id: str, content: str, request_id: str
+    ) -> _Reply:
+        conversation_id = check_id("conversation_id", conversation_id)
+        check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+        request_id = check_request_id(request_id)
+        if self._closing:
+            raise Unavailable("the service is shutting down; retry on another replica")
+        try:
+            return await self._insert(principal, conversation_id, content, request_id or new_id())
+        except DuplicateRequest:
+            # A concurrent retry with the same request_id won the insert: attach to its reply.
+            async with self._uow() as uow:
+                existing = await uow.messages.find_by_request(principal.user_id, request_id)
+            return self._attach(existing, conversation_id, content)
+
+    async def _insert(
+        self, principal: Principal, conversation_id: str, content: str, request_id: str
+    ) -> _Reply:
+        now = self._clock()
+        async with self._uow() as uow:
+            existing = await uow.messages.find_by_request(principal.user_id, request_id)
+            if existing:
+                return self._attach(existing, conversation_id, content)
+            conversation = await uow.conversations.get(conversation_id, for_update=True)
+            check_owner(conversation, principal, "conversation")
+            assert conversation is not None
+            await self._ensure_idle(uow, conversation_id, now)
+            history = await uow.messages.recent(conversation_id, limit=self._limits.history_max_messages)
+            user = Message(
+                id=new_id(),
+                conversation_id=conversation_id,
+                owner=principal.user_id,
+                role=Role.USER,
+                content=content,
+                status=MessageStatus.COMPLETED,
+                create_time=now,
+                update_time=now,
+                request_id=request_id,
+            )
+            # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
+            later = now + timedelta(microseconds=1)
+            assistant = Message(
+                id=new_id(),
+                conversation_id=conversation_id,
+                owner=principal.user_id,
+                role=Role.ASSISTANT,
+                content="",
+                status=MessageStatus.STREAMING,
+                create_time=later,
+                update_time=later,
+                model=conversation.model,
+                request_id=request_id,
+            )
+            lease_expires = now + timedelta(seconds=self._limits.lease_seconds)
+            await uow.messages.add(user)
+            await uow.messages.add(assistant, lease=(self._replica_id, lease_expires))
+            await uow.conversations.touch(conversation_id, later)
+            await uow.commit()
+        # The user message is committed: only now is the model called.
+        self._launch(assistant, self._prompt(conversation, [*history, user]), lease_expires)
+        return _Reply(user, assistant)
+
+    async def _ensure_idle(self, uow: UnitOfWork, conversation_id: str, now: datetime) -> None:
+        in_flight = await uow.messages.streaming_in(conversation_id)
+        if in_flight is None:
+            return
+        ended = await uow.messages.mark_abandoned(
+            now=now,
+            status=MessageStatus.INTERRUPTED.value,
+            error_message=ABANDONED_MESSAGE,
+            message_id=in_flight.id,
+        )
+        if not ended:
+            raise FailedPrecondition(
+                "a reply is already being generated in this conversation; wait for it or cancel it",
+                metadata={"messageId": in_flight.id},
+            )
+
+    def _attach(self, existing: Sequence[Message], conversation_id: str, content: str) -> _Reply:
+        user = next((m for m in existing if m.role is Role.USER), None)
+        assistant = next((m for m in existing if m.role is Role.ASSISTANT), None)
+        if user is None or assistant is None:
+            raise InvalidArgument.field("request_id", "was already used by another kind of request")
+        if user.conversation_id != conversation_id or user.content != content:
+            raise InvalidArgument.field("request_id", "was already used for a different message")
+        return _Reply(user, assistant)
+
+    def _prompt(self, conversation: Conversation, history: Sequence[Message]) -> Prompt:
+        instructions = conversation.system_prompt or self._personas.instructions(conversation.persona)
+        system = ChatTurn(Role.SYSTEM, instructions) if instructions else None
+        turns = [ChatTurn(m.role, m.content) for m in history if _belongs_in_history(m)]
+        window = history_window(system, turns, budget=self._limits.history_token_budget)
+        return Prompt(conversation.model, window, self._limits.max_reply_tokens, conversation.id)
+
+    def _launch(self, message: Message, prompt: Prompt, lease_expires: datetime) -> Generation:
+        generation = Generation(message, prompt, ReplyBuffer(), lease_expires)
+        self._live[message.id] = generation
+        generation.task = asyncio.create_task(self._drive(generation), name=f"generation-{message.id}")
+        return generation
+
+    async def _drive(self, generation: Generation) -> None:
+        try:
+            await drive(generation, self._producer, persist=self._persist_final, clock=self._clock)
+        finally:
+            del self._live[generation.id]
+            self._remote.publish([generation.id])
+
+    async def _persist_final(self, message: Message) -> None:
+        delay = 0.1
+        while True:
+            try:
+                async with self._uow() as uow:
+                    await uow.messages.finish(message)
+                    await uow.commit()
+                return
+            except Unavailable:
+                # Keep the text: the database will come back. Readers wait for the stored final state.
+                logger.warning("storing the end of reply %s failed; retrying in %.1fs", message.id, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _follow(self, message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
+        generation = self._live.get(message.id)
+        if generation is not None:
+            events = read(generation.buffer, offset)
+        elif message.status.is_final:
+            events = _replay(message, offset)
+        else:
+            events = self._remote.follow(message, offset)
+        async for event in events:
+            yield event
+
+    async def _owned_reply(self, uow: UnitOfWork, principal: Principal, message_id: str) -> Message:
+        message = await uow.messages.get(message_id)
+        check_owner(message, principal, "message")
+        assert message is not None
+        if message.role is not Role.ASSISTANT:
+            raise InvalidArgument.field("message_id", "must name an assistant reply")
+        return message
+
+
+async def _replay(message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
+    if offset < len(message.content):
+        yield Delta(message.content[offset:], offset)
+    yield Ended(message)
+
+
+def _belongs_in_history(message: Message) -> bool:
+    return bool(message.content) and message.status is not MessageStatus.FAILED

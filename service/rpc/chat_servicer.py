@@ -1,0 +1,106 @@
+"""ChatService: each method converts the request, calls one use case, converts the result."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from chat.v1 import chat_pb2 as pb
+from chat.v1 import chat_pb2_grpc
+from service.chat import Conversations
+from service.replies import Replies
+from service.rpc import convert
+from service.rpc.context import current_principal
+
+Context = grpc.aio.ServicerContext
+
+
+class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self, conversations: Conversations, replies: Replies, *, default_model: str) -> None:
+        self._conversations = conversations
+        self._replies = replies
+        self._default_model = default_model
+
+    async def CreateConversation(
+        self, request: pb.CreateConversationRequest, context: Context
+    ) -> pb.CreateConversationResponse:
+        created = await self._conversations.create(current_principal(), convert.conversation_fields(request))
+        return pb.CreateConversationResponse(conversation=convert.conversation(created))
+
+    async def GetConversation(
+        self, request: pb.GetConversationRequest, context: Context
+    ) -> pb.GetConversationResponse:
+        found = await self._conversations.get(current_principal(), request.conversation_id)
+        return pb.GetConversationResponse(conversation=convert.conversation(found))
+
+    async def ListConversations(
+        self, request: pb.ListConversationsRequest, context: Context
+    ) -> pb.ListConversationsResponse:
+        page = await self._conversations.list(current_principal(), request.page_size, request.page_token)
+        return pb.ListConversationsResponse(
+            conversations=[convert.conversation(c) for c in page.items], next_page_token=page.next_page_token
+        )
+
+    async def UpdateConversation(
+        self, request: pb.UpdateConversationRequest, context: Context
+    ) -> pb.UpdateConversationResponse:
+        updated = await self._conversations.update(
+            current_principal(),
+            request.conversation.conversation_id,
+            convert.conversation_fields(request.conversation),
+            list(request.update_mask.paths),
+        )
+        return pb.UpdateConversationResponse(conversation=convert.conversation(updated))
+
+    async def DeleteConversation(
+        self, request: pb.DeleteConversationRequest, context: Context
+    ) -> pb.DeleteConversationResponse:
+        await self._conversations.delete(current_principal(), request.conversation_id)
+        return pb.DeleteConversationResponse()
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: Context
+    ) -> pb.ListMessagesResponse:
+        page = await self._conversations.messages(
+            current_principal(), request.conversation_id, request.page_size, request.page_token
+        )
+        return pb.ListMessagesResponse(
+            messages=[convert.message(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def SendMessage(self, request: pb.SendMessageRequest, context: Context) -> pb.SendMessageResponse:
+        user, assistant = await self._replies.send(
+            current_principal(),
+            request.conversation_id,
+            request.content,
+            request.request_id,
+            background=request.background,
+        )
+        return pb.SendMessageResponse(message=convert.message(assistant), user_message=convert.message(user))
+
+    async def StreamReply(
+        self, request: pb.StreamReplyRequest, context: Context
+    ) -> AsyncIterator[pb.StreamReplyResponse]:
+        events = self._replies.stream(
+            current_principal(), request.conversation_id, request.content, request.request_id
+        )
+        async for event in events:
+            yield pb.StreamReplyResponse(event=convert.reply_event(event))
+
+    async def ResumeReply(
+        self, request: pb.ResumeReplyRequest, context: Context
+    ) -> AsyncIterator[pb.ResumeReplyResponse]:
+        async for event in self._replies.resume(current_principal(), request.message_id, request.offset):
+            yield pb.ResumeReplyResponse(event=convert.reply_event(event))
+
+    async def CancelReply(self, request: pb.CancelReplyRequest, context: Context) -> pb.CancelReplyResponse:
+        cancelled = await self._replies.cancel(current_principal(), request.message_id)
+        return pb.CancelReplyResponse(message=convert.message(cancelled))
+
+    async def ListModels(self, request: pb.ListModelsRequest, context: Context) -> pb.ListModelsResponse:
+        page = await self._conversations.models(request.page_size, request.page_token)
+        return pb.ListModelsResponse(
+            models=[convert.model(m, default_model=self._default_model) for m in page.items],
+            next_page_token=page.next_page_token,
+        )

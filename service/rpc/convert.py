@@ -1,0 +1,94 @@
+"""Pure conversions between protobuf messages and domain objects."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf import timestamp_pb2
+
+from chat.v1 import chat_pb2 as pb
+from service.chat import ConversationFields
+from service.domain import Conversation, FinishReason, Message, MessageStatus, ModelInfo, Role
+from service.replies import Delta, Ended, ReplyEvent, Started
+
+ROLES = {Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT, Role.SYSTEM: pb.ROLE_SYSTEM}
+STATUSES = {
+    MessageStatus.COMPLETED: pb.MESSAGE_STATUS_COMPLETED,
+    MessageStatus.STREAMING: pb.MESSAGE_STATUS_STREAMING,
+    MessageStatus.CANCELLED: pb.MESSAGE_STATUS_CANCELLED,
+    MessageStatus.FAILED: pb.MESSAGE_STATUS_FAILED,
+    MessageStatus.INTERRUPTED: pb.MESSAGE_STATUS_INTERRUPTED,
+}
+FINISH_REASONS = {
+    FinishReason.NONE: pb.FINISH_REASON_UNSPECIFIED,
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+}
+
+
+def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def conversation(c: Conversation) -> pb.Conversation:
+    return pb.Conversation(
+        conversation_id=c.id,
+        title=c.title,
+        model=c.model,
+        persona=c.persona,
+        system_prompt=c.system_prompt,
+        create_time=timestamp(c.create_time),
+        update_time=timestamp(c.update_time),
+    )
+
+
+def message(m: Message) -> pb.Message:
+    return pb.Message(
+        message_id=m.id,
+        conversation_id=m.conversation_id,
+        role=ROLES[m.role],
+        content=m.content,
+        status=STATUSES[m.status],
+        model=m.model,
+        usage=pb.Usage(prompt_tokens=m.usage.prompt_tokens, completion_tokens=m.usage.completion_tokens),
+        finish_reason=FINISH_REASONS[m.finish_reason],
+        create_time=timestamp(m.create_time),
+        update_time=timestamp(m.update_time),
+        request_id=m.request_id,
+        error_message=m.error_message,
+    )
+
+
+def model(info: ModelInfo, *, default_model: str) -> pb.Model:
+    return pb.Model(
+        name=info.name,
+        provider=info.provider,
+        family=info.family,
+        parameter_size=info.parameter_size,
+        quantization_level=info.quantization_level,
+        size_bytes=info.size_bytes,
+        default=info.name == default_model,
+    )
+
+
+def conversation_fields(
+    request: pb.CreateConversationRequest | pb.Conversation,
+) -> ConversationFields:
+    return ConversationFields(
+        title=request.title, model=request.model, persona=request.persona, system_prompt=request.system_prompt
+    )
+
+
+def reply_event(event: ReplyEvent) -> pb.ReplyEvent:
+    if type(event) is Delta:
+        return pb.ReplyEvent(delta=pb.ReplyDelta(text=event.text, offset=event.offset))
+    if isinstance(event, Started):
+        user = message(event.user_message) if event.user_message else None
+        return pb.ReplyEvent(
+            started=pb.ReplyStarted(user_message=user, assistant_message=message(event.assistant_message))
+        )
+    assert isinstance(event, Ended)
+    return pb.ReplyEvent(completed=pb.ReplyCompleted(message=message(event.message)))

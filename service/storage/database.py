@@ -1,0 +1,126 @@
+"""The engine, the unit of work, and the translation of driver errors into domain errors."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Self
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import StaticPool
+
+from service.domain import Unavailable
+from service.storage.repository import SqlApiKeys, SqlConversations, SqlMessages
+
+logger = logging.getLogger(__name__)
+
+# Errors that mean "the database cannot be reached or is restarting", as opposed to a bug in a query.
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    exc.OperationalError,
+    exc.InterfaceError,
+    exc.TimeoutError,
+    OSError,
+    ConnectionError,
+)
+
+
+def _is_unreachable(error: BaseException) -> bool:
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(error, _UNREACHABLE)
+
+
+class Database:
+    """Owns the engine. On SQLite, transactions are serialised by one lock (SQLite has a single writer)."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self.url = sa.make_url(url)
+        self.is_sqlite = self.url.get_backend_name() == "sqlite"
+        self.engine: AsyncEngine = self._create_engine(pool_size)
+        self._lock = asyncio.Lock() if self.is_sqlite else None
+
+    def _create_engine(self, pool_size: int) -> AsyncEngine:
+        if not self.is_sqlite:
+            return create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=5)
+        in_memory = self.url.database in (None, "", ":memory:")
+        options: dict[str, Any] = (
+            {"poolclass": StaticPool} if in_memory else {"pool_size": 1, "max_overflow": 0}
+        )
+        engine = create_async_engine(self.url, **options)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        return engine
+
+    def unit_of_work(self) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self)
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, errors translated; the building block of the unit of work."""
+        async with self._lock if self._lock else contextlib.nullcontext():
+            try:
+                async with self.engine.connect() as conn:
+                    yield conn
+            except _UNREACHABLE as error:
+                if not _is_unreachable(error):
+                    raise
+                logger.warning("database unavailable: %s", type(error).__name__)
+                raise Unavailable("the database is unavailable; retry shortly") from error
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", "busy_timeout=5000"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
+class SqlUnitOfWork:
+    """Implements `ports.UnitOfWork`: one connection, one transaction."""
+
+    conversations: SqlConversations
+    messages: SqlMessages
+    api_keys: SqlApiKeys
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._scope: contextlib.AbstractAsyncContextManager[AsyncConnection] | None = None
+        self._conn: AsyncConnection | None = None
+
+    async def __aenter__(self) -> Self:
+        self._scope = self._db.connection()
+        self._conn = await self._scope.__aenter__()
+        try:
+            await self._conn.begin()
+        except BaseException as error:
+            await self._scope.__aexit__(type(error), error, error.__traceback__)
+            raise
+        self.conversations = SqlConversations(self._conn)
+        self.messages = SqlMessages(self._conn)
+        self.api_keys = SqlApiKeys(self._conn)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._scope is not None
+        assert self._conn is not None
+        try:
+            if self._conn.in_transaction():
+                await self._conn.rollback()
+        except _UNREACHABLE:
+            pass  # the connection is gone; the original error (if any) is what matters
+        finally:
+            # Translates driver errors raised inside the `async with` block, too.
+            await self._scope.__aexit__(exc_type, error, tb)
+
+    async def commit(self) -> None:
+        assert self._conn is not None
+        await self._conn.commit()

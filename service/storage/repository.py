@@ -1,0 +1,343 @@
+"""Repositories over one SQLAlchemy connection: Core statements in, frozen domain dataclasses out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from service.domain import (
+    ApiKey,
+    Conversation,
+    DuplicateRequest,
+    FinishReason,
+    Message,
+    MessageStatus,
+    Role,
+    Usage,
+)
+from service.ports import Flush, RowsPage
+from service.storage.tables import api_keys, conversations, messages
+
+STREAMING = MessageStatus.STREAMING.value
+T = TypeVar("T")
+
+
+def _utc(value: datetime) -> datetime:
+    # SQLite hands back naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _page(items: list[T], limit: int, cursor_of: Any) -> RowsPage[T]:
+    if len(items) > limit:
+        items = items[:limit]
+        return RowsPage(items, cursor_of(items[-1]))
+    return RowsPage(items, None)
+
+
+class SqlConversations:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, conversation: Conversation) -> None:
+        await self._conn.execute(conversations.insert().values(**_conversation_row(conversation)))
+
+    async def get(self, conversation_id: str, *, for_update: bool = False) -> Conversation | None:
+        query = conversations.select().where(conversations.c.id == conversation_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._conn.execute(query)).first()
+        return _conversation(row) if row else None
+
+    async def list_by_owner(self, owner: str, *, limit: int, after: str | None) -> RowsPage[Conversation]:
+        c = conversations.c
+        query = conversations.select().where(c.owner == owner)
+        if after is not None:
+            when, _, last_id = after.partition("|")
+            key = (datetime.fromisoformat(when), last_id)
+            query = query.where(sa.tuple_(c.update_time, c.id) < sa.tuple_(*key))
+        query = query.order_by(c.update_time.desc(), c.id.desc()).limit(limit + 1)
+        rows = [_conversation(r) for r in await self._conn.execute(query)]
+        return _page(rows, limit, lambda conv: f"{conv.update_time.isoformat()}|{conv.id}")
+
+    async def update(self, conversation: Conversation) -> None:
+        row = _conversation_row(conversation)
+        del row["id"], row["owner"], row["create_time"]
+        await self._conn.execute(
+            conversations.update().where(conversations.c.id == conversation.id).values(**row)
+        )
+
+    async def touch(self, conversation_id: str, when: datetime) -> None:
+        await self._conn.execute(
+            conversations.update().where(conversations.c.id == conversation_id).values(update_time=when)
+        )
+
+    async def delete(self, conversation_id: str) -> None:
+        # Explicit, so it holds whether or not the database enforces the foreign key's cascade.
+        await self._conn.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
+        await self._conn.execute(conversations.delete().where(conversations.c.id == conversation_id))
+
+
+class SqlMessages:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, message: Message, *, lease: tuple[str, datetime] | None = None) -> None:
+        row = _message_row(message)
+        if lease is not None:
+            row["lease_owner"], row["lease_expires_at"] = lease
+        try:
+            await self._conn.execute(messages.insert().values(**row))
+        except IntegrityError as exc:
+            # The transaction is spoilt (Postgres): the caller retries its read in a new unit of work.
+            raise DuplicateRequest(message.request_id) from exc
+
+    async def get(self, message_id: str) -> Message | None:
+        row = (await self._conn.execute(messages.select().where(messages.c.id == message_id))).first()
+        return _message(row) if row else None
+
+    async def list_by_conversation(
+        self, conversation_id: str, *, limit: int, after: str | None
+    ) -> RowsPage[Message]:
+        c = messages.c
+        query = messages.select().where(c.conversation_id == conversation_id)
+        if after is not None:
+            query = query.where(c.seq > int(after))
+        rows = list(await self._conn.execute(query.order_by(c.seq).limit(limit + 1)))
+        page = _page(rows, limit, lambda row: str(row.seq))
+        return RowsPage([_message(r) for r in page.items], page.cursor)
+
+    async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
+        c = messages.c
+        query = (
+            messages.select().where(c.conversation_id == conversation_id).order_by(c.seq.desc()).limit(limit)
+        )
+        rows = [_message(r) for r in await self._conn.execute(query)]
+        rows.reverse()
+        return rows
+
+    async def find_by_request(self, owner: str, request_id: str) -> Sequence[Message]:
+        c = messages.c
+        query = messages.select().where(c.owner == owner, c.request_id == request_id).order_by(c.seq)
+        return [_message(r) for r in await self._conn.execute(query)]
+
+    async def streaming_in(self, conversation_id: str) -> Message | None:
+        c = messages.c
+        query = messages.select().where(c.conversation_id == conversation_id, c.status == STREAMING).limit(1)
+        row = (await self._conn.execute(query)).first()
+        return _message(row) if row else None
+
+    async def flush(self, batch: Sequence[Flush]) -> None:
+        c = messages.c
+        statement = (
+            messages.update()
+            .where(c.id == sa.bindparam("b_id"), c.status == STREAMING)
+            .values(
+                content=sa.bindparam("b_content"),
+                lease_owner=sa.bindparam("b_owner"),
+                lease_expires_at=sa.bindparam("b_expires"),
+                update_time=sa.bindparam("b_time"),
+            )
+        )
+        params = [
+            {
+                "b_id": f.message_id,
+                "b_content": f.content,
+                "b_owner": f.lease_owner,
+                "b_expires": f.lease_expires_at,
+                "b_time": f.update_time,
+            }
+            for f in batch
+        ]
+        # One executemany: a single round trip for every reply in flight.
+        await self._conn.execute(statement, params)
+
+    async def owned_streaming(self, lease_owner: str) -> dict[str, bool]:
+        c = messages.c
+        query = sa.select(c.id, c.cancel_requested).where(c.status == STREAMING, c.lease_owner == lease_owner)
+        return {row.id: bool(row.cancel_requested) for row in await self._conn.execute(query)}
+
+    async def finish(self, message: Message) -> None:
+        c = messages.c
+        await self._conn.execute(
+            messages.update()
+            .where(c.id == message.id)
+            .values(
+                content=message.content,
+                status=message.status.value,
+                prompt_tokens=message.usage.prompt_tokens,
+                completion_tokens=message.usage.completion_tokens,
+                finish_reason=message.finish_reason.value,
+                error_message=message.error_message,
+                update_time=message.update_time,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+        )
+
+    async def request_cancel(self, message_id: str) -> None:
+        c = messages.c
+        await self._conn.execute(
+            messages.update().where(c.id == message_id, c.status == STREAMING).values(cancel_requested=True)
+        )
+
+    async def request_cancel_all(self, conversation_id: str) -> None:
+        c = messages.c
+        await self._conn.execute(
+            messages.update()
+            .where(c.conversation_id == conversation_id, c.status == STREAMING)
+            .values(cancel_requested=True)
+        )
+
+    async def mark_abandoned(
+        self,
+        *,
+        now: datetime,
+        status: str,
+        error_message: str,
+        message_id: str | None = None,
+        lease_owner: str | None = None,
+    ) -> Sequence[str]:
+        c = messages.c
+        claim = c.lease_owner == lease_owner if lease_owner is not None else c.lease_expires_at < now
+        condition = sa.and_(c.status == STREAMING, sa.or_(claim, c.lease_expires_at.is_(None)))
+        if message_id is not None:
+            condition = sa.and_(condition, c.id == message_id)
+        # The status guard makes the UPDATE the arbiter: of racing replicas exactly one changes each row.
+        statement = (
+            messages.update()
+            .where(condition)
+            .values(
+                status=status,
+                error_message=error_message,
+                update_time=now,
+                lease_owner=None,
+                lease_expires_at=None,
+            )
+            .returning(c.id)
+        )
+        return [row.id for row in await self._conn.execute(statement)]
+
+
+class SqlApiKeys:
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    async def add(self, key: ApiKey) -> None:
+        await self._conn.execute(
+            api_keys.insert().values(
+                id=key.id,
+                user_id=key.user_id,
+                secret_hash=key.secret_hash,
+                scopes=" ".join(sorted(key.scopes)),
+                name=key.name,
+                create_time=key.create_time,
+            )
+        )
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        row = (await self._conn.execute(api_keys.select().where(api_keys.c.id == key_id))).first()
+        return _api_key(row) if row else None
+
+    async def list(self, *, user_id: str | None, limit: int, after: str | None) -> RowsPage[ApiKey]:
+        c = api_keys.c
+        query = api_keys.select()
+        if user_id is not None:
+            query = query.where(c.user_id == user_id)
+        if after is not None:
+            query = query.where(c.id > after)
+        rows = [_api_key(r) for r in await self._conn.execute(query.order_by(c.id).limit(limit + 1))]
+        return _page(rows, limit, lambda key: key.id)
+
+    async def revoke(self, key_id: str, when: datetime) -> bool:
+        c = api_keys.c
+        result = await self._conn.execute(
+            api_keys.update().where(c.id == key_id, c.revoke_time.is_(None)).values(revoke_time=when)
+        )
+        return bool(result.rowcount)
+
+    async def touch(self, key_id: str, when: datetime) -> None:
+        await self._conn.execute(api_keys.update().where(api_keys.c.id == key_id).values(last_used_time=when))
+
+
+# ------------------------------------------------------------------------------------------ row mapping
+
+
+def _conversation_row(c: Conversation) -> dict[str, Any]:
+    return {
+        "id": c.id,
+        "owner": c.owner,
+        "title": c.title,
+        "model": c.model,
+        "persona": c.persona,
+        "system_prompt": c.system_prompt,
+        "create_time": c.create_time,
+        "update_time": c.update_time,
+    }
+
+
+def _conversation(row: Any) -> Conversation:
+    return Conversation(
+        id=row.id,
+        owner=row.owner,
+        title=row.title,
+        model=row.model,
+        persona=row.persona,
+        system_prompt=row.system_prompt,
+        create_time=_utc(row.create_time),
+        update_time=_utc(row.update_time),
+    )
+
+
+def _message_row(m: Message) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "conversation_id": m.conversation_id,
+        "owner": m.owner,
+        "role": m.role.value,
+        "content": m.content,
+        "status": m.status.value,
+        "model": m.model,
+        "request_id": m.request_id or None,
+        "prompt_tokens": m.usage.prompt_tokens,
+        "completion_tokens": m.usage.completion_tokens,
+        "finish_reason": m.finish_reason.value,
+        "error_message": m.error_message,
+        "create_time": m.create_time,
+        "update_time": m.update_time,
+    }
+
+
+def _message(row: Any) -> Message:
+    return Message(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        owner=row.owner,
+        role=Role(row.role),
+        content=row.content,
+        status=MessageStatus(row.status),
+        create_time=_utc(row.create_time),
+        update_time=_utc(row.update_time),
+        model=row.model,
+        request_id=row.request_id or "",
+        usage=Usage(row.prompt_tokens, row.completion_tokens),
+        finish_reason=FinishReason(row.finish_reason),
+        error_message=row.error_message,
+    )
+
+
+def _api_key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        user_id=row.user_id,
+        secret_hash=row.secret_hash,
+        scopes=frozenset(row.scopes.split()),
+        create_time=_utc(row.create_time),
+        name=row.name,
+        last_used_time=_utc(row.last_used_time) if row.last_used_time else None,
+        revoke_time=_utc(row.revoke_time) if row.revoke_time else None,
+    )

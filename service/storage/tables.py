@@ -1,0 +1,88 @@
+"""The schema as SQLAlchemy Core tables. Alembic migrations create it; queries use these definitions."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+# A 64-bit auto-incrementing key on Postgres, SQLite's rowid alias on SQLite.
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Time = sa.DateTime(timezone=True)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("user_id", sa.String(128), nullable=False, index=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scopes", sa.String(200), nullable=False, server_default=""),
+    sa.Column("name", sa.String(200), nullable=False, server_default=""),
+    sa.Column("create_time", Time, nullable=False),
+    sa.Column("last_used_time", Time),
+    sa.Column("revoke_time", Time),
+)
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("title", sa.String(200), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("persona", sa.String(64), nullable=False, server_default=""),
+    sa.Column("system_prompt", sa.Text, nullable=False, server_default=""),
+    sa.Column("create_time", Time, nullable=False),
+    sa.Column("update_time", Time, nullable=False),
+    # ListConversations: the owner's, newest activity first (keyset on update_time, id).
+    sa.Index("ix_conversations_owner_update", "owner", "update_time", "id"),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    # `seq` orders messages (timestamps can tie) and is the keyset for ListMessages.
+    sa.Column("seq", BigId, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(36), nullable=False, unique=True),
+    sa.Column(
+        "conversation_id",
+        sa.String(36),
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False, server_default=""),
+    sa.Column("request_id", sa.String(64)),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("finish_reason", sa.String(16), nullable=False, server_default=""),
+    sa.Column("error_message", sa.String(500), nullable=False, server_default=""),
+    sa.Column("create_time", Time, nullable=False),
+    sa.Column("update_time", Time, nullable=False),
+    # The replica generating a STREAMING reply, and until when its claim holds (renewed on each flush).
+    sa.Column("lease_owner", sa.String(200)),
+    sa.Column("lease_expires_at", Time),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
+    # AIP-155 idempotency: one user message (and one reply) per (owner, request_id).
+    sa.UniqueConstraint("owner", "request_id", "role", name="uq_messages_owner_request_role"),
+    # Replies in flight: few rows, scanned by the flusher and the lease sweeper.
+    sa.Index(
+        "ix_messages_streaming",
+        "lease_owner",
+        "lease_expires_at",
+        postgresql_where=sa.text("status = 'streaming'"),
+        sqlite_where=sa.text("status = 'streaming'"),
+    ),
+)

@@ -1,0 +1,84 @@
+"""Shared fixtures: real databases (SQLite and Postgres), a real grpc.aio server on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from service.storage import migrate
+from service.storage.tables import metadata
+
+POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+REQUIRE_POSTGRES = os.environ.get("CHAT_TEST_REQUIRE_POSTGRES", "") not in ("", "0", "false")
+
+
+def _off_loop(function, *args):  # type: ignore[no-untyped-def]
+    """Session fixtures may be first requested from inside a test's event loop: run blocking set-up
+    (Alembic, asyncio.run) on a thread of its own."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(function, *args).result()
+
+
+async def _postgres_admin(statement: str) -> None:
+    engine = create_async_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text(statement))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A fresh, migrated Postgres database for this test session (dropped afterwards)."""
+    name = f"chat_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        _off_loop(asyncio.run, _postgres_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, sa.exc.SQLAlchemyError) as error:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"Postgres is required (CHAT_TEST_REQUIRE_POSTGRES=1) but unreachable: {error}")
+        pytest.skip(f"Postgres not reachable at {POSTGRES_URL} ({type(error).__name__}); set CHAT_TEST_POSTGRES_URL")
+    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    _off_loop(migrate.upgrade, url)
+    yield url
+    _off_loop(asyncio.run, _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated SQLite file, copied for each test (migrating once is faster than per test)."""
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    _off_loop(migrate.upgrade, f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+async def _truncate(url: str) -> None:
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            names = ", ".join(t.name for t in metadata.sorted_tables)
+            await conn.execute(sa.text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Every repository/RPC test runs on both databases."""
+    if request.param == "sqlite":
+        path = tmp_path / "chat.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite+aiosqlite:///{path}"
+    else:
+        url = request.getfixturevalue("postgres_database")
+        await _truncate(url)
+        yield url
