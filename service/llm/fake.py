@@ -7,13 +7,47 @@ import itertools
 import zlib
 from collections.abc import AsyncIterator, Sequence
 
-from service.domain import Completion, FinishReason, ModelInfo, ModelNotFound, Prompt, Role, Usage, estimate_tokens
+from service.domain import (
+    Completion,
+    FinishReason,
+    ModelInfo,
+    ModelNotFound,
+    Prompt,
+    Role,
+    Usage,
+    estimate_tokens,
+)
 
 # Mixed scripts on purpose: offsets are counted in code points, and tests must see that hold.
 _WORDS = (
-    "hello", "there,", "this", "is", "a", "scripted", "reply", "from", "the", "fake", "model;", "café",
-    "naïve", "Ünïcödé", "text", "🙂", "keeps", "offsets", "honest.", "日本語", "and", "more", "words",
-    "follow", "until", "the", "budget", "ends.",
+    "hello",
+    "there,",
+    "this",
+    "is",
+    "a",
+    "scripted",
+    "reply",
+    "from",
+    "the",
+    "fake",
+    "model;",
+    "café",
+    "naïve",
+    "Ünïcödé",
+    "text",
+    "🙂",
+    "keeps",
+    "offsets",
+    "honest.",
+    "日本語",
+    "and",
+    "more",
+    "words",
+    "follow",
+    "until",
+    "the",
+    "budget",
+    "ends.",
 )
 MODEL_NAME = "fake-echo"
 
