@@ -15,9 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import chat_pb2, chat_pb2_grpc
+from service import llm
 from service.auth import ApiKeys
 from service.chat import Conversations, ModelCatalog
-from service import llm
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Provider
@@ -77,9 +77,7 @@ def build(
         provider_attempts=settings.llm_retry_attempts,
     )
     uow = database.unit_of_work
-    replies = Replies(
-        uow, provider, personas, replica_id=settings.resolved_replica_id, clock=clock, limits=limits
-    )
+    replies = Replies(uow, provider, personas, replica_id=settings.resolved_replica_id, clock=clock, limits=limits)
     models = ModelCatalog(provider, default_model=settings.resolved_model)
     conversations = Conversations(
         uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes

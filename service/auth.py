@@ -94,10 +94,7 @@ class ApiKeys:
 
     async def revoke(self, key_id: str) -> ApiKey:
         async with self._uow() as uow:
-            if (
-                not await uow.api_keys.revoke(key_id, self._clock())
-                and await uow.api_keys.get(key_id) is None
-            ):
+            if not await uow.api_keys.revoke(key_id, self._clock()) and await uow.api_keys.get(key_id) is None:
                 raise NotFound("API key not found", metadata={"keyId": key_id})
             key = await uow.api_keys.get(key_id)
             await uow.commit()
@@ -126,11 +123,7 @@ class ApiKeys:
         now = self._clock()
         async with self._uow() as uow:
             key = await uow.api_keys.get(key_id)
-            valid = (
-                key is not None
-                and key.revoke_time is None
-                and hmac.compare_digest(key.secret_hash, secret_hash)
-            )
+            valid = key is not None and key.revoke_time is None and hmac.compare_digest(key.secret_hash, secret_hash)
             if not valid or key is None:
                 raise Unauthenticated("the API key is not valid")
             if key.last_used_time is None or now - key.last_used_time > self._touch_every:

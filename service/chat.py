@@ -155,9 +155,7 @@ class Conversations:
             await uow.conversations.delete(conversation_id)
             await uow.commit()
 
-    async def messages(
-        self, principal: Principal, conversation_id: str, size: int, token: str
-    ) -> Page[Message]:
+    async def messages(self, principal: Principal, conversation_id: str, size: int, token: str) -> Page[Message]:
         conversation_id = check_id("conversation_id", conversation_id)
         limit = page_size(size)
         scope = f"messages:{principal.user_id}:{conversation_id}"
@@ -188,9 +186,7 @@ class Conversations:
                 required=False,
             )
         if "persona" in names and fields.persona and self._personas.get(fields.persona) is None:
-            raise InvalidArgument.field(
-                f"{prefix}persona", f"unknown persona {fields.persona!r}; see ListPersonas"
-            )
+            raise InvalidArgument.field(f"{prefix}persona", f"unknown persona {fields.persona!r}; see ListPersonas")
         if {"persona", "system_prompt"} <= set(names) and fields.persona and fields.system_prompt:
             raise InvalidArgument.field(f"{prefix}persona", "cannot be combined with a system_prompt")
         if "model" in names and fields.model:

@@ -39,9 +39,7 @@ def _parser() -> argparse.ArgumentParser:
 
     _database_flag(commands.add_parser("migrate", help="apply database migrations"))
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="keys_command", required=True
-    )
+    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; its secret is the last line printed")
     create.add_argument("--user", required=True, help="the user the key authenticates as")
     create.add_argument("--admin", action="store_true", help="grant the admin scope")
@@ -57,9 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _database_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--database-url", help="SQLAlchemy async URL (CHAT_DATABASE_URL, default sqlite ./chat.db)"
-    )
+    parser.add_argument("--database-url", help="SQLAlchemy async URL (CHAT_DATABASE_URL, default sqlite ./chat.db)")
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -219,9 +219,7 @@ class ModelNotFound(FailedPrecondition):
     reason = "MODEL_NOT_FOUND"
 
     def __init__(self, model: str) -> None:
-        super().__init__(
-            f"model {model!r} is not available from the configured provider", metadata={"model": model}
-        )
+        super().__init__(f"model {model!r} is not available from the configured provider", metadata={"model": model})
         self.model = model
 
 
@@ -255,9 +253,7 @@ REQUEST_ID_MAX = 64
 
 def check_request_id(value: str) -> str:
     if len(value) > REQUEST_ID_MAX or not value.isascii() or not value.isprintable():
-        raise InvalidArgument.field(
-            "request_id", f"must be at most {REQUEST_ID_MAX} printable ASCII characters"
-        )
+        raise InvalidArgument.field("request_id", f"must be at most {REQUEST_ID_MAX} printable ASCII characters")
     return value
 
 

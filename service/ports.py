@@ -85,9 +85,7 @@ class MessageRepository(Protocol):
 
     async def get(self, message_id: str) -> Message | None: ...
 
-    async def list_by_conversation(
-        self, conversation_id: str, *, limit: int, after: str | None
-    ) -> RowsPage[Message]:
+    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
         """Messages oldest first."""
         ...
 
@@ -155,9 +153,14 @@ class UnitOfWork(Protocol):
     """One database transaction. `async with uow:` begins it; `commit()` ends it; leaving without commit
     rolls back."""
 
-    conversations: ConversationRepository
-    messages: MessageRepository
-    api_keys: ApiKeyRepository
+    @property
+    def conversations(self) -> ConversationRepository: ...
+
+    @property
+    def messages(self) -> MessageRepository: ...
+
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -66,11 +66,7 @@ class Flusher:
         renew_before = now + self._lease / 2
         expires = now + self._lease
         generations = [g for g in self._live.values() if g.buffer.outcome is None]
-        due = [
-            g
-            for g in generations
-            if g.buffer.length != g.flushed_length or g.lease_expires_at <= renew_before
-        ]
+        due = [g for g in generations if g.buffer.length != g.flushed_length or g.lease_expires_at <= renew_before]
         lengths = [g.buffer.length for g in due]
         batch = [Flush(g.id, g.buffer.text, self._replica_id, expires, now) for g in due]
         async with self._uow() as uow:

@@ -124,7 +124,7 @@ class Replies:
         self._closing = True
         generations = list(self._live.values())
         if generations:
-            done, pending = await asyncio.wait([g.task for g in generations if g.task], timeout=grace)
+            _done, pending = await asyncio.wait([g.task for g in generations if g.task], timeout=grace)
             for generation in generations:
                 generation.stop(MessageStatus.INTERRUPTED)
             if pending:
@@ -217,9 +217,7 @@ class Replies:
 
     # ------------------------------------------------------------------------------------------ internals
 
-    async def _begin(
-        self, principal: Principal, conversation_id: str, content: str, request_id: str
-    ) -> _Reply:
+    async def _begin(self, principal: Principal, conversation_id: str, content: str, request_id: str) -> _Reply:
         conversation_id = check_id("conversation_id", conversation_id)
         check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
         request_id = check_request_id(request_id)
@@ -233,9 +231,7 @@ class Replies:
                 existing = await uow.messages.find_by_request(principal.user_id, request_id)
             return self._attach(existing, conversation_id, content)
 
-    async def _insert(
-        self, principal: Principal, conversation_id: str, content: str, request_id: str
-    ) -> _Reply:
+    async def _insert(self, principal: Principal, conversation_id: str, content: str, request_id: str) -> _Reply:
         now = self._clock()
         async with self._uow() as uow:
             existing = await uow.messages.find_by_request(principal.user_id, request_id)

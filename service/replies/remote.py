@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from datetime import datetime
 
 from service.domain import Message, MessageStatus, NotFound, OutOfRange
@@ -69,7 +69,7 @@ class RemoteFollower:
                 event.set()
 
     @contextlib.contextmanager
-    def _watch(self, message_id: str) -> Iterable[asyncio.Event]:
+    def _watch(self, message_id: str) -> Iterator[asyncio.Event]:
         event = asyncio.Event()
         self._watchers.setdefault(message_id, set()).add(event)
         try:
@@ -83,26 +83,27 @@ class RemoteFollower:
     async def follow(self, message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
         cursor = offset
         with self._watch(message.id) as changed:
-            async for message in self._states(message, changed):
-                if len(message.content) > cursor:
-                    yield Delta(message.content[cursor:], cursor)
-                    cursor = len(message.content)
-                if message.status.is_final:
-                    if cursor > len(message.content):
+            async for state in self._states(message, changed):
+                length = len(state.content)
+                if length > cursor:
+                    yield Delta(state.content[cursor:], cursor)
+                    cursor = length
+                if state.status.is_final:
+                    if cursor > length:
                         raise OutOfRange(
-                            f"offset {offset} is past the end of the reply ({len(message.content)} characters)",
-                            metadata={"offset": str(offset), "length": str(len(message.content))},
+                            f"offset {offset} is past the end of the reply ({length} characters)",
+                            metadata={"offset": str(offset), "length": str(length)},
                         )
-                    yield Ended(message)
+                    yield Ended(state)
                     return
 
     async def wait_final(self, message: Message, *, cancel: bool) -> Message:
         """The reply's final state; with `cancel`, a reply whose owner died is ended CANCELLED, not INTERRUPTED."""
         status = MessageStatus.CANCELLED if cancel else MessageStatus.INTERRUPTED
         with self._watch(message.id) as changed:
-            async for message in self._states(message, changed, abandoned_status=status, patience=1.0):
-                if message.status.is_final:
-                    return message
+            async for state in self._states(message, changed, abandoned_status=status, patience=1.0):
+                if state.status.is_final:
+                    return state
         raise AssertionError("unreachable")
 
     async def _states(

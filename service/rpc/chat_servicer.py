@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import grpc
-
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.chat import Conversations
 from service.replies import Replies
 from service.rpc import convert
 from service.rpc.context import current_principal
-
-Context = grpc.aio.ServicerContext
+from service.rpc.handlers import Context
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -28,9 +25,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         created = await self._conversations.create(current_principal(), convert.conversation_fields(request))
         return pb.CreateConversationResponse(conversation=convert.conversation(created))
 
-    async def GetConversation(
-        self, request: pb.GetConversationRequest, context: Context
-    ) -> pb.GetConversationResponse:
+    async def GetConversation(self, request: pb.GetConversationRequest, context: Context) -> pb.GetConversationResponse:
         found = await self._conversations.get(current_principal(), request.conversation_id)
         return pb.GetConversationResponse(conversation=convert.conversation(found))
 
@@ -59,9 +54,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         await self._conversations.delete(current_principal(), request.conversation_id)
         return pb.DeleteConversationResponse()
 
-    async def ListMessages(
-        self, request: pb.ListMessagesRequest, context: Context
-    ) -> pb.ListMessagesResponse:
+    async def ListMessages(self, request: pb.ListMessagesRequest, context: Context) -> pb.ListMessagesResponse:
         page = await self._conversations.messages(
             current_principal(), request.conversation_id, request.page_size, request.page_token
         )
@@ -82,9 +75,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     async def StreamReply(
         self, request: pb.StreamReplyRequest, context: Context
     ) -> AsyncIterator[pb.StreamReplyResponse]:
-        events = self._replies.stream(
-            current_principal(), request.conversation_id, request.content, request.request_id
-        )
+        events = self._replies.stream(current_principal(), request.conversation_id, request.content, request.request_id)
         async for event in events:
             yield pb.StreamReplyResponse(event=convert.reply_event(event))
 

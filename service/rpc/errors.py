@@ -7,6 +7,7 @@ from typing import NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -22,6 +23,7 @@ from service.domain import (
     Unauthenticated,
     Unavailable,
 )
+from service.rpc.handlers import Context
 
 logger = logging.getLogger(__name__)
 
@@ -44,23 +46,21 @@ STATUS_CODES: dict[type[DomainError], grpc.StatusCode] = {
 
 def status_code(error: DomainError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
-        code = STATUS_CODES.get(cls)  # type: ignore[call-overload]
+        code = STATUS_CODES.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.INTERNAL
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
 def to_status(error: DomainError) -> grpc.Status:
     code = status_code(error)
-    details = [
-        _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))
-    ]
+    details = [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata))]
     if isinstance(error, InvalidArgument):
         violations = [
             error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
@@ -75,7 +75,7 @@ def to_status(error: DomainError) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-async def abort(context: grpc.aio.ServicerContext, error: BaseException) -> NoReturn:
+async def abort(context: Context, error: BaseException) -> NoReturn:
     """End the RPC with the status for `error`; unknown errors become a fixed INTERNAL message."""
     if isinstance(error, DomainError):
         status = to_status(error)

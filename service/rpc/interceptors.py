@@ -13,11 +13,11 @@ import grpc
 from service.domain import DomainError, Principal, Unauthenticated
 from service.rpc import errors
 from service.rpc.context import principal_var
-from service.rpc.handlers import StreamBehavior, UnaryBehavior, wrap
+from service.rpc.handlers import Context, Handler, StreamBehavior, UnaryBehavior, wrap
 
 logger = logging.getLogger("service.access")
 
-Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]]
+Continuation = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -31,15 +31,13 @@ def _metadata(details: grpc.HandlerCallDetails, key: str) -> str:
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps exceptions raised by servicers (also mid-stream) to statuses through `errors`."""
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
         return wrap(handler, _map_unary, _map_stream) if handler else None
 
 
 def _map_unary(behavior: UnaryBehavior) -> UnaryBehavior:
-    async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def mapped(request: Any, context: Context) -> Any:
         try:
             return await behavior(request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -51,7 +49,7 @@ def _map_unary(behavior: UnaryBehavior) -> UnaryBehavior:
 
 
 def _map_stream(behavior: StreamBehavior) -> StreamBehavior:
-    async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def mapped(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
             async for response in behavior(request, context):
                 yield response
@@ -74,9 +72,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         self._authenticate = authenticate
         self._public = tuple(public_prefixes)
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
         if details.method.startswith(self._public):
             return await continuation(details)
         try:
@@ -97,13 +93,15 @@ def _bearer(header: str) -> str:
     return token.strip()
 
 
-def _refusing(handler: grpc.RpcMethodHandler, error: DomainError) -> grpc.RpcMethodHandler:
-    async def refuse_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+def _refusing(handler: Handler, error: DomainError) -> Handler:
+    async def refuse_unary(request: Any, context: Context) -> Any:
         await errors.abort(context, error)
 
-    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def refuse_stream(request: Any, context: Context) -> AsyncIterator[Any]:
+        # An async generator, like the behaviour it replaces; it aborts before its first response.
+        for _ in ():
+            yield
         await errors.abort(context, error)
-        yield  # pragma: no cover - makes this an async generator, like the behaviour it replaces
 
     return wrap(handler, lambda _: refuse_unary, lambda _: refuse_stream)
 
@@ -111,17 +109,18 @@ def _refusing(handler: grpc.RpcMethodHandler, error: DomainError) -> grpc.RpcMet
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
     """One structured line per RPC: method, user, status code, duration, request id. Never content."""
 
-    async def intercept_service(
-        self, continuation: Continuation, details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
         if handler is None:
             return None
         method = details.method
         request_id = _metadata(details, "x-request-id")
 
-        def log(context: grpc.aio.ServicerContext, started: float, error: BaseException | None) -> None:
-            code = context.code() or (grpc.StatusCode.CANCELLED if error else grpc.StatusCode.OK)
+        def log(context: Context, started: float, error: BaseException | None) -> None:
+            # code() is None when the handler returned normally (OK); a bare exception means cancellation.
+            code: Any = context.code()
+            if code is None:
+                code = grpc.StatusCode.CANCELLED if error else grpc.StatusCode.OK
             principal = principal_var.get()
             logger.info(
                 "rpc",
@@ -136,7 +135,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             )
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-            async def logged(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def logged(request: Any, context: Context) -> Any:
                 started, error = time.perf_counter(), None
                 try:
                     return await behavior(request, context)
@@ -149,7 +148,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             return logged
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
-            async def logged(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
                 started, error = time.perf_counter(), None
                 try:
                     async for response in behavior(request, context):

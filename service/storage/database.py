@@ -48,9 +48,7 @@ class Database:
         if not self.is_sqlite:
             return create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=5)
         in_memory = self.url.database in (None, "", ":memory:")
-        options: dict[str, Any] = (
-            {"poolclass": StaticPool} if in_memory else {"pool_size": 1, "max_overflow": 0}
-        )
+        options: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {"pool_size": 1, "max_overflow": 0}
         engine = create_async_engine(self.url, **options)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine

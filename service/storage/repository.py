@@ -67,9 +67,7 @@ class SqlConversations:
     async def update(self, conversation: Conversation) -> None:
         row = _conversation_row(conversation)
         del row["id"], row["owner"], row["create_time"]
-        await self._conn.execute(
-            conversations.update().where(conversations.c.id == conversation.id).values(**row)
-        )
+        await self._conn.execute(conversations.update().where(conversations.c.id == conversation.id).values(**row))
 
     async def touch(self, conversation_id: str, when: datetime) -> None:
         await self._conn.execute(
@@ -100,9 +98,7 @@ class SqlMessages:
         row = (await self._conn.execute(messages.select().where(messages.c.id == message_id))).first()
         return _message(row) if row else None
 
-    async def list_by_conversation(
-        self, conversation_id: str, *, limit: int, after: str | None
-    ) -> RowsPage[Message]:
+    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
         c = messages.c
         query = messages.select().where(c.conversation_id == conversation_id)
         if after is not None:
@@ -113,9 +109,7 @@ class SqlMessages:
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
         c = messages.c
-        query = (
-            messages.select().where(c.conversation_id == conversation_id).order_by(c.seq.desc()).limit(limit)
-        )
+        query = messages.select().where(c.conversation_id == conversation_id).order_by(c.seq.desc()).limit(limit)
         rows = [_message(r) for r in await self._conn.execute(query)]
         rows.reverse()
         return rows

@@ -22,7 +22,10 @@ def free_port() -> int:
 def command(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> str:
     """Run `chat-service ARGS`, return stdout; fail with its stderr."""
     result = subprocess.run(
-        [str(BIN / "chat-service"), *args], capture_output=True, text=True, timeout=timeout,
+        [str(BIN / "chat-service"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
     assert result.returncode == 0, f"chat-service {' '.join(args)} failed:\n{result.stderr}"
@@ -41,8 +44,11 @@ class Server:
     def start(self, timeout: float = 30) -> None:
         with self.log.open("a") as stderr:
             self.process = subprocess.Popen(
-                [str(BIN / "chat-service"), "serve", *self.args], stdout=subprocess.PIPE, stderr=stderr,
-                text=True, env=self.env,
+                [str(BIN / "chat-service"), "serve", *self.args],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=self.env,
             )
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
-
 from service.llm.fake import scripted_tokens
 from tests.e2e.process import BIN, Server, command, free_port
 
@@ -39,9 +39,19 @@ def server(database_url: str, tmp_path: Path) -> Iterator[Server]:
 
 def grpcurl(address: str, key: str, method: str, body: dict[str, object]) -> dict[str, object]:
     result = subprocess.run(
-        [str(BIN / "grpcurl"), "-plaintext", "-H", f"authorization: Bearer {key}", "-d", json.dumps(body),
-         address, f"chat.v1.ChatService/{method}"],
-        capture_output=True, text=True, timeout=30,
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {key}",
+            "-d",
+            json.dumps(body),
+            address,
+            f"chat.v1.ChatService/{method}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -77,7 +87,11 @@ async def test_sigkill_mid_reply_then_restart(server: Server, database_url: str)
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         listed = await stub.ListMessages(pb.ListMessagesRequest(conversation_id=conversation_id), metadata=auth)
     user, assistant = listed.messages
-    assert (user.role, user.content, user.status) == (pb.ROLE_USER, "please crash", pb.MESSAGE_STATUS_COMPLETED)
+    assert (user.role, user.content, user.status) == (
+        pb.ROLE_USER,
+        "please crash",
+        pb.MESSAGE_STATUS_COMPLETED,
+    )
     assert user.message_id == started.user_message.message_id
     assert assistant.message_id == started.assistant_message.message_id
     assert assistant.status == pb.MESSAGE_STATUS_INTERRUPTED
@@ -87,6 +101,9 @@ async def test_sigkill_mid_reply_then_restart(server: Server, database_url: str)
 
     # The conversation goes on after the crash (the interrupted reply no longer blocks it).
     reply = grpcurl(
-        address, key, "SendMessage", {"conversation_id": conversation_id, "content": "again", "background": True}
+        address,
+        key,
+        "SendMessage",
+        {"conversation_id": conversation_id, "content": "again", "background": True},
     )
     assert reply["message"]["status"] == "MESSAGE_STATUS_STREAMING"  # type: ignore[index]

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
-
 from service.app import App, build
 from service.llm.fake import FakeProvider
 from service.ports import Provider

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from chat.v1 import chat_pb2 as pb
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from chat.v1 import chat_pb2 as pb
 from tests.integration.harness import Replica
 
 
@@ -34,7 +34,9 @@ async def test_a_wrong_secret_for_a_real_key_is_refused(replica: Replica) -> Non
     key = await replica.key("alice")
     forged = key[: key.rindex("_") + 1] + "A" * 43
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=(("authorization", f"Bearer {forged}"),))
+        await replica.stub.ListConversations(
+            pb.ListConversationsRequest(), metadata=(("authorization", f"Bearer {forged}"),)
+        )
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 

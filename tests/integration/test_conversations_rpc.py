@@ -6,9 +6,9 @@ import uuid
 
 import grpc
 import pytest
-from chat.v1 import chat_pb2 as pb
 from google.protobuf import field_mask_pb2
 
+from chat.v1 import chat_pb2 as pb
 from tests.integration.harness import Replica
 from tests.integration.rpc_errors import error_info
 

@@ -7,8 +7,8 @@ import uuid
 
 import grpc
 import pytest
-from chat.v1 import chat_pb2 as pb
 
+from chat.v1 import chat_pb2 as pb
 from service.llm.fake import scripted_tokens
 from tests.integration.harness import Replica
 
@@ -35,7 +35,8 @@ async def test_stream_reply_streams_a_stored_reply(replica: Replica) -> None:
     conversation = await replica.conversation("alice")
     auth = await replica.auth("alice")
     call = replica.stub.StreamReply(
-        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="Hello there"), metadata=auth
+        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="Hello there"),
+        metadata=auth,
     )
     events, text = await collect(call)
 
@@ -64,7 +65,8 @@ async def test_disconnect_does_not_stop_the_reply(slow_replica: Replica) -> None
     conversation = await replica.conversation("alice")
     auth = await replica.auth("alice")
     call = replica.stub.StreamReply(
-        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="keep going"), metadata=auth
+        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="keep going"),
+        metadata=auth,
     )
     started = (await call.read()).event.started
     first = (await call.read()).event.delta
@@ -95,7 +97,8 @@ async def test_resume_from_a_mid_offset_in_flight_and_finished(slow_replica: Rep
     conversation = await replica.conversation("alice")
     auth = await replica.auth("alice")
     call = replica.stub.StreamReply(
-        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="resume me"), metadata=auth
+        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="resume me"),
+        metadata=auth,
     )
     message_id = (await call.read()).event.started.assistant_message.message_id
     received = ""
@@ -103,7 +106,9 @@ async def test_resume_from_a_mid_offset_in_flight_and_finished(slow_replica: Rep
         received += (await call.read()).event.delta.text
     call.cancel()
 
-    resumed = replica.stub.ResumeReply(pb.ResumeReplyRequest(message_id=message_id, offset=len(received)), metadata=auth)
+    resumed = replica.stub.ResumeReply(
+        pb.ResumeReplyRequest(message_id=message_id, offset=len(received)), metadata=auth
+    )
     events, rest = await collect(resumed)
     assert events[0].started.assistant_message.message_id == message_id
     assert_contiguous(events, start=len(received))
@@ -125,13 +130,17 @@ async def test_resume_past_the_end_is_out_of_range(replica: Replica) -> None:
     )
     length = len(reply.message.content)
     with pytest.raises(grpc.aio.AioRpcError) as error:
-        await collect(replica.stub.ResumeReply(
-            pb.ResumeReplyRequest(message_id=reply.message.message_id, offset=length + 1), metadata=auth
-        ))
+        await collect(
+            replica.stub.ResumeReply(
+                pb.ResumeReplyRequest(message_id=reply.message.message_id, offset=length + 1), metadata=auth
+            )
+        )
     assert error.value.code() == grpc.StatusCode.OUT_OF_RANGE
-    _, empty = await collect(replica.stub.ResumeReply(
-        pb.ResumeReplyRequest(message_id=reply.message.message_id, offset=length), metadata=auth
-    ))
+    _, empty = await collect(
+        replica.stub.ResumeReply(
+            pb.ResumeReplyRequest(message_id=reply.message.message_id, offset=length), metadata=auth
+        )
+    )
     assert empty == ""
 
 
@@ -150,7 +159,7 @@ async def test_cancel_stops_a_reply_in_flight(slow_replica: Replica) -> None:
     full = "".join(scripted_tokens("stop me", 64))
     assert 0 < len(cancelled.content) < len(full) and full.startswith(cancelled.content)
 
-    events, text = await collect(call)  # the open stream ends with the cancelled message
+    events, _text = await collect(call)  # the open stream ends with the cancelled message
     assert events[-1].completed.message.status == pb.MESSAGE_STATUS_CANCELLED
     assert events[-1].completed.message.content == cancelled.content
 
@@ -185,8 +194,9 @@ async def test_retry_with_the_same_request_id_attaches_to_the_same_reply(slow_re
     assert text == events[-1].completed.message.content == "".join(scripted_tokens("only once", 64))
 
     sent = await replica.stub.SendMessage(
-        pb.SendMessageRequest(conversation_id=conversation.conversation_id, content="only once",
-                              request_id=request.request_id),
+        pb.SendMessageRequest(
+            conversation_id=conversation.conversation_id, content="only once", request_id=request.request_id
+        ),
         metadata=auth,
     )
     assert sent.message.message_id == started.assistant_message.message_id
@@ -226,13 +236,14 @@ async def test_send_message_waits_or_returns_at_once_in_background(slow_replica:
 
     with pytest.raises(grpc.aio.AioRpcError) as busy:  # one reply at a time per conversation
         await replica.stub.SendMessage(
-            pb.SendMessageRequest(conversation_id=conversation.conversation_id, content="again"), metadata=auth
+            pb.SendMessageRequest(conversation_id=conversation.conversation_id, content="again"),
+            metadata=auth,
         )
     assert busy.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
-    events, text = await collect(replica.stub.ResumeReply(
-        pb.ResumeReplyRequest(message_id=background.message.message_id), metadata=auth
-    ))
+    _events, text = await collect(
+        replica.stub.ResumeReply(pb.ResumeReplyRequest(message_id=background.message.message_id), metadata=auth)
+    )
     assert text == "".join(scripted_tokens("later", 64))
 
     done = await replica.stub.SendMessage(
