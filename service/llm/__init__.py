@@ -7,10 +7,11 @@ text become domain values.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from service.domain import ChatTurn, FinishReason, estimate_tokens
+from service.domain import ChatTurn, FinishReason, ModelFailed, estimate_tokens
 
 if TYPE_CHECKING:
     from service.ports import Provider
@@ -60,3 +61,10 @@ def short_reason(text: str) -> str:
     """Upstream error text cut to one short line: enough to diagnose, never a whole body or trace."""
     line = text.strip().splitlines()[0] if text.strip() else "no reason given"
     return line if len(line) <= _REASON_CHARS else line[: _REASON_CHARS - 1] + "…"
+
+
+def upstream_failure(provider: str, what: str, detail: str) -> ModelFailed:
+    """A failure the caller may see (`what`), with the upstream's own words (`detail`) only in our log:
+    they can name hosts, paths and internals that are not the caller's business."""
+    logging.getLogger(f"service.llm.{provider}").warning("%s server %s: %s", provider, what, short_reason(detail))
+    return ModelFailed(f"the model provider {what}")

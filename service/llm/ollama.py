@@ -19,7 +19,7 @@ from service.domain import (
     Prompt,
     Usage,
 )
-from service.llm import estimate_prompt_tokens, finish_reason, short_reason
+from service.llm import estimate_prompt_tokens, finish_reason, upstream_failure
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ def _response_error(exc: ollama.ResponseError, model: str) -> DomainError:
     if status == 404 and model and "model" in exc.error:
         return ModelNotFound(model)
     if status == -1:  # an `{"error": ..}` line after a 200: the generation itself failed
-        return ModelFailed(f"the ollama server failed while generating: {short_reason(exc.error)}")
+        return upstream_failure("ollama", "failed while generating the reply", exc.error)
     if status == 429 or status >= 500:
         return ModelUnavailable(f"the ollama server is unavailable (HTTP {status})")
-    return ModelFailed(f"the ollama server rejected the request (HTTP {status}): {short_reason(exc.error)}")
+    return upstream_failure("ollama", f"rejected the request (HTTP {status})", exc.error)

@@ -21,7 +21,7 @@ from service.domain import (
     Prompt,
     Usage,
 )
-from service.llm import estimate_prompt_tokens, finish_reason, short_reason
+from service.llm import estimate_prompt_tokens, finish_reason, upstream_failure
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _parse_chunk(data: str) -> tuple[str, str | None, Usage | None]:
     try:
         event = json.loads(data)
         if "error" in event:  # servers report a failure mid-stream as an event, the status stays 200
-            raise ModelFailed(f"the openai server failed while generating: {short_reason(_message(event))}")
+            raise upstream_failure("openai", "failed while generating the reply", _message(event))
         choices = event.get("choices") or [{}]
         delta = choices[0].get("delta") or {}
         return delta.get("content") or "", choices[0].get("finish_reason"), _usage(event.get("usage"))
@@ -156,7 +156,7 @@ async def _status_error(response: httpx.Response, model: str) -> DomainError:
         return ModelNotFound(model)
     if status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR:
         return ModelUnavailable(f"the openai server is unavailable (HTTP {status})")
-    return ModelFailed(f"the openai server rejected the request (HTTP {status}): {short_reason(message)}")
+    return upstream_failure("openai", f"rejected the request (HTTP {status})", message)
 
 
 def _names_missing_model(message: str, model: str) -> bool:

@@ -12,7 +12,6 @@ import grpc
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.app import App, build
-from service.llm.fake import FakeProvider
 from service.ports import Provider
 from service.settings import Settings
 
@@ -56,9 +55,7 @@ def settings_for(database_url: str, **overrides: Any) -> Settings:
 
 @contextlib.asynccontextmanager
 async def running_replica(settings: Settings, provider: Provider | None = None) -> AsyncIterator[Replica]:
-    provider = provider or FakeProvider(
-        tokens_per_second=settings.fake_tokens_per_second, reply_tokens=settings.fake_reply_tokens
-    )
+    """A replica with `provider`, or the one the settings name (built as `chat-service serve` would)."""
     app = App(build(settings, provider=provider))
     port = await app.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"

@@ -176,15 +176,17 @@ async def test_server_errors_are_model_unavailable_without_the_body(
     assert "secret" not in caught.value.message
 
 
-async def test_bad_request_is_model_failed_with_a_short_reason(provider: OllamaProvider, server: OllamaServer) -> None:
+async def test_bad_request_is_model_failed_with_the_reason_only_in_the_log(
+    provider: OllamaProvider, server: OllamaServer, caplog: pytest.LogCaptureFixture
+) -> None:
     server.enqueue(ChatScript(status=400, error="top_logprobs must be between 0 and 20\n" + "x" * 500))
 
     with pytest.raises(ModelFailed) as caught:
         await collect(provider, prompt())
 
-    assert "HTTP 400" in caught.value.message
-    assert "top_logprobs must be between 0 and 20" in caught.value.message
-    assert len(caught.value.message) < 200
+    assert caught.value.message == "the model provider rejected the request (HTTP 400)"
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.llm.ollama"]
+    assert any("top_logprobs must be between 0 and 20" in line and "x" * 200 not in line for line in logged)
 
 
 async def test_unknown_model_is_model_not_found_naming_it(provider: OllamaProvider) -> None:
@@ -215,11 +217,16 @@ async def test_error_line_mid_stream_is_model_failed_after_the_earlier_pieces(
     assert pieces == ["Hello", ","]
 
 
-async def test_error_line_mid_stream_carries_a_short_reason(provider: OllamaProvider, server: OllamaServer) -> None:
+async def test_error_line_mid_stream_logs_its_reason_and_keeps_it_from_callers(
+    provider: OllamaProvider, server: OllamaServer, caplog: pytest.LogCaptureFixture
+) -> None:
     server.enqueue(ChatScript(error_after=1, error="llama runner process has terminated"))
 
-    with pytest.raises(ModelFailed, match="llama runner process has terminated"):
+    with pytest.raises(ModelFailed) as caught:
         await collect(provider, prompt())
+
+    assert "llama runner" not in caught.value.message
+    assert any("llama runner process has terminated" in r.getMessage() for r in caplog.records)
 
 
 async def test_connection_dropped_mid_stream_is_model_failed(provider: OllamaProvider, server: OllamaServer) -> None:
