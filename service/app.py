@@ -20,13 +20,14 @@ from service.auth import ApiKeys
 from service.chat import Conversations, ModelCatalog
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
-from service.ports import Provider
+from service.ports import Notifications, Provider
 from service.replies import Replies, ReplyLimits
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor
 from service.settings import Settings
 from service.storage import migrate
 from service.storage.database import Database
+from service.storage.notifications import notifications_for
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ def utc_now() -> datetime:
 class Dependencies:
     settings: Settings
     database: Database
+    notifications: Notifications
     provider: Provider
     personas: PersonaCatalog
     api_keys: ApiKeys
@@ -49,6 +51,7 @@ class Dependencies:
 
     async def aclose(self) -> None:
         await self.provider.aclose()
+        await self.notifications.close()
         await self.database.dispose()
 
 
@@ -64,6 +67,7 @@ def build(
 ) -> Dependencies:
     """Every long-lived object, built once. Tests pass their own provider; nothing is built at import."""
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    notifications = notifications_for(settings.database_url)
     provider = provider or llm.build_provider(settings)
     personas = PersonaCatalog.load(settings.personas_file)
     tokens = PageTokens(page_token_secret(settings))
@@ -77,13 +81,21 @@ def build(
         provider_attempts=settings.llm_retry_attempts,
     )
     uow = database.unit_of_work
-    replies = Replies(uow, provider, personas, replica_id=settings.resolved_replica_id, clock=clock, limits=limits)
+    replies = Replies(
+        uow,
+        provider,
+        personas,
+        replica_id=settings.resolved_replica_id,
+        clock=clock,
+        notifications=notifications,
+        limits=limits,
+    )
     models = ModelCatalog(provider, default_model=settings.resolved_model)
     conversations = Conversations(
         uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes
     )
     api_keys = ApiKeys(uow, tokens, clock=clock)
-    return Dependencies(settings, database, provider, personas, api_keys, replies, conversations)
+    return Dependencies(settings, database, notifications, provider, personas, api_keys, replies, conversations)
 
 
 class App:
@@ -99,6 +111,7 @@ class App:
         settings = self.deps.settings
         if settings.should_migrate:
             await asyncio.to_thread(migrate.upgrade, settings.database_url)
+        await self.deps.notifications.start()
         await self.deps.replies.start()
         self.port = self.server.add_insecure_port(address or settings.listen)
         if not self.port:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -171,17 +171,26 @@ class UnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
 
-class ReplyNotifications(Protocol):
-    """Tells followers on every replica that replies changed (flushed, ended). Best effort: followers also
-    poll, so a lost notification costs latency, never correctness."""
+class Notifications(Protocol):
+    """Best-effort broadcast between the replicas sharing a database (Postgres LISTEN/NOTIFY), and within
+    this process. Readers must not depend on delivery: a lost notification may cost latency (followers also
+    poll), never correctness."""
 
-    async def start(self, on_change: Callable[[Iterable[str]], None]) -> None:
-        """Begin delivering changes (message ids) published by any replica to `on_change`."""
+    def subscribe(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` on the event loop for each notification on `channel`, from any replica
+        (this one included)."""
         ...
 
-    def publish(self, message_ids: Iterable[str]) -> None:
-        """Announce changes to these replies; must not block."""
+    def publish(self, channel: str, payload: str) -> None:
+        """Send `payload` (at most 7,000 bytes) on `channel`; never blocks, dropped while disconnected."""
         ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether notifications from other replicas can currently arrive."""
+        ...
+
+    async def start(self) -> None: ...
 
     async def close(self) -> None: ...
 

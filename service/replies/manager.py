@@ -29,7 +29,7 @@ from service.domain import (
     new_id,
 )
 from service.personas import PersonaCatalog
-from service.ports import Provider, UnitOfWork, UnitOfWorkFactory
+from service.ports import Notifications, Provider, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Delta, Ended, ReplyBuffer, read
 from service.replies.flusher import ABANDONED_MESSAGE, Flusher
 from service.replies.generation import Generation, Producer, drive
@@ -77,8 +77,8 @@ class Replies:
         *,
         replica_id: str,
         clock: Callable[[], datetime],
+        notifications: Notifications,
         limits: ReplyLimits = ReplyLimits(),
-        remote: RemoteFollower | None = None,
     ) -> None:
         self._uow = uow
         self._personas = personas
@@ -88,8 +88,12 @@ class Replies:
         self._producer = Producer(provider, attempts=limits.provider_attempts)
         self._live: dict[str, Generation] = {}
         self._closing = False
-        self._remote = remote or RemoteFollower(
-            uow, clock=clock, poll_interval=limits.flush_interval, lease_seconds=limits.lease_seconds
+        self._remote = RemoteFollower(
+            uow,
+            clock=clock,
+            poll_interval=limits.flush_interval,
+            lease_seconds=limits.lease_seconds,
+            notifications=notifications,
         )
         self.flusher = Flusher(
             self._live,
@@ -116,7 +120,6 @@ class Replies:
             await uow.commit()
         if orphans:
             logger.warning("marked %d replies left by a previous run INTERRUPTED", len(orphans))
-        await self._remote.start()
         self._flusher_task = asyncio.create_task(self.flusher.run(), name="reply-flusher")
 
     async def close(self, grace: float) -> None:
@@ -132,7 +135,6 @@ class Replies:
         if self._flusher_task:
             self._flusher_task.cancel()
             await asyncio.gather(self._flusher_task, return_exceptions=True)
-        await self._remote.close()
 
     @property
     def in_flight(self) -> int:
