@@ -11,9 +11,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from chat.v1 import chat_pb2 as pb
-from chat.v1 import chat_pb2_grpc
 
+from chat.v1 import chat_pb2 as pb
 from service.llm.fake import scripted_tokens
 from tests.integration.harness import Replica, running_replica, settings_for
 
