@@ -122,10 +122,14 @@ class App:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING first, then no new RPCs; replies in flight get `grace` seconds to finish and
-        the rest end INTERRUPTED (their streams still get the final event before the server closes)."""
-        grace = self.deps.settings.shutdown_grace_seconds if grace is None else grace
+        """Health NOT_SERVING first (serving on for the drain period, so load balancers notice), then no new
+        RPCs; replies in flight get `grace` seconds to finish and the rest end INTERRUPTED (their streams
+        still get the final event before the server closes)."""
+        settings = self.deps.settings
+        grace = settings.shutdown_grace_seconds if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if settings.shutdown_drain_seconds:
+            await asyncio.sleep(settings.shutdown_drain_seconds)
         await asyncio.gather(self.server.stop(grace + 2.0), self.deps.replies.close(grace))
         await self.deps.aclose()
 

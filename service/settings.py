@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     listen: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
     replica_id: str = Field("", description="this replica's lease owner id; default hostname:port")
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="SIGTERM: time replies get to finish")
+    shutdown_drain_seconds: float = Field(
+        0.0, ge=0, description="SIGTERM: time serving on while health says NOT_SERVING, before refusing RPCs"
+    )
     max_receive_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request accepted")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 

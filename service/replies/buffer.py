@@ -7,6 +7,7 @@ missed as one coalesced piece, memory stays bounded by the reply itself, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from bisect import bisect_right
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -85,8 +86,10 @@ class ReplyBuffer:
         try:
             await waiter
         finally:
-            if not waiter.done():  # we were cancelled: leave no dangling future behind
-                self._waiters.remove(waiter)
+            # Cancelled (the reader went away): leave no dangling future behind. A woken waiter is already gone.
+            if waiter.cancelled() or not waiter.done():
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
 
     def _wake(self) -> None:
         if self._waiters:

@@ -1,0 +1,482 @@
+"""In-memory fakes of the ports (storage, provider, clock) for the unit tests.
+
+They follow the SQL adapters' observable behaviour (ordering, keyset cursors, status guards, leases) and stay
+simple enough to be obviously right. `FakeStorage` serialises units of work with one lock, like the SQLite
+adapter does, so each unit of work sees a consistent copy of the committed state and publishes it on commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self, TypeVar
+
+from service.domain import (
+    ApiKey,
+    Completion,
+    Conversation,
+    DuplicateRequest,
+    FinishReason,
+    Message,
+    MessageStatus,
+    ModelFailed,
+    ModelInfo,
+    ModelNotFound,
+    ModelUnavailable,
+    Prompt,
+    Unavailable,
+    Usage,
+)
+from service.ports import Clock, Flush, Provider, RowsPage, UnitOfWorkFactory
+
+T = TypeVar("T")
+
+# ---------------------------------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    """A stored message plus the columns the domain object does not carry."""
+
+    message: Message
+    seq: int
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested: bool = False
+
+
+@dataclass
+class StorageState:
+    conversations: dict[str, Conversation] = field(default_factory=dict)
+    messages: dict[str, MessageRow] = field(default_factory=dict)
+    api_keys: dict[str, ApiKey] = field(default_factory=dict)
+    # Every time a reply was written out of STREAMING (finish or mark_abandoned): (message id, status).
+    endings: list[tuple[str, MessageStatus]] = field(default_factory=list)
+    next_seq: int = 1
+
+    def copy(self) -> StorageState:
+        # Rows are frozen, so copying the containers is a full snapshot.
+        return StorageState(
+            dict(self.conversations), dict(self.messages), dict(self.api_keys), list(self.endings), self.next_seq
+        )
+
+
+class FakeStorage:
+    """The shared, committed state, and the unit-of-work factory over it (`storage.unit_of_work`)."""
+
+    def __init__(self) -> None:
+        self.state = StorageState()
+        self.unavailable = False  # set to make every new unit of work raise `Unavailable`
+        self._lock = asyncio.Lock()
+        self._commit_waiters: list[asyncio.Event] = []
+
+    def unit_of_work(self) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self)
+
+    async def wait_until(self, condition: Callable[[], bool]) -> None:
+        """Return once `condition()` holds, checking after each commit (bound it with `asyncio.timeout`)."""
+        while not condition():
+            committed = asyncio.Event()
+            self._commit_waiters.append(committed)
+            await committed.wait()
+
+    def _published(self, state: StorageState) -> None:
+        self.state = state
+        waiters, self._commit_waiters = self._commit_waiters, []
+        for waiter in waiters:
+            waiter.set()
+
+    # Read-only views of the committed state, for assertions.
+
+    def conversation(self, conversation_id: str) -> Conversation | None:
+        return self.state.conversations.get(conversation_id)
+
+    def message(self, message_id: str) -> Message | None:
+        row = self.state.messages.get(message_id)
+        return row.message if row else None
+
+    def row(self, message_id: str) -> MessageRow | None:
+        return self.state.messages.get(message_id)
+
+    def messages_in(self, conversation_id: str) -> list[Message]:
+        rows = _by_seq(self.state.messages.values())
+        return [r.message for r in rows if r.message.conversation_id == conversation_id]
+
+    def api_key(self, key_id: str) -> ApiKey | None:
+        return self.state.api_keys.get(key_id)
+
+
+class _Transaction:
+    def __init__(self, state: StorageState) -> None:
+        self._state = state
+        self.aborted = False
+
+    @property
+    def state(self) -> StorageState:
+        if self.aborted:  # as on Postgres: after a failed statement the transaction only accepts a rollback
+            raise RuntimeError("the transaction is aborted (DuplicateRequest); abandon this unit of work")
+        return self._state
+
+
+class FakeUnitOfWork:
+    """Implements `ports.UnitOfWork` over a copy of the committed state; `commit()` publishes the copy."""
+
+    conversations: FakeConversations
+    messages: FakeMessages
+    api_keys: FakeApiKeys
+
+    def __init__(self, storage: FakeStorage) -> None:
+        self._storage = storage
+        self._tx: _Transaction | None = None
+
+    async def __aenter__(self) -> Self:
+        await self._storage._lock.acquire()
+        if self._storage.unavailable:
+            self._storage._lock.release()
+            raise Unavailable("the database is unavailable; retry shortly")
+        self._begin()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._tx = None  # leaving without commit discards the changes
+        self._storage._lock.release()
+
+    async def commit(self) -> None:
+        assert self._tx is not None, "commit outside `async with`"
+        self._storage._published(self._tx.state)
+        self._begin()  # like SQLAlchemy's autobegin: later statements run in a new transaction
+
+    def _begin(self) -> None:
+        self._tx = _Transaction(self._storage.state.copy())
+        self.conversations = FakeConversations(self._tx)
+        self.messages = FakeMessages(self._tx)
+        self.api_keys = FakeApiKeys(self._tx)
+
+
+def _page(items: list[T], limit: int, cursor_of: Callable[[T], str]) -> RowsPage[T]:
+    if len(items) > limit:
+        items = items[:limit]
+        return RowsPage(items, cursor_of(items[-1]))
+    return RowsPage(items, None)
+
+
+def _by_seq(rows: Iterable[MessageRow]) -> list[MessageRow]:
+    return sorted(rows, key=lambda r: r.seq)
+
+
+class FakeConversations:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def add(self, conversation: Conversation) -> None:
+        conversations = self._tx.state.conversations
+        if conversation.id in conversations:
+            raise ValueError(f"duplicate conversation id {conversation.id}")
+        conversations[conversation.id] = conversation
+
+    async def get(self, conversation_id: str, *, for_update: bool = False) -> Conversation | None:
+        return self._tx.state.conversations.get(conversation_id)  # units of work are serialised: no lock needed
+
+    async def list_by_owner(self, owner: str, *, limit: int, after: str | None) -> RowsPage[Conversation]:
+        items = [c for c in self._tx.state.conversations.values() if c.owner == owner]
+        items.sort(key=lambda c: (c.update_time, c.id), reverse=True)
+        if after is not None:
+            when, _, last_id = after.partition("|")
+            key = (datetime.fromisoformat(when), last_id)
+            items = [c for c in items if (c.update_time, c.id) < key]
+        return _page(items, limit, lambda c: f"{c.update_time.isoformat()}|{c.id}")
+
+    async def update(self, conversation: Conversation) -> None:
+        conversations = self._tx.state.conversations
+        current = conversations.get(conversation.id)
+        if current is not None:
+            conversations[conversation.id] = dataclasses.replace(
+                conversation, owner=current.owner, create_time=current.create_time
+            )
+
+    async def touch(self, conversation_id: str, when: datetime) -> None:
+        conversations = self._tx.state.conversations
+        if conversation_id in conversations:
+            conversations[conversation_id] = dataclasses.replace(conversations[conversation_id], update_time=when)
+
+    async def delete(self, conversation_id: str) -> None:
+        state = self._tx.state
+        state.messages = {k: r for k, r in state.messages.items() if r.message.conversation_id != conversation_id}
+        state.conversations.pop(conversation_id, None)
+
+
+class FakeMessages:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    def _rows(self) -> dict[str, MessageRow]:
+        return self._tx.state.messages
+
+    def _set(self, row: MessageRow, **message_changes: Any) -> MessageRow:
+        updated = dataclasses.replace(row, message=dataclasses.replace(row.message, **message_changes))
+        self._rows()[row.message.id] = updated
+        return updated
+
+    async def add(self, message: Message, *, lease: tuple[str, datetime] | None = None) -> None:
+        state = self._tx.state
+        if message.id in state.messages or any(_same_request(r.message, message) for r in state.messages.values()):
+            self._tx.aborted = True
+            raise DuplicateRequest(message.request_id)
+        if message.conversation_id not in state.conversations:
+            raise LookupError(f"foreign key: no conversation {message.conversation_id}")
+        owner, expires = lease if lease is not None else (None, None)
+        state.messages[message.id] = MessageRow(message, state.next_seq, owner, expires)
+        state.next_seq += 1
+
+    async def get(self, message_id: str) -> Message | None:
+        row = self._rows().get(message_id)
+        return row.message if row else None
+
+    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
+        rows = [r for r in _by_seq(self._rows().values()) if r.message.conversation_id == conversation_id]
+        if after is not None:
+            rows = [r for r in rows if r.seq > int(after)]
+        page = _page(rows, limit, lambda r: str(r.seq))
+        return RowsPage([r.message for r in page.items], page.cursor)
+
+    async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
+        rows = [r for r in _by_seq(self._rows().values()) if r.message.conversation_id == conversation_id]
+        return [r.message for r in rows[max(len(rows) - limit, 0) :]]
+
+    async def find_by_request(self, owner: str, request_id: str) -> Sequence[Message]:
+        return [
+            r.message
+            for r in _by_seq(self._rows().values())
+            if request_id and r.message.owner == owner and r.message.request_id == request_id
+        ]
+
+    async def streaming_in(self, conversation_id: str) -> Message | None:
+        for row in _by_seq(self._rows().values()):
+            if row.message.conversation_id == conversation_id and row.message.status is MessageStatus.STREAMING:
+                return row.message
+        return None
+
+    async def flush(self, batch: Sequence[Flush]) -> None:
+        for item in batch:
+            row = self._rows().get(item.message_id)
+            if row is None or row.message.status is not MessageStatus.STREAMING:
+                continue
+            row = self._set(row, content=item.content, update_time=item.update_time)
+            self._rows()[row.message.id] = dataclasses.replace(
+                row, lease_owner=item.lease_owner, lease_expires_at=item.lease_expires_at
+            )
+
+    async def owned_streaming(self, lease_owner: str) -> dict[str, bool]:
+        return {
+            r.message.id: r.cancel_requested
+            for r in _by_seq(self._rows().values())
+            if r.message.status is MessageStatus.STREAMING and r.lease_owner == lease_owner
+        }
+
+    async def finish(self, message: Message) -> None:
+        row = self._rows().get(message.id)
+        if row is None:
+            return
+        row = self._set(
+            row,
+            content=message.content,
+            status=message.status,
+            usage=message.usage,
+            finish_reason=message.finish_reason,
+            error_message=message.error_message,
+            update_time=message.update_time,
+        )
+        self._rows()[message.id] = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
+        self._tx.state.endings.append((message.id, message.status))
+
+    async def request_cancel(self, message_id: str) -> None:
+        row = self._rows().get(message_id)
+        if row is not None and row.message.status is MessageStatus.STREAMING:
+            self._rows()[message_id] = dataclasses.replace(row, cancel_requested=True)
+
+    async def request_cancel_all(self, conversation_id: str) -> None:
+        for row in list(self._rows().values()):
+            if row.message.conversation_id == conversation_id:
+                await self.request_cancel(row.message.id)
+
+    async def mark_abandoned(
+        self,
+        *,
+        now: datetime,
+        status: str,
+        error_message: str,
+        message_id: str | None = None,
+        lease_owner: str | None = None,
+    ) -> Sequence[str]:
+        changed = []
+        for row in _by_seq(self._rows().values()):
+            if row.message.status is not MessageStatus.STREAMING:
+                continue
+            if message_id is not None and row.message.id != message_id:
+                continue
+            if lease_owner is not None:
+                claimed = row.lease_owner == lease_owner
+            else:
+                claimed = row.lease_expires_at is not None and row.lease_expires_at < now
+            if not (claimed or row.lease_expires_at is None):
+                continue
+            row = self._set(row, status=MessageStatus(status), error_message=error_message, update_time=now)
+            self._rows()[row.message.id] = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
+            self._tx.state.endings.append((row.message.id, MessageStatus(status)))
+            changed.append(row.message.id)
+        return changed
+
+
+def _same_request(stored: Message, new: Message) -> bool:
+    # SQL stores an empty request_id as NULL, and NULLs never collide in a unique constraint.
+    return bool(new.request_id) and (stored.owner, stored.request_id, stored.role) == (
+        new.owner,
+        new.request_id,
+        new.role,
+    )
+
+
+class FakeApiKeys:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def add(self, key: ApiKey) -> None:
+        keys = self._tx.state.api_keys
+        if key.id in keys:
+            raise ValueError(f"duplicate API key id {key.id}")
+        # Like the SQL insert: a new key has never been used nor revoked.
+        keys[key.id] = dataclasses.replace(key, last_used_time=None, revoke_time=None)
+
+    async def get(self, key_id: str) -> ApiKey | None:
+        return self._tx.state.api_keys.get(key_id)
+
+    async def list(self, *, user_id: str | None, limit: int, after: str | None) -> RowsPage[ApiKey]:
+        keys = sorted(self._tx.state.api_keys.values(), key=lambda k: k.id)
+        keys = [k for k in keys if (user_id is None or k.user_id == user_id) and (after is None or k.id > after)]
+        return _page(keys, limit, lambda k: k.id)
+
+    async def revoke(self, key_id: str, when: datetime) -> bool:
+        keys = self._tx.state.api_keys
+        key = keys.get(key_id)
+        if key is None or key.revoke_time is not None:
+            return False
+        keys[key_id] = dataclasses.replace(key, revoke_time=when)
+        return True
+
+    async def touch(self, key_id: str, when: datetime) -> None:
+        keys = self._tx.state.api_keys
+        if key_id in keys:
+            keys[key_id] = dataclasses.replace(keys[key_id], last_used_time=when)
+
+
+# ---------------------------------------------------------------------------------------------- clock
+
+
+class FakeClock:
+    """A `ports.Clock` that only moves when told to."""
+
+    def __init__(self, start: datetime = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+# ---------------------------------------------------------------------------------------------- provider
+
+
+class ScriptedProvider:
+    """Implements `ports.Provider` with behaviour a test scripts.
+
+    - `pieces`: the text pieces of every reply; `delay`: seconds before each piece.
+    - `unavailable_times`: the first N calls raise `ModelUnavailable` before any piece.
+    - `fail_after`: raise `failure` (default `ModelFailed`) after that many pieces.
+    - `pause_after`: after that many pieces set `held` and wait until the test sets `release`.
+    - `on_stream(prompt)`: called when a call starts (to look at the world as the model is called).
+    - `list_models_error`: raised by `list_models` (an unreachable provider).
+    Every prompt received is recorded in `prompts`.
+    """
+
+    name = "scripted"
+
+    def __init__(
+        self,
+        pieces: Sequence[str] = ("Hello", ", ", "wörld 🙂"),
+        *,
+        models: Sequence[str] = ("scripted",),
+        delay: float = 0.0,
+        unavailable_times: int = 0,
+        fail_after: int | None = None,
+        failure: Exception | None = None,
+        pause_after: int | None = None,
+        completion: Completion | None = None,
+        on_stream: Callable[[Prompt], None] | None = None,
+        list_models_error: Exception | None = None,
+    ) -> None:
+        self.pieces = list(pieces)
+        self.models = list(models)
+        self.delay = delay
+        self.unavailable_times = unavailable_times
+        self.fail_after = fail_after
+        self.failure = failure or ModelFailed("the scripted model failed mid-reply")
+        self.pause_after = pause_after
+        self.completion = completion or Completion(FinishReason.STOP, Usage(completion_tokens=len(self.pieces)))
+        self.on_stream = on_stream
+        self.list_models_error = list_models_error
+        self.prompts: list[Prompt] = []
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.closed = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def calls(self) -> int:
+        return len(self.prompts)
+
+    async def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+        self.prompts.append(prompt)
+        if self.on_stream is not None:
+            self.on_stream(prompt)
+        if prompt.model not in self.models:
+            raise ModelNotFound(prompt.model)
+        if self.calls <= self.unavailable_times:
+            raise ModelUnavailable("the scripted model is unreachable")
+        for index in range(len(self.pieces) + 1):
+            if index == self.pause_after:
+                self.held.set()
+                await self.release.wait()
+            if index == self.fail_after:
+                raise self.failure
+            if index == len(self.pieces):
+                break
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            yield self.pieces[index]
+        yield self.completion
+
+    async def list_models(self) -> Sequence[ModelInfo]:
+        if self.list_models_error is not None:
+            raise self.list_models_error
+        return [ModelInfo(name=name, provider=self.name) for name in self.models]
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+if TYPE_CHECKING:  # mypy proves the fakes implement the ports
+    _storage: UnitOfWorkFactory = FakeStorage().unit_of_work
+    _provider: Provider = ScriptedProvider()
+    _clock: Clock = FakeClock()
