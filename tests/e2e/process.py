@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 BIN = Path(sys.executable).parent
 
@@ -79,3 +84,13 @@ class Server:
     def _close_pipe(self) -> None:
         if self.process and self.process.stdout:
             self.process.stdout.close()
+
+
+async def poll_until(check: Callable[[], Awaitable[T | None]], *, within: float, interval: float) -> T:
+    """Call `check` every `interval` seconds until it returns something truthy; fail after `within` seconds."""
+    async with asyncio.timeout(within):
+        while True:
+            result = await check()
+            if result:
+                return result
+            await asyncio.sleep(interval)
