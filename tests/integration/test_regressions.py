@@ -1,0 +1,255 @@
+"""Failure modes reported against other streaming-chat products, each pinned by a test over a real server.
+
+- a stream that never gets its terminal event;
+- a cancel that does not reach a resumed stream;
+- text duplicated or skipped across a resume;
+- a finished reply that can no longer be resumed once it is old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chat.v1 import chat_pb2 as pb
+from service.llm.fake import scripted_tokens
+from service.storage import tables
+from service.storage.database import Database
+from tests.integration.harness import Replica, running_replica, settings_for
+from tests.wire.ollama_server import ChatScript, OllamaServer
+
+TERMINAL_WITHIN = 15  # seconds: a stream that has not ended by then has lost its terminal event
+
+
+async def ending(call: grpc.aio.UnaryStreamCall) -> tuple[str, pb.ReplyEvent | None, grpc.aio.AioRpcError | None]:
+    """Read a reply stream to its end: (text, last event, error). Fails if the stream never ends."""
+    text, last = "", None
+    async with asyncio.timeout(TERMINAL_WITHIN):
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                last = response.event
+                if last.HasField("delta"):
+                    text += last.delta.text
+        except grpc.aio.AioRpcError as error:
+            return text, last, error
+    return text, last, None
+
+
+def assert_terminal(last: pb.ReplyEvent | None, error: grpc.aio.AioRpcError | None) -> None:
+    """Every stream ends with `completed` or a non-OK status: never a bare end of stream."""
+    assert error is not None or (last is not None and last.HasField("completed")), (last, error)
+
+
+async def start(replica: Replica, content: str, user: str = "alice") -> tuple[grpc.aio.UnaryStreamCall, pb.Message]:
+    conversation = await replica.conversation(user)
+    call = replica.stub.StreamReply(
+        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content=content),
+        metadata=await replica.auth(user),
+    )
+    return call, (await call.read()).event.started.assistant_message
+
+
+async def resume(replica: Replica, message_id: str, offset: int = 0, user: str = "alice") -> grpc.aio.UnaryStreamCall:
+    return replica.stub.ResumeReply(
+        pb.ResumeReplyRequest(message_id=message_id, offset=offset), metadata=await replica.auth(user)
+    )
+
+
+async def first_delta(call: grpc.aio.UnaryStreamCall) -> str:
+    while True:
+        event = (await call.read()).event
+        if event.HasField("delta"):
+            return event.delta.text
+
+
+async def stored_reply(replica: Replica, message_id: str) -> pb.Message:
+    call = await resume(replica, message_id)
+    return (await call.read()).event.started.assistant_message
+
+
+# --- every stream gets its terminal event
+
+
+async def test_completed_cancelled_and_resumed_streams_all_end_with_completed(slow_replica: Replica) -> None:
+    finished, finished_reply = await start(slow_replica, "run to the end")
+    cancelled, cancelled_reply = await start(slow_replica, "cut me short")
+    finished_id, cancelled_id = finished_reply.message_id, cancelled_reply.message_id
+    followers = [await resume(slow_replica, finished_id), await resume(slow_replica, cancelled_id)]
+    await first_delta(cancelled)
+    await slow_replica.stub.CancelReply(
+        pb.CancelReplyRequest(message_id=cancelled_id), metadata=await slow_replica.auth("alice")
+    )
+    results = await asyncio.gather(*(ending(call) for call in (finished, cancelled, *followers)))
+    for _, last, error in results:
+        assert_terminal(last, error)
+        assert error is None
+    statuses = [last.completed.message.status for _, last, _ in results]  # type: ignore[union-attr]
+    assert statuses == [
+        pb.MESSAGE_STATUS_COMPLETED,
+        pb.MESSAGE_STATUS_CANCELLED,
+        pb.MESSAGE_STATUS_COMPLETED,
+        pb.MESSAGE_STATUS_CANCELLED,
+    ]
+
+
+@pytest.fixture
+async def ollama() -> AsyncIterator[OllamaServer]:
+    async with OllamaServer() as server:
+        yield server
+
+
+async def test_a_failing_generation_ends_every_stream_with_an_error(database_url: str, ollama: OllamaServer) -> None:
+    settings = settings_for(database_url, llm_provider="ollama", llm_url=ollama.url, default_model="llama3.2")
+    async with running_replica(settings, provider=None) as replica:
+        ollama.enqueue(ChatScript(pieces=["one", " two", " three", " four"], delay=0.2, error_after=2))
+        call, message = await start(replica, "fail half way")
+        follower = await resume(replica, message.message_id)
+        for text, last, error in await asyncio.gather(ending(call), ending(follower)):
+            assert_terminal(last, error)
+            assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+            assert text == "one two"
+        late = await resume(replica, message.message_id)  # joining after the failure: the stored outcome
+        _, last, error = await ending(late)
+        assert error is None and last is not None
+        assert last.completed.message.status == pb.MESSAGE_STATUS_FAILED
+        assert last.completed.message.content == "one two"
+
+
+# --- a cancel reaches a resumed stream
+
+
+async def test_cancel_reaches_a_stream_resumed_after_a_disconnect(slow_replica: Replica) -> None:
+    call, message = await start(slow_replica, "resume then cancel")
+    received = await first_delta(call)
+    call.cancel()  # the client's connection breaks; the reply goes on
+    resumed = await resume(slow_replica, message.message_id, len(received))
+    received += await first_delta(resumed)
+    cancelled = await slow_replica.stub.CancelReply(
+        pb.CancelReplyRequest(message_id=message.message_id), metadata=await slow_replica.auth("alice")
+    )
+    rest, last, error = await ending(resumed)
+    assert_terminal(last, error)
+    assert error is None
+    final = last.completed.message  # type: ignore[union-attr]
+    assert final.status == pb.MESSAGE_STATUS_CANCELLED
+    assert received + rest == final.content == cancelled.message.content
+
+
+async def test_cancel_on_either_replica_reaches_a_stream_resumed_on_the_other(database_url: str) -> None:
+    def settings(name: str):  # type: ignore[no-untyped-def]
+        return settings_for(database_url, replica_id=name, fake_tokens_per_second=40, fake_reply_tokens=120)
+
+    async with running_replica(settings("replica-a")) as a, running_replica(settings("replica-b")) as b:
+        for canceller in (a, b):
+            call, message = await start(a, f"follow on b, cancel on {canceller.address}")
+            received = await first_delta(call)
+            call.cancel()
+            followed = await resume(b, message.message_id, len(received))
+            received += await first_delta(followed)
+            await canceller.stub.CancelReply(
+                pb.CancelReplyRequest(message_id=message.message_id), metadata=await canceller.auth("alice")
+            )
+            rest, last, error = await ending(followed)
+            assert_terminal(last, error)
+            assert error is None
+            final = last.completed.message  # type: ignore[union-attr]
+            assert final.status == pb.MESSAGE_STATUS_CANCELLED
+            assert received + rest == final.content
+
+
+# --- nothing duplicated or skipped across resumes
+
+REPLY_TOKENS = 80
+
+
+@pytest.fixture
+async def pacing_replica(database_url: str) -> AsyncIterator[Replica]:
+    settings = settings_for(database_url, fake_tokens_per_second=400, fake_reply_tokens=REPLY_TOKENS)
+    async with running_replica(settings) as running:
+        yield running
+
+
+async def disconnect_and_resume(replica: Replica, breaks: list[int], seed: str) -> None:
+    """Disconnect whenever the received text reaches a break point, resume from what was received."""
+    call, message = await start(replica, seed)
+    received = ""
+    async with asyncio.timeout(TERMINAL_WITHIN):
+        while True:
+            event = (await call.read()).event
+            if event.HasField("completed"):
+                break
+            if event.HasField("delta"):
+                assert event.delta.offset == len(received)  # never a gap, never an overlap
+                received += event.delta.text
+            if breaks and len(received) >= breaks[0]:
+                while breaks and len(received) >= breaks[0]:
+                    breaks.pop(0)
+                call.cancel()
+                call = await resume(replica, message.message_id, len(received))
+                assert (await call.read()).event.HasField("started")
+    stored = await stored_reply(replica, message.message_id)
+    assert stored.status == pb.MESSAGE_STATUS_COMPLETED
+    assert received.encode() == stored.content.encode()  # byte for byte
+    assert stored.content == "".join(scripted_tokens(seed, REPLY_TOKENS))
+
+
+async def test_text_received_across_random_disconnects_equals_the_stored_reply(pacing_replica: Replica) -> None:
+    # Hypothesis drives the examples from a worker thread; each runs on this loop, next to the server.
+    loop = asyncio.get_running_loop()
+
+    @settings(max_examples=15, deadline=None, database=None)
+    @given(
+        breaks=st.lists(st.integers(min_value=0, max_value=500), max_size=6).map(sorted),
+        # Any text the service accepts: not blank, no NUL (both INVALID_ARGUMENT), no surrogates (not UTF-8).
+        seed=st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=20).filter(
+            str.strip
+        ),
+    )
+    def check(breaks: list[int], seed: str) -> None:
+        example = disconnect_and_resume(pacing_replica, breaks, seed)
+        try:
+            asyncio.run_coroutine_threadsafe(example, loop).result(timeout=TERMINAL_WITHIN + 5)
+        except grpc.aio.AioRpcError as error:  # report it as text: grpc objects stay on their own loop
+            raise AssertionError(f"{error.code()}: {error.details()}") from None
+
+    await asyncio.to_thread(check)
+
+
+# --- an old finished reply resumes like a new one
+
+
+async def test_resuming_an_old_finished_reply_after_a_restart(database_url: str) -> None:
+    settings = settings_for(database_url, fake_reply_tokens=30)
+    async with running_replica(settings) as replica:
+        call, message = await start(replica, "remember me")
+        text, _, error = await ending(call)
+        assert error is None
+    long_ago = datetime(2019, 1, 1, tzinfo=UTC)
+    database = Database(database_url)  # age it: years old, and nothing of it left in any process's memory
+    try:
+        async with database.connection() as connection:
+            await connection.execute(sa.update(tables.messages).values(create_time=long_ago, update_time=long_ago))
+            await connection.commit()
+    finally:
+        await database.dispose()
+
+    async with running_replica(settings) as restarted:
+        for offset in (0, 7, len(text)):
+            call = await resume(restarted, message.message_id, offset)
+            started = (await call.read()).event.started.assistant_message
+            rest, last, error = await ending(call)
+            assert error is None and last is not None
+            assert started.create_time.ToDatetime(tzinfo=UTC) == long_ago
+            assert rest == text[offset:]
+            assert last.completed.message.content == text
+            assert last.completed.message.status == pb.MESSAGE_STATUS_COMPLETED
+        beyond = await resume(restarted, message.message_id, len(text) + 1)
+        _, _, error = await ending(beyond)
+        assert error is not None and error.code() == grpc.StatusCode.OUT_OF_RANGE
