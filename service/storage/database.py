@@ -46,7 +46,8 @@ class Database:
 
     def _create_engine(self, pool_size: int) -> AsyncEngine:
         if not self.is_sqlite:
-            return create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=5)
+            # A fixed pool: `pool_size` is the most connections a replica opens (no overflow churn under load).
+            return create_async_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=5)
         in_memory = self.url.database in (None, "", ":memory:")
         options: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {"pool_size": 1, "max_overflow": 0}
         engine = create_async_engine(self.url, **options)

@@ -1,0 +1,289 @@
+"""The servers the benchmark compares, each run in its own process: `python -m tests.bench.servers KIND ...`.
+
+- `raw`: the baseline — a trivial grpc.aio server answering ChatService's methods with pre-built messages
+  (StreamReply streams time-stamped deltas at the requested pace, or one pre-built message as fast as it can).
+- `service`: chat-service itself (the real App, auth, interceptors, storage), with the clock-stamping fake model.
+- `naive`: the design the earlier systems used — the generation runs inside the RPC and the partial reply is
+  written to the database every `--every` tokens (1: per token).
+
+A request's content says what to generate: `"rate=<tokens/s> tokens=<n>"`. Each server also answers
+`/bench.v1.Stats/Get` with JSON counters of database writes (rows written to `messages`, commits).
+Prints `READY <port> <api key>` once serving.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat.v1 import chat_pb2 as pb
+from service.app import App, build
+from service.settings import Settings
+from service.storage import migrate, tables
+from service.storage.database import Database
+from tests.bench.clock_provider import MODEL, ClockProvider, paced
+
+STATS_METHOD = "/bench.v1.Stats/Get"
+SERVICE = "chat.v1.ChatService"
+
+
+def parse_request(content: str) -> tuple[float, int]:
+    fields = dict(part.split("=", 1) for part in content.split())
+    return float(fields.get("rate", "0")), int(fields.get("tokens", "1"))
+
+
+class WriteCounter:
+    """Counts rows written to `messages` and commits, from SQLAlchemy's engine events."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.rows = 0
+        self.commits = 0
+        sa.event.listen(engine.sync_engine, "before_cursor_execute", self._on_execute)
+        sa.event.listen(engine.sync_engine, "commit", self._on_commit)
+
+    def _on_execute(
+        self, _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, executemany: bool
+    ) -> None:
+        head = statement.lstrip()[:40].upper()
+        if head.startswith(("INSERT INTO MESSAGES", "UPDATE MESSAGES")):
+            self.rows += len(parameters) if executemany else 1
+
+    def _on_commit(self, _conn: Any) -> None:
+        self.commits += 1
+
+    def snapshot(self) -> dict[str, int]:
+        return {"rows_written": self.rows, "commits": self.commits}
+
+
+def stats_handler(counter: WriteCounter | None) -> grpc.GenericRpcHandler:
+    async def get(_request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
+        return json.dumps(counter.snapshot() if counter else {"rows_written": 0, "commits": 0}).encode()
+
+    return grpc.method_handlers_generic_handler("bench.v1.Stats", {"Get": grpc.unary_unary_rpc_method_handler(get)})
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def delta(text: str, offset: int) -> pb.StreamReplyResponse:
+    return pb.StreamReplyResponse(event=pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=offset)))
+
+
+# --- raw baseline
+
+
+def raw_handlers() -> grpc.GenericRpcHandler:
+    conversation = pb.Conversation(conversation_id=str(uuid.uuid4()), title="raw", model=MODEL)
+    created = pb.CreateConversationResponse(conversation=conversation)
+    got = pb.GetConversationResponse(conversation=conversation)
+    message = pb.Message(message_id=str(uuid.uuid4()), role=pb.ROLE_ASSISTANT)
+    started = pb.StreamReplyResponse(event=pb.ReplyEvent(started=pb.ReplyStarted(assistant_message=message)))
+    completed = pb.StreamReplyResponse(event=pb.ReplyEvent(completed=pb.ReplyCompleted(message=message)))
+    prebuilt = delta("1700000000.000000;", 0)
+
+    async def create(_request: pb.CreateConversationRequest, _context: Any) -> pb.CreateConversationResponse:
+        return created
+
+    async def get(_request: pb.GetConversationRequest, _context: Any) -> pb.GetConversationResponse:
+        return got
+
+    async def stream(request: pb.StreamReplyRequest, _context: Any) -> AsyncIterator[pb.StreamReplyResponse]:
+        rate, count = parse_request(request.content)
+        yield started
+        if rate:
+            offset = 0
+            async for token in paced(count, 1.0 / rate):
+                yield delta(token, offset)
+                offset += len(token)
+        else:  # as fast as it goes: the same pre-built message over and over
+            for _ in range(count):
+                yield prebuilt
+        yield completed
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "CreateConversation": grpc.unary_unary_rpc_method_handler(
+                create,
+                request_deserializer=pb.CreateConversationRequest.FromString,
+                response_serializer=pb.CreateConversationResponse.SerializeToString,
+            ),
+            "GetConversation": grpc.unary_unary_rpc_method_handler(
+                get,
+                request_deserializer=pb.GetConversationRequest.FromString,
+                response_serializer=pb.GetConversationResponse.SerializeToString,
+            ),
+            "StreamReply": grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=pb.StreamReplyRequest.FromString,
+                response_serializer=pb.StreamReplyResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+# --- the naive design: generation inside the RPC, a database write every `every` tokens
+
+
+def naive_handlers(engine: AsyncEngine, every: int) -> grpc.GenericRpcHandler:
+    messages, conversations = tables.messages, tables.conversations
+
+    async def create(request: pb.CreateConversationRequest, _context: Any) -> pb.CreateConversationResponse:
+        conversation_id, when = str(uuid.uuid4()), now()
+        async with engine.begin() as conn:
+            await conn.execute(
+                conversations.insert().values(
+                    id=conversation_id,
+                    owner="bench",
+                    title=request.title,
+                    model=MODEL,
+                    create_time=when,
+                    update_time=when,
+                )
+            )
+        return pb.CreateConversationResponse(conversation=pb.Conversation(conversation_id=conversation_id))
+
+    async def stream(request: pb.StreamReplyRequest, _context: Any) -> AsyncIterator[pb.StreamReplyResponse]:
+        rate, count = parse_request(request.content)
+        user_id, reply_id, when = str(uuid.uuid4()), str(uuid.uuid4()), now()
+        common = {"conversation_id": request.conversation_id, "owner": "bench", "create_time": when}
+        async with engine.begin() as conn:
+            await conn.execute(
+                messages.insert(),
+                [
+                    {
+                        **common,
+                        "id": user_id,
+                        "role": "user",
+                        "content": request.content,
+                        "status": "completed",
+                        "update_time": when,
+                    },
+                    {
+                        **common,
+                        "id": reply_id,
+                        "role": "assistant",
+                        "content": "",
+                        "status": "streaming",
+                        "update_time": when,
+                    },
+                ],
+            )
+        reply = pb.Message(message_id=reply_id, role=pb.ROLE_ASSISTANT)
+        yield pb.StreamReplyResponse(event=pb.ReplyEvent(started=pb.ReplyStarted(assistant_message=reply)))
+        text, unsaved = "", 0
+        row = messages.update().where(messages.c.id == reply_id)
+        async for token in paced(count, 1.0 / rate if rate else 0.0):
+            yield delta(token, len(text))
+            text += token
+            unsaved += 1
+            if unsaved >= every:
+                async with engine.begin() as conn:
+                    await conn.execute(row.values(content=text, update_time=now()))
+                unsaved = 0
+        async with engine.begin() as conn:
+            await conn.execute(row.values(content=text, status="completed", update_time=now()))
+        yield pb.StreamReplyResponse(event=pb.ReplyEvent(completed=pb.ReplyCompleted(message=reply)))
+
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "CreateConversation": grpc.unary_unary_rpc_method_handler(
+                create,
+                request_deserializer=pb.CreateConversationRequest.FromString,
+                response_serializer=pb.CreateConversationResponse.SerializeToString,
+            ),
+            "StreamReply": grpc.unary_stream_rpc_method_handler(
+                stream,
+                request_deserializer=pb.StreamReplyRequest.FromString,
+                response_serializer=pb.StreamReplyResponse.SerializeToString,
+            ),
+        },
+    )
+
+
+# --- running one
+
+
+async def run(kind: str, database_url: str, every: int) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    key = ""
+    if kind == "service":
+        settings = Settings(
+            database_url=database_url,
+            listen="127.0.0.1:0",
+            llm_provider="fake",
+            default_model=MODEL,
+            max_reply_tokens=1_000_000,
+            auto_migrate=True,
+            replica_id="bench",
+            log_level=os.environ.get("CHAT_LOG_LEVEL", "WARNING"),
+            shutdown_grace_seconds=1.0,
+        )
+        app = App(build(settings, provider=RequestPaced()))
+        counter = WriteCounter(app.deps.database.engine)
+        app.server.add_generic_rpc_handlers((stats_handler(counter),))
+        port = await app.start()
+        _, key = await app.deps.api_keys.create("bench")
+        print(f"READY {port} {key}", flush=True)
+        await stop.wait()
+        await app.stop(grace=1.0)
+        return
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    engine = None
+    if kind == "raw":
+        server.add_generic_rpc_handlers((raw_handlers(), stats_handler(None)))
+    else:
+        await asyncio.to_thread(migrate.upgrade, database_url)
+        database = Database(database_url, pool_size=20)
+        engine = database.engine
+        server.add_generic_rpc_handlers((naive_handlers(engine, every), stats_handler(WriteCounter(engine))))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"READY {port} -", flush=True)
+    await stop.wait()
+    await server.stop(1.0)
+    if engine is not None:
+        await engine.dispose()
+
+
+class RequestPaced(ClockProvider):
+    """The clock model, paced as each request's content asks."""
+
+    def __init__(self) -> None:
+        super().__init__(tokens_per_second=0, reply_tokens=0)
+
+    async def stream(self, prompt: Any) -> AsyncIterator[Any]:
+        last_user = prompt.turns[-1].content
+        rate, count = parse_request(last_user)
+        inner = ClockProvider(tokens_per_second=rate, reply_tokens=count)
+        async for item in inner.stream(prompt):
+            yield item
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["raw", "service", "naive"])
+    parser.add_argument("--database", default="")
+    parser.add_argument("--every", type=int, default=1)
+    args = parser.parse_args()
+    asyncio.run(run(args.kind, args.database, args.every))
+
+
+if __name__ == "__main__":
+    main()
