@@ -6,24 +6,29 @@ import asyncio
 import hashlib
 import logging
 import signal
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from chat.v1 import chat_pb2, chat_pb2_grpc
-from service import llm
-from service.auth import ApiKeys
+from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
+from service import llm, telemetry
+from service.auth import REVOKED_CHANNEL, ApiKeys
 from service.chat import Conversations, ModelCatalog
+from service.domain import Principal
+from service.jwt_auth import JwtVerifier, authenticator
+from service.limits import RateLimiter
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider
 from service.replies import Replies, ReplyLimits
+from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
-from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor
+from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
 from service.settings import Settings
 from service.storage import migrate
 from service.storage.database import Database
@@ -32,6 +37,7 @@ from service.storage.notifications import notifications_for
 logger = logging.getLogger(__name__)
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 
 
 def utc_now() -> datetime:
@@ -48,8 +54,15 @@ class Dependencies:
     api_keys: ApiKeys
     replies: Replies
     conversations: Conversations
+    # --- security and observability
+    authenticate: Callable[[str], Awaitable[Principal]] | None = None
+    rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=0, max_streams=0))
+    metrics: telemetry.Metrics = field(default_factory=telemetry.noop_metrics)
+    metrics_endpoint: telemetry.MetricsEndpoint | None = None
 
     async def aclose(self) -> None:
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         await self.provider.aclose()
         await self.notifications.close()
         await self.database.dispose()
@@ -68,7 +81,14 @@ def build(
     """Every long-lived object, built once. Tests pass their own provider; nothing is built at import."""
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     notifications = notifications_for(settings.database_url)
-    provider = provider or llm.build_provider(settings)
+    metrics_endpoint = (
+        telemetry.MetricsEndpoint(settings.listen.rpartition(":")[0], settings.metrics_port)
+        if settings.metrics_port
+        else None
+    )
+    metrics = telemetry.Metrics(metrics_endpoint.meter()) if metrics_endpoint else telemetry.noop_metrics()
+    telemetry.instrument_libraries(database.engine.sync_engine)
+    provider = telemetry.TracedProvider(provider or llm.build_provider(settings), metrics)
     personas = PersonaCatalog.load(settings.personas_file)
     tokens = PageTokens(page_token_secret(settings))
     limits = ReplyLimits(
@@ -94,8 +114,41 @@ def build(
     conversations = Conversations(
         uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes
     )
-    api_keys = ApiKeys(uow, tokens, clock=clock)
-    return Dependencies(settings, database, notifications, provider, personas, api_keys, replies, conversations)
+    # A revocation is announced to every replica (this one included), which forgets the key at once. Without a
+    # live link to other replicas (Postgres notifications down) the key cache is not trusted.
+    api_keys = ApiKeys(
+        uow,
+        tokens,
+        clock=clock,
+        announce=lambda key_id: notifications.publish(REVOKED_CHANNEL, key_id),
+        cache_trusted=(lambda: notifications.connected) if not settings.is_sqlite else (lambda: True),
+    )
+    notifications.subscribe(REVOKED_CHANNEL, api_keys.forget)
+    jwts = JwtVerifier.from_files(
+        secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+        public_key_file=settings.jwt_public_key_file,
+        jwks_file=settings.jwt_jwks_file,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        leeway=settings.jwt_leeway_seconds,
+    )
+    metrics.observe_flushes(lambda: replies.flusher.commits)
+    return Dependencies(
+        settings,
+        database,
+        notifications,
+        provider,
+        personas,
+        api_keys,
+        replies,
+        conversations,
+        authenticate=authenticator(api_keys.authenticate, jwts),
+        rate_limiter=RateLimiter(
+            per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams
+        ),
+        metrics=metrics,
+        metrics_endpoint=metrics_endpoint,
+    )
 
 
 class App:
@@ -113,9 +166,14 @@ class App:
             await asyncio.to_thread(migrate.upgrade, settings.database_url)
         await self.deps.notifications.start()
         await self.deps.replies.start()
-        self.port = self.server.add_insecure_port(address or settings.listen)
+        credentials = server_credentials(settings)
+        address = address or settings.listen
+        if credentials is None:
+            self.port = self.server.add_insecure_port(address)
+        else:
+            self.port = self.server.add_secure_port(address, credentials)
         if not self.port:
-            raise OSError(f"cannot listen on {address or settings.listen}")
+            raise OSError(f"cannot listen on {address}")
         await self.server.start()
         for service_name in ("", CHAT_SERVICE):
             await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -138,8 +196,10 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
     settings = deps.settings
     server = grpc.aio.server(
         interceptors=[
-            AccessLogInterceptor(),
-            AuthInterceptor(deps.api_keys.authenticate),
+            aio_server_interceptor(),  # tracing: a span per RPC, continuing the caller's traceparent
+            AccessLogInterceptor(deps.metrics),
+            AuthInterceptor(deps.authenticate or deps.api_keys.authenticate),
+            RateLimitInterceptor(deps.rate_limiter, deps.metrics),
             ErrorInterceptor(),
         ],
         options=[
@@ -152,13 +212,29 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(deps.conversations, deps.replies, default_model=settings.resolved_model), server
     )
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.api_keys), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((CHAT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection(
+        (CHAT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     return server
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is configured; with a client CA, clients must present a certificate (mTLS)."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    client_ca = settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 async def serve(settings: Settings, *, on_listening: Callable[[str], None] = print) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    shutdown_tracing = telemetry.configure_tracing()
     app = App(build(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -184,4 +260,5 @@ async def serve(settings: Settings, *, on_listening: Callable[[str], None] = pri
         },
     )
     await app.stop()
+    shutdown_tracing()
     logger.info("stopped")

@@ -10,13 +10,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.domain import ApiKey, InvalidArgument, NotFound, Page, Principal, Unauthenticated
+from service.domain import ApiKey, InvalidArgument, NotFound, Page, PermissionDenied, Principal, Unauthenticated
 from service.pagination import PageTokens, page_size
 from service.ports import UnitOfWorkFactory
 
 KEY_PREFIX = "csk"
 USER_ID_MAX = 128
 SCOPES = frozenset({"admin"})
+# Notification channel announcing a revoked key id to every replica (see `ports.Notifications`).
+REVOKED_CHANNEL = "chat_key_revoked"
 
 
 def hash_secret(secret: str) -> str:
@@ -39,6 +41,12 @@ def check_user_id(user_id: str) -> str:
     return user_id
 
 
+def require_admin(principal: Principal) -> Principal:
+    if not principal.is_admin:
+        raise PermissionDenied("this method needs the admin scope")
+    return principal
+
+
 @dataclass(frozen=True, slots=True)
 class _Verified:
     principal: Principal
@@ -49,8 +57,10 @@ class _Verified:
 class ApiKeys:
     """Create, list, revoke keys, and authenticate bearer tokens against them.
 
-    Verified keys are cached for `cache_seconds` so a request costs no database read; a revocation reaches
-    this replica at once and other replicas within that time.
+    Verified keys are cached for `cache_seconds` so a request costs no database read. A revocation is
+    announced through `announce` (the replicas' notifications, which call `forget` everywhere), so it takes
+    effect at once on every replica; while `cache_trusted()` is False (notifications from other replicas
+    cannot arrive) the cache is bypassed.
     """
 
     def __init__(
@@ -61,6 +71,8 @@ class ApiKeys:
         clock: Callable[[], datetime],
         cache_seconds: float = 5.0,
         touch_every: timedelta = timedelta(minutes=1),
+        announce: Callable[[str], None] = lambda key_id: None,
+        cache_trusted: Callable[[], bool] = lambda: True,
     ) -> None:
         self._uow = uow
         self._tokens = tokens
@@ -68,6 +80,8 @@ class ApiKeys:
         self._cache_seconds = cache_seconds
         self._touch_every = touch_every
         self._cache: dict[str, _Verified] = {}
+        self._announce = announce
+        self._cache_trusted = cache_trusted
 
     async def create(self, user_id: str, *, scopes: Iterable[str] = (), name: str = "") -> tuple[ApiKey, str]:
         """Returns the stored key and its token; the token is never stored and cannot be shown again."""
@@ -93,12 +107,17 @@ class ApiKeys:
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
 
     async def revoke(self, key_id: str) -> ApiKey:
+        if not key_id:
+            raise InvalidArgument.field("key_id", "is required")
+        if len(key_id) > 32 or not key_id.isascii() or not key_id.isalnum():
+            raise NotFound("API key not found", metadata={"keyId": key_id[:64]})
         async with self._uow() as uow:
             if not await uow.api_keys.revoke(key_id, self._clock()) and await uow.api_keys.get(key_id) is None:
                 raise NotFound("API key not found", metadata={"keyId": key_id})
             key = await uow.api_keys.get(key_id)
             await uow.commit()
         self._cache.pop(key_id, None)
+        self._announce(key_id)
         assert key is not None
         return key
 
@@ -113,7 +132,7 @@ class ApiKeys:
         key_id, secret = parsed
         secret_hash = hash_secret(secret)
         cached = self._cache.get(key_id)
-        if cached is not None and cached.until > time.monotonic():
+        if cached is not None and cached.until > time.monotonic() and self._cache_trusted():
             if hmac.compare_digest(cached.secret_hash, secret_hash):
                 return cached.principal
             raise Unauthenticated("the API key is not valid")

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["ollama", "openai", "local", "fake"]
@@ -70,6 +70,26 @@ class Settings(BaseSettings):
     # --- personas
     personas_file: Path | None = Field(None, description="TOML file adding/overriding personas")
 
+    # --- security
+    jwt_secret: SecretStr | None = Field(None, description="HS256 shared secret for JWT bearer tokens; unset = off")
+    jwt_public_key_file: Path | None = Field(None, description="PEM public key for RS256/ES256 JWTs")
+    jwt_jwks_file: Path | None = Field(None, description="JWKS file (keys chosen by `kid`) for RS256/ES256 JWTs")
+    jwt_issuer: str = Field("", description="required `iss` of JWTs; empty = not checked")
+    jwt_audience: str = Field("", description="required `aud` of JWTs; empty = not checked")
+    jwt_leeway_seconds: float = Field(30.0, ge=0, description="clock skew allowed on `exp`/`nbf`")
+    rate_limit_per_minute: int = Field(600, ge=0, description="requests per user per minute per replica; 0 = off")
+    max_concurrent_streams: int = Field(
+        16, ge=0, description="streaming RPCs open at once per user per replica; 0 = off"
+    )
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate chain; set with the key for TLS")
+    tls_key_file: Path | None = Field(None, description="PEM private key of the server certificate")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA bundle: when set, clients must present a certificate it signed (mTLS)"
+    )
+
+    # --- observability
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
@@ -77,6 +97,17 @@ class Settings(BaseSettings):
         if not sep or not host or not port.isdigit():
             raise ValueError("must be host:port")
         return value
+
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("CHAT_TLS_CERT_FILE and CHAT_TLS_KEY_FILE go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("CHAT_TLS_CLIENT_CA_FILE (mTLS) needs CHAT_TLS_CERT_FILE and CHAT_TLS_KEY_FILE")
+        jwt_keys = [self.jwt_secret, self.jwt_public_key_file, self.jwt_jwks_file]
+        if sum(k is not None for k in jwt_keys) > 1:
+            raise ValueError("set one of CHAT_JWT_SECRET, CHAT_JWT_PUBLIC_KEY_FILE, CHAT_JWT_JWKS_FILE")
+        return self
 
     @property
     def resolved_model(self) -> str:

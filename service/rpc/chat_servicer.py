@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.chat import Conversations
-from service.replies import Replies
+from service.replies import Replies, Started
 from service.rpc import convert
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context
+from service.telemetry import link_to_generation
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -83,6 +84,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self, request: pb.ResumeReplyRequest, context: Context
     ) -> AsyncIterator[pb.ResumeReplyResponse]:
         async for event in self._replies.resume(current_principal(), request.message_id, request.offset):
+            if isinstance(event, Started):
+                link_to_generation(event.assistant_message.conversation_id)
             yield pb.ResumeReplyResponse(event=convert.reply_event(event))
 
     async def CancelReply(self, request: pb.CancelReplyRequest, context: Context) -> pb.CancelReplyResponse:

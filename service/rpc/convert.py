@@ -6,9 +6,11 @@ from datetime import datetime
 
 from google.protobuf import timestamp_pb2
 
+from chat.v1 import admin_pb2
 from chat.v1 import chat_pb2 as pb
+from service.auth import KEY_PREFIX
 from service.chat import ConversationFields
-from service.domain import Conversation, FinishReason, Message, MessageStatus, ModelInfo, Role
+from service.domain import ApiKey, Conversation, FinishReason, Message, MessageStatus, ModelInfo, Role
 from service.replies import Delta, Ended, ReplyEvent, Started
 
 ROLES = {Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT, Role.SYSTEM: pb.ROLE_SYSTEM}
@@ -92,3 +94,16 @@ def reply_event(event: ReplyEvent) -> pb.ReplyEvent:
         )
     assert isinstance(event, Ended)
     return pb.ReplyEvent(completed=pb.ReplyCompleted(message=message(event.message)))
+
+
+def api_key(key: ApiKey) -> admin_pb2.ApiKey:
+    return admin_pb2.ApiKey(
+        key_id=key.id,
+        prefix=f"{KEY_PREFIX}_{key.id}_",
+        user_id=key.user_id,
+        scopes=sorted(key.scopes),
+        display_name=key.name,
+        create_time=timestamp(key.create_time),
+        last_use_time=timestamp(key.last_used_time) if key.last_used_time else None,
+        revoke_time=timestamp(key.revoke_time) if key.revoke_time else None,
+    )

@@ -1,4 +1,5 @@
-"""Server interceptors. Their order is one list in the composition root: access log -> auth -> errors."""
+"""Server interceptors. Their order is one list in the composition root:
+tracing -> access log -> auth -> rate limit -> errors."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
-from service.domain import DomainError, Principal, Unauthenticated
+from service.domain import DomainError, Principal, ResourceExhausted, Unauthenticated
+from service.limits import RateLimiter
 from service.rpc import errors
 from service.rpc.context import principal_var
 from service.rpc.handlers import Context, Handler, StreamBehavior, UnaryBehavior, wrap
+from service.telemetry import Metrics
 
 logger = logging.getLogger("service.access")
 
@@ -107,7 +111,11 @@ def _refusing(handler: Handler, error: DomainError) -> Handler:
 
 
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):
-    """One structured line per RPC: method, user, status code, duration, request id. Never content."""
+    """One structured line per RPC (method, user, peer, status code, duration, bytes, request id, trace and
+    span ids), and the RPC latency and active-stream metrics. Never content or credentials."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
@@ -115,51 +123,110 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
             return None
         method = details.method
         request_id = _metadata(details, "x-request-id")
+        metrics = self._metrics
 
-        def log(context: Context, peer: str, started: float, error: BaseException | None) -> None:
+        def log(context: Context, peer: str, started: float, error: BaseException | None, size: int) -> None:
             # code() is None when the handler returned normally (OK); a bare exception means cancellation.
             code: Any = context.code()
             if code is None:
                 code = grpc.StatusCode.CANCELLED if error else grpc.StatusCode.OK
+            code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+            seconds = time.perf_counter() - started
             principal = principal_var.get()
+            span = trace.get_current_span().get_span_context()
+            metrics.rpc_duration.record(seconds, {"rpc.method": method, "rpc.grpc.status_code": code_name})
             logger.info(
                 "rpc",
                 extra={
                     "method": method,
                     "user": principal.user_id if principal else None,
-                    "code": code.name if isinstance(code, grpc.StatusCode) else str(code),
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "code": code_name,
+                    "duration_ms": round(seconds * 1000, 3),
+                    "bytes": size,
                     "peer": peer,
                     "request_id": request_id or None,
+                    "trace_id": trace.format_trace_id(span.trace_id) if span.is_valid else None,
+                    "span_id": trace.format_span_id(span.span_id) if span.is_valid else None,
                 },
             )
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def logged(request: Any, context: Context) -> Any:
-                # The peer is read up front: asking a cancelled call for it crashes grpcio (a segfault).
-                started, peer, error = time.perf_counter(), context.peer(), None
+                # The peer is read first: asking a call that has ended for its peer can crash grpc's core.
+                peer, started, error, size = context.peer(), time.perf_counter(), None, _size(request)
                 try:
-                    return await behavior(request, context)
+                    response = await behavior(request, context)
+                    size += _size(response)
+                    return response
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
-                    log(context, peer, started, error)
+                    log(context, peer, started, error, size)
 
             return logged
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
             async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
-                started, peer, error = time.perf_counter(), context.peer(), None
+                peer, started, error, size = context.peer(), time.perf_counter(), None, _size(request)
+                metrics.active_streams.add(1, {"rpc.method": method})
                 try:
                     async for response in behavior(request, context):
+                        size += _size(response)
                         yield response
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
-                    log(context, peer, started, error)
+                    metrics.active_streams.add(-1, {"rpc.method": method})
+                    log(context, peer, started, error, size)
 
             return logged
 
         return wrap(handler, unary, stream)
+
+
+def _size(message: Any) -> int:
+    """Serialized size of a protobuf message; 0 for request streams."""
+    byte_size = getattr(message, "ByteSize", None)
+    return int(byte_size()) if byte_size is not None else 0
+
+
+class RateLimitInterceptor(grpc.aio.ServerInterceptor):
+    """Per-user request rate and concurrent streams (after auth, so the user is known): RESOURCE_EXHAUSTED
+    with a RetryInfo detail when over. Unauthenticated (public) methods are not limited."""
+
+    def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+
+    async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
+        handler = await continuation(details)
+        principal = principal_var.get()
+        if handler is None or principal is None:
+            return handler
+        user, limiter, rejections = principal.user_id, self._limiter, self._metrics.rate_limit_rejections
+        try:
+            limiter.check_request(user)
+        except ResourceExhausted as error:
+            rejections.add(1, {"chat.limit": "requests"})
+            return _refusing(handler, error)
+        if not (handler.unary_stream or handler.stream_stream):
+            return handler
+
+        def stream(behavior: StreamBehavior) -> StreamBehavior:
+            async def limited(request: Any, context: Context) -> AsyncIterator[Any]:
+                try:
+                    limiter.open_stream(user)
+                except ResourceExhausted as error:
+                    rejections.add(1, {"chat.limit": "streams"})
+                    await errors.abort(context, error)
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    limiter.close_stream(user)
+
+            return limited
+
+        return wrap(handler, lambda behavior: behavior, stream)

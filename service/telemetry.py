@@ -1,0 +1,205 @@
+"""OpenTelemetry: tracing (OTLP export when `OTEL_EXPORTER_OTLP_ENDPOINT` is set), library instrumentation,
+one GenAI span per model call, and metrics exported for Prometheus scraping."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from service.domain import Completion, DomainError, ModelInfo, Prompt
+from service.ports import Provider
+
+TRACER_NAME = "chat-service"
+IN_PROCESS_PROVIDERS = frozenset({"local", "fake"})
+
+
+def tracer() -> trace.Tracer:
+    return trace.get_tracer(TRACER_NAME)
+
+
+def configure_tracing(service_name: str = "chat-service") -> Callable[[], None]:
+    """Install the SDK with an OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (the exporter reads
+    the standard OTEL_* variables); otherwise tracing stays the API's no-op. Returns a shutdown function."""
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return lambda: None
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
+
+
+def instrument_libraries(sync_engine: Any) -> None:
+    """Child spans for SQL statements (this engine) and outgoing HTTP (every httpx client, once)."""
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    instrumentor = HTTPXClientInstrumentor()
+    if not instrumentor.is_instrumented_by_opentelemetry:
+        instrumentor.instrument()
+    connections = metrics.get_meter(TRACER_NAME).create_up_down_counter("db.client.connections.usage")
+    EngineTracer(trace.get_tracer("service.storage"), sync_engine, connections)
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+class Metrics:
+    """The service's instruments. Built from a Meter (an SDK one exported to Prometheus, or a no-op)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.meter = meter
+        self.rpc_duration = meter.create_histogram(
+            "rpc.server.duration", unit="s", description="RPC latency by method and status code"
+        )
+        self.time_to_first_token = meter.create_histogram(
+            "gen_ai.server.time_to_first_token", unit="s", description="time from model call to first text"
+        )
+        self.output_tokens_per_second = meter.create_histogram(
+            "chat.generation.output_tokens_per_second", unit="{token}/s", description="output tokens per second"
+        )
+        self.active_streams = meter.create_up_down_counter(
+            "chat.rpc.active_streams", unit="{stream}", description="streaming RPCs open"
+        )
+        self.generations_in_flight = meter.create_up_down_counter(
+            "chat.generations.in_flight", unit="{generation}", description="model calls in progress"
+        )
+        self.rate_limit_rejections = meter.create_counter(
+            "chat.rate_limit.rejections", unit="{request}", description="requests refused by rate limits"
+        )
+
+    def observe_flushes(self, commits: Callable[[], int]) -> None:
+        """Flush transactions committed by the reply flusher (read when scraped)."""
+
+        def observe(_options: CallbackOptions) -> list[Observation]:
+            return [Observation(commits())]
+
+        self.meter.create_observable_counter(
+            "chat.reply.flushes", callbacks=[observe], unit="{flush}", description="partial-reply flushes"
+        )
+
+
+class MetricsEndpoint:
+    """An SDK MeterProvider read by a Prometheus exporter on its own registry, served on `host:port`."""
+
+    def __init__(self, host: str, port: int) -> None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        self._registry = CollectorRegistry()
+        reader = PrometheusMetricReader(registry=self._registry)
+        self.provider = MeterProvider(metric_readers=[reader], resource=Resource.create({SERVICE_NAME: "chat-service"}))
+        self._server, self._thread = start_http_server(port, addr=host, registry=self._registry)
+        self.port: int = self._server.server_port
+
+    def meter(self) -> Meter:
+        return self.provider.get_meter(TRACER_NAME)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self.provider.shutdown()
+
+
+def noop_metrics() -> Metrics:
+    return Metrics(metrics.NoOpMeterProvider().get_meter(TRACER_NAME))
+
+
+# ------------------------------------------------------------------------------------------------ GenAI spans
+
+# The span of the model call in flight per conversation (one reply at a time), so a ResumeReply can link to it.
+_live_generations: dict[str, trace.SpanContext] = {}
+
+
+def link_to_generation(conversation_id: str) -> None:
+    """Link the current span (a ResumeReply) to the model call generating in this conversation, if any."""
+    generation = _live_generations.get(conversation_id)
+    if generation is not None:
+        trace.get_current_span().add_link(generation, {"chat.link": "resumed_generation"})
+
+
+class TracedProvider:
+    """Decorates a Provider: one GenAI span per model call (semantic conventions for `chat`), an event at the
+    first token, and the generation metrics. The span starts a trace of its own, linked to the RPC that
+    started the reply: the reply belongs to the server and may outlive that RPC. Never records content."""
+
+    def __init__(self, inner: Provider, metrics: Metrics) -> None:
+        self._inner = inner
+        self._metrics = metrics
+        self.name = inner.name
+
+    async def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+        starter = trace.get_current_span().get_span_context()
+        attributes: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": self.name,
+            "gen_ai.request.model": prompt.model,
+            "gen_ai.request.max_tokens": prompt.max_tokens,
+            "gen_ai.output.type": "text",
+        }
+        if prompt.conversation_id:
+            attributes["gen_ai.conversation.id"] = prompt.conversation_id
+        span = tracer().start_span(
+            f"chat {prompt.model}",
+            context=otel_context.Context(),
+            kind=SpanKind.INTERNAL if self.name in IN_PROCESS_PROVIDERS else SpanKind.CLIENT,
+            attributes=attributes,
+            links=[Link(starter, {"chat.link": "started_by"})] if starter.is_valid else [],
+        )
+        if prompt.conversation_id:
+            _live_generations[prompt.conversation_id] = span.get_span_context()
+        model = {"gen_ai.request.model": prompt.model, "gen_ai.provider.name": self.name}
+        self._metrics.generations_in_flight.add(1, model)
+        started = time.perf_counter()
+        first_token: float | None = None
+        try:
+            async for item in self._inner.stream(prompt):
+                if first_token is None and isinstance(item, str):
+                    first_token = time.perf_counter()
+                    span.add_event("gen_ai.first_token", {"gen_ai.server.time_to_first_token": first_token - started})
+                    self._metrics.time_to_first_token.record(first_token - started, model)
+                if isinstance(item, Completion):
+                    self._completed(span, item, first_token, model)
+                yield item
+        except BaseException as error:
+            reason = error.reason if isinstance(error, DomainError) else type(error).__name__
+            span.set_attribute("error.type", reason)
+            span.set_status(Status(StatusCode.ERROR, reason))
+            raise
+        finally:
+            self._metrics.generations_in_flight.add(-1, model)
+            if _live_generations.get(prompt.conversation_id) == span.get_span_context():
+                del _live_generations[prompt.conversation_id]
+            span.end()
+
+    def _completed(self, span: trace.Span, item: Completion, first_token: float | None, model: dict[str, str]) -> None:
+        span.set_attributes(
+            {
+                "gen_ai.usage.input_tokens": item.usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": item.usage.completion_tokens,
+                "gen_ai.response.finish_reasons": [item.finish_reason.value or "stop"],
+            }
+        )
+        if first_token is not None and item.usage.completion_tokens:
+            elapsed = time.perf_counter() - first_token
+            if elapsed > 0:
+                self._metrics.output_tokens_per_second.record(item.usage.completion_tokens / elapsed, model)
+
+    async def list_models(self) -> Sequence[ModelInfo]:
+        return await self._inner.list_models()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
