@@ -1,0 +1,88 @@
+"""Per-user rate limits over a real server: RESOURCE_EXHAUSTED with google.rpc.RetryInfo."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from chat.v1 import chat_pb2 as pb
+from tests.integration.harness import running_replica, settings_for
+
+
+def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            info = error_details_pb2.RetryInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no RetryInfo detail")
+
+
+async def test_requests_over_the_per_minute_limit_are_refused_with_retry_info(database_url: str) -> None:
+    settings = settings_for(database_url, rate_limit_per_minute=5)
+    async with running_replica(settings) as replica:
+        alice, bob = await replica.auth("alice"), await replica.auth("bob")
+        for _ in range(5):
+            await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=alice)
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=alice)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        delay = retry_info(error.value).retry_delay.ToTimedelta().total_seconds()
+        assert 0 < delay <= 12  # one request comes back every 60/5 = 12 s
+        # Streams are limited by the same bucket.
+        with pytest.raises(grpc.aio.AioRpcError) as streaming:
+            await replica.stub.ResumeReply(pb.ResumeReplyRequest(message_id="x"), metadata=alice).read()
+        assert streaming.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Per user: bob is not affected.
+        await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=bob)
+
+
+async def test_concurrent_streams_over_the_limit_are_refused(database_url: str) -> None:
+    settings = settings_for(database_url, max_concurrent_streams=1, fake_tokens_per_second=20, fake_reply_tokens=200)
+    async with running_replica(settings) as replica:
+        alice = await replica.auth("alice")
+        conversation = await replica.conversation("alice")
+        first = replica.stub.StreamReply(
+            pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="hi"), metadata=alice
+        )
+        started = (await first.read()).event.started
+        second = replica.stub.ResumeReply(
+            pb.ResumeReplyRequest(message_id=started.assistant_message.message_id), metadata=alice
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await second.read()
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_info(error.value).retry_delay.ToTimedelta().total_seconds() > 0
+        # Unary calls are not streams; another user has slots of their own.
+        await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=alice)
+        bob_conversation = await replica.conversation("bob")
+        bob = replica.stub.StreamReply(
+            pb.StreamReplyRequest(conversation_id=bob_conversation.conversation_id, content="hi"),
+            metadata=await replica.auth("bob"),
+        )
+        assert (await bob.read()).event.HasField("started")
+        bob.cancel()
+        first.cancel()
+        # The slot is given back when the stream ends.
+        again = replica.stub.ResumeReply(
+            pb.ResumeReplyRequest(message_id=started.assistant_message.message_id), metadata=alice
+        )
+        for _ in range(100):  # bounded: the server notices the cancellation asynchronously
+            try:
+                assert (await again.read()).event.HasField("started")
+                break
+            except grpc.aio.AioRpcError as retry:
+                assert retry.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(0.05)
+                again = replica.stub.ResumeReply(
+                    pb.ResumeReplyRequest(message_id=started.assistant_message.message_id), metadata=alice
+                )
+        else:
+            raise AssertionError("the stream slot was never given back")
+        again.cancel()
