@@ -8,6 +8,7 @@ import sys
 import structlog
 
 _configured = False
+QUIET_AT_DEBUG = ("aiosqlite",)
 
 
 def configure(level: str = "INFO") -> None:
@@ -37,6 +38,9 @@ def configure(level: str = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # These log SQL parameters (message content) at DEBUG: never below INFO.
+    for name in QUIET_AT_DEBUG:
+        logging.getLogger(name).setLevel(max(logging.INFO, logging.getLevelName(level.upper())))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -17,6 +17,8 @@ from service.domain import Completion, DomainError, ModelInfo, Prompt
 from service.ports import Provider
 
 TRACER_NAME = "chat-service"
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 IN_PROCESS_PROVIDERS = frozenset({"local", "fake"})
 
 
@@ -61,13 +63,22 @@ class Metrics:
     def __init__(self, meter: Meter) -> None:
         self.meter = meter
         self.rpc_duration = meter.create_histogram(
-            "rpc.server.duration", unit="s", description="RPC latency by method and status code"
+            "rpc.server.duration",
+            unit="s",
+            description="RPC latency by method and status code",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
         self.time_to_first_token = meter.create_histogram(
-            "gen_ai.server.time_to_first_token", unit="s", description="time from model call to first text"
+            "gen_ai.server.time_to_first_token",
+            unit="s",
+            description="time from model call to first text",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS,
         )
         self.output_tokens_per_second = meter.create_histogram(
-            "chat.generation.output_tokens_per_second", unit="{token}/s", description="output tokens per second"
+            "chat.generation.output_tokens_per_second",
+            unit="{token}/s",
+            description="output tokens per second",
+            explicit_bucket_boundaries_advisory=RATE_BUCKETS,
         )
         self.active_streams = meter.create_up_down_counter(
             "chat.rpc.active_streams", unit="{stream}", description="streaming RPCs open"
@@ -165,8 +176,16 @@ class TracedProvider:
         self._metrics.generations_in_flight.add(1, model)
         started = time.perf_counter()
         first_token: float | None = None
+        items = aiter(self._inner.stream(prompt))
         try:
-            async for item in self._inner.stream(prompt):
+            while True:
+                # The span is current only while the provider runs (its HTTP calls become children), never
+                # across our own yields: the consumer's context stays its own.
+                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
+                    try:
+                        item = await anext(items)
+                    except StopAsyncIteration:
+                        break
                 if first_token is None and isinstance(item, str):
                     first_token = time.perf_counter()
                     span.add_event("gen_ai.first_token", {"gen_ai.server.time_to_first_token": first_token - started})
@@ -181,6 +200,9 @@ class TracedProvider:
             raise
         finally:
             self._metrics.generations_in_flight.add(-1, model)
+            aclose = getattr(items, "aclose", None)
+            if aclose is not None:
+                await aclose()
             if _live_generations.get(prompt.conversation_id) == span.get_span_context():
                 del _live_generations[prompt.conversation_id]
             span.end()

@@ -102,9 +102,7 @@ def rsa_pem(tmp_path: Path) -> tuple[rsa.RSAPrivateKey, Path]:
     private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     path = tmp_path / "jwt.pub.pem"
     path.write_bytes(
-        private.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        private.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     return private, path
 

@@ -115,9 +115,7 @@ async def serving(settings: Settings) -> AsyncIterator[tuple[App, str]]:
 
 
 async def list_over(address: str, credentials: grpc.ChannelCredentials | None, token: str) -> grpc.StatusCode:
-    channel = (
-        grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
-    )
+    channel = grpc.aio.secure_channel(address, credentials) if credentials else grpc.aio.insecure_channel(address)
     async with channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         try:
@@ -130,9 +128,7 @@ async def list_over(address: str, credentials: grpc.ChannelCredentials | None, t
 
 
 async def test_tls(database_url: str, pki: Pki) -> None:
-    settings = settings_for(
-        database_url, tls_cert_file=pki.files["server.pem"], tls_key_file=pki.files["server.key"]
-    )
+    settings = settings_for(database_url, tls_cert_file=pki.files["server.pem"], tls_key_file=pki.files["server.key"])
     async with serving(settings) as (app, address):
         _, token = await app.deps.api_keys.create("alice")
         trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert)
