@@ -89,8 +89,8 @@ class ApiKeys:
         scopes = frozenset(scopes)
         if not scopes <= SCOPES:
             raise InvalidArgument.field("scopes", f"unknown scopes {sorted(scopes - SCOPES)}")
-        if len(name) > 200:
-            raise InvalidArgument.field("name", "must be at most 200 characters")
+        if len(name) > 200 or "\x00" in name:
+            raise InvalidArgument.field("name", "must be at most 200 characters, without NUL")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         key = ApiKey(key_id, user_id, hash_secret(secret), scopes, self._clock(), name=name)
         async with self._uow() as uow:
@@ -99,6 +99,8 @@ class ApiKeys:
         return key, f"{KEY_PREFIX}_{key_id}_{secret}"
 
     async def list(self, *, user_id: str | None, size: int, token: str) -> Page[ApiKey]:
+        if user_id:
+            check_user_id(user_id)
         limit = page_size(size)
         scope = f"api_keys:{user_id or '*'}"
         after = self._tokens.decode(scope, token)

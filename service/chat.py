@@ -178,6 +178,9 @@ class Conversations:
     ) -> ConversationFields:
         if "title" in names and len(fields.title) > TITLE_MAX:
             raise InvalidArgument.field(f"{prefix}title", f"must be at most {TITLE_MAX} characters")
+        for name in ("title", "model", "persona"):  # Postgres text cannot hold NUL
+            if name in names and "\x00" in getattr(fields, name):
+                raise InvalidArgument.field(f"{prefix}{name}", "must not contain NUL characters")
         if "system_prompt" in names:
             check_text(
                 f"{prefix}system_prompt",
