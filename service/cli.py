@@ -134,6 +134,7 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
                     break
         else:
             await keys.revoke(args.key_id)
+            await _announce_revocation(database, args.key_id)
             print(f"revoked key {args.key_id}")
         return 0
     except DomainError as error:
@@ -141,6 +142,22 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     finally:
         await database.dispose()
+
+
+async def _announce_revocation(database: Any, key_id: str) -> None:
+    """Tell running replicas to forget the key at once (Postgres NOTIFY on the channel they listen to). On
+    SQLite a server in another process re-reads the key within its 5 s cache."""
+    import sqlalchemy as sa
+
+    from service.auth import REVOKED_CHANNEL
+
+    if database.engine.dialect.name != "postgresql":
+        return
+    async with database.engine.connect() as conn:
+        await conn.execute(
+            sa.text("SELECT pg_notify(:channel, :key_id)"), {"channel": REVOKED_CHANNEL, "key_id": key_id}
+        )
+        await conn.commit()
 
 
 def demo_key_path(settings: Settings) -> Path:

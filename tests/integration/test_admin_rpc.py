@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator
 
 import grpc
@@ -122,3 +123,28 @@ async def test_revocation_on_one_replica_reaches_the_other_at_once(two_replicas:
     await admin.RevokeApiKey(apb.RevokeApiKeyRequest(key_id=token.split("_")[1]), metadata=auth)
     await asyncio.wait_for(heard.wait(), 10)
     assert await code_of(b, token) == grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.mark.postgres
+async def test_cli_revocation_reaches_a_running_replica_at_once(postgres_url: str) -> None:
+    async with running_replica(settings_for(postgres_url)) as replica:
+        token = await replica.key("dave")
+        assert await code_of(replica, token) == grpc.StatusCode.OK  # cached
+        heard = asyncio.Event()
+        replica.app.deps.notifications.subscribe(REVOKED_CHANNEL, lambda _key_id: heard.set())
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service",
+            "keys",
+            "revoke",
+            token.split("_")[1],
+            "--database-url",
+            postgres_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == 0, err
+        await asyncio.wait_for(heard.wait(), 10)
+        assert await code_of(replica, token) == grpc.StatusCode.UNAUTHENTICATED

@@ -261,3 +261,28 @@ async def test_a_page_token_is_bound_to_the_user_filter(keys: ApiKeys) -> None:
 async def test_list_with_a_negative_page_size_is_invalid(keys: ApiKeys) -> None:
     with pytest.raises(InvalidArgument):
         await keys.list(user_id=None, size=-1, token="")
+
+
+async def test_revoke_announces_the_key_id(storage: FakeStorage, clock: FakeClock) -> None:
+    announced: list[str] = []
+    keys = ApiKeys(storage.unit_of_work, PageTokens(b"s"), clock=clock, announce=announced.append)
+    key, _ = await keys.create("alice")
+    await keys.revoke(key.id)
+    assert announced == [key.id]
+
+
+async def test_the_cache_is_bypassed_while_not_trusted(storage: FakeStorage, clock: FakeClock) -> None:
+    trusted = True
+    ours = ApiKeys(storage.unit_of_work, PageTokens(b"s"), clock=clock)
+    theirs = ApiKeys(
+        storage.unit_of_work, PageTokens(b"s"), clock=clock, cache_seconds=3600, cache_trusted=lambda: trusted
+    )
+    key, token = await ours.create("alice")
+    await theirs.authenticate(token)
+    await ours.revoke(key.id)
+    assert await theirs.authenticate(token) == Principal("alice")  # cached, and the cache is trusted
+
+    trusted = False  # e.g. the link to the other replicas is down: a revocation might not have reached us
+
+    with pytest.raises(Unauthenticated):
+        await theirs.authenticate(token)
