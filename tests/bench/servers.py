@@ -234,6 +234,9 @@ async def run(kind: str, database_url: str, every: int) -> None:
             replica_id="bench",
             log_level=os.environ.get("CHAT_LOG_LEVEL", "WARNING"),
             shutdown_grace_seconds=1.0,
+            # One bench user opens up to 1000 streams: capacity is measured, not the per-user limits.
+            rate_limit_per_minute=0,
+            max_concurrent_streams=0,
         )
         app = App(build(settings, provider=RequestPaced()))
         counter = WriteCounter(app.deps.database.engine)
