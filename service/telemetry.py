@@ -176,21 +176,16 @@ class TracedProvider:
         self._metrics.generations_in_flight.add(1, model)
         started = time.perf_counter()
         first_token: float | None = None
-        items = aiter(self._inner.stream(prompt))
+        # The span is current for the provider's own work (its HTTP calls become children). Attached once, not
+        # around every item: a provider stream is consumed by one task (the reply's producer), start to end.
+        token = otel_context.attach(trace.set_span_in_context(span))
         try:
-            while True:
-                # The span is current only while the provider runs (its HTTP calls become children), never
-                # across our own yields: the consumer's context stays its own.
-                with trace.use_span(span, record_exception=False, set_status_on_exception=False):
-                    try:
-                        item = await anext(items)
-                    except StopAsyncIteration:
-                        break
-                if first_token is None and isinstance(item, str):
+            async for item in self._inner.stream(prompt):
+                if first_token is None and type(item) is str:
                     first_token = time.perf_counter()
                     span.add_event("gen_ai.first_token", {"gen_ai.server.time_to_first_token": first_token - started})
                     self._metrics.time_to_first_token.record(first_token - started, model)
-                if isinstance(item, Completion):
+                elif isinstance(item, Completion):
                     self._completed(span, item, first_token, model)
                 yield item
         except BaseException as error:
@@ -200,9 +195,7 @@ class TracedProvider:
             raise
         finally:
             self._metrics.generations_in_flight.add(-1, model)
-            aclose = getattr(items, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            otel_context.detach(token)
             if _live_generations.get(prompt.conversation_id) == span.get_span_context():
                 del _live_generations[prompt.conversation_id]
             span.end()
