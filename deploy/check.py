@@ -45,6 +45,8 @@ import yaml
 DEPLOY = Path(__file__).resolve().parent
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # oldest and newest targeted: native gRPC probes are GA since 1.27
 SERVER_STOP_SLACK = 2.0  # App.stop gives the gRPC server grace + 2 s (service/app.py)
+MAX_CONNECTIONS_ANNOTATION = "chat-service/postgres-max-connections"
+POSTGRES_RESERVED_CONNECTIONS = 3  # superuser_reserved_connections' default
 TOOLCHAIN = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cmake|make|cargo|rustc)\b")
 
 Problems = list[str]
@@ -446,6 +448,11 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
         target = hpa["spec"]["scaleTargetRef"]
         if (target["kind"], target["name"]) != ("Deployment", deployment["metadata"]["name"]):
             problems.append(f"k8s HPA {hpa['metadata']['name']}: does not scale the Deployment")
+        surge = deployment["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
+        if not isinstance(surge, int):
+            problems.append("k8s Deployment: give maxSurge as a number of pods (the connection budget needs it)")
+            surge = 1
+        problems += _connection_budget(hpa, config, surge)
     for pdb in by_kind["PodDisruptionBudget"]:
         if not _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels):
             problems.append(f"k8s PDB {pdb['metadata']['name']}: its selector matches no Deployment pod")
@@ -462,6 +469,25 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
         if job_container.get("image") != container.get("image"):
             problems.append(f"k8s Job {job['metadata']['name']}: image differs from the Deployment's")
     return problems
+
+
+def _connection_budget(hpa: dict[str, Any], config: dict[str, Any], surge: int) -> Problems:
+    """At maxReplicas and mid-rollout, every replica's pool full (pool_size + as many overflow;
+    service/storage/database.py) plus its LISTEN connection (service/storage/notifications.py), plus the
+    migration Job, must fit."""
+    limit = (hpa["metadata"].get("annotations") or {}).get(MAX_CONNECTIONS_ANNOTATION)
+    if limit is None:
+        return [f"k8s HPA: annotate {MAX_CONNECTIONS_ANNOTATION} with the Postgres server's max_connections"]
+    pool = int(config.get("CHAT_DATABASE_POOL_SIZE", 10))
+    pods = hpa["spec"]["maxReplicas"] + surge  # a rolling update at maxReplicas runs `surge` more pods
+    needed = pods * (2 * pool + 1) + 1
+    usable = int(limit) - POSTGRES_RESERVED_CONNECTIONS
+    if needed > usable:
+        return [
+            f"k8s HPA: {pods} pods (maxReplicas + maxSurge) x (2 x pool {pool} + 1) + 1 = {needed} Postgres"
+            f" connections, more than the {usable} that max_connections {limit} leaves"
+        ]
+    return []
 
 
 # ---------------------------------------------------------------------------------------------- install

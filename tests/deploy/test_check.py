@@ -84,6 +84,12 @@ K8S_BREAKAGES: dict[str, tuple[str, str, str, str]] = {
         'CHAT_AUTO_MIGRATE: "true"',
         "CHAT_AUTO_MIGRATE must be false",
     ),
+    "more connections than Postgres allows": (
+        "hpa.yaml",
+        "maxReplicas: 9",
+        "maxReplicas: 10",
+        "11 pods (maxReplicas + maxSurge) x (2 x pool 4 + 1) + 1 = 100 Postgres connections, more than the 97",
+    ),
     "job does not migrate": ("job-migrate.yaml", 'args: ["migrate"]', 'args: ["serve"]', "must run `migrate`"),
 }
 
