@@ -1,6 +1,6 @@
 """Checks deploy/ without a container engine or a cluster (`make deploy-check`, run by .ci/run).
 
-    python deploy/check.py [--only SECTION ...] [--extras local] [--keep]
+    python deploy/check.py [--only SECTION ...] [--build-arg NAME=VALUE ...] [--keep]
 
 Sections:
   dockerfile  hadolint, then the rules the operations guide promises: multi-stage, non-root, no toolchain
@@ -62,7 +62,8 @@ def _tool(name: str) -> str | None:
 
 
 def _known_settings() -> set[str]:
-    sys.path.insert(0, str(DEPLOY.parent))
+    if str(DEPLOY.parent) not in sys.path:
+        sys.path.insert(0, str(DEPLOY.parent))
     from service.settings import Settings
 
     return {f"CHAT_{name.upper()}" for name in Settings.model_fields}
@@ -571,13 +572,13 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def check_install(deploy: Path = DEPLOY, *, extras: str = "", keep: bool = False) -> Problems:
+def check_install(deploy: Path = DEPLOY, *, build_args: dict[str, str] | None = None, keep: bool = False) -> Problems:
     docker = Dockerfile.parse((deploy / "Dockerfile").read_text())
     root = Path(tempfile.mkdtemp(prefix="deploy-check-"))
     log: list[str] = []
     started = time.monotonic()
     try:
-        sandbox = Sandbox(root, deploy.parent, {"EXTRAS": extras})
+        sandbox = Sandbox(root, deploy.parent, build_args or {})
         global_args = {}
         for arg in docker.global_args:
             name, _, default = arg.args.partition("=")
@@ -674,14 +675,24 @@ SECTIONS = {"dockerfile": check_dockerfile, "compose": check_compose, "k8s": che
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=[*SECTIONS, "install"], help="run only these sections")
-    parser.add_argument("--extras", default="", help="the EXTRAS build argument for the install section")
+    parser.add_argument(
+        "--build-arg",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a build argument for the install section, e.g. EXTRAS=local and LLM_PROVIDER=local",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the install section's temporary root")
     args = parser.parse_args(argv)
     chosen = args.only or [*SECTIONS, "install"]
     failed = 0
     for name in chosen:
         print(f"deploy-check: {name}", flush=True)
-        problems = check_install(extras=args.extras, keep=args.keep) if name == "install" else SECTIONS[name]()
+        if name == "install":
+            build_args = dict(arg.split("=", 1) for arg in args.build_arg)
+            problems = check_install(build_args=build_args, keep=args.keep)
+        else:
+            problems = SECTIONS[name]()
         for problem in problems:
             print(f"  FAIL {problem}")
         print(f"deploy-check: {name}: {'ok' if not problems else f'{len(problems)} problem(s)'}", flush=True)
