@@ -24,6 +24,7 @@ problem, each printed on its own line.
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import json
 import os
 import re
@@ -215,11 +216,38 @@ def check_dockerfile(deploy: Path = DEPLOY) -> Problems:
     probe = Instruction("CMD", [], healthchecks[-1].args.partition(" ")[2], 0).exec_form() if healthchecks else None
     if not probe or probe[:2] != ["chat-service", "health"]:
         problems.append('Dockerfile: HEALTHCHECK must be CMD ["chat-service", "health", ...] (grpc.health.v1)')
+    problems += _check_dockerignore(deploy, docker)
     env = dict(pair for i in runtime.all("ENV") for pair in _env_pairs(i.args))
     problems += _unknown_settings(list(env), "Dockerfile ENV")
     exposed = {int(p.split("/")[0]) for i in runtime.all("EXPOSE") for p in i.args.split()}
     if "CHAT_LISTEN" in env and _port(env["CHAT_LISTEN"]) not in exposed:
         problems.append(f"Dockerfile: EXPOSE {sorted(exposed)} does not include the CHAT_LISTEN port")
+    return problems
+
+
+def _check_dockerignore(deploy: Path, docker: Dockerfile) -> Problems:
+    """Every COPY from the build context must survive the ignore file (BuildKit reads `Dockerfile.dockerignore`
+    beside the Dockerfile before `.dockerignore` at the context root; the last matching pattern wins)."""
+    ignore_file = next(
+        (f for f in (deploy / "Dockerfile.dockerignore", deploy.parent / ".dockerignore") if f.is_file()), None
+    )
+    if ignore_file is None:
+        return []
+    patterns = [p.strip() for p in ignore_file.read_text().splitlines() if p.strip() and not p.startswith("#")]
+    problems: Problems = []
+    for stage in docker.stages:
+        for copy in stage.all("COPY"):
+            if any(f.startswith("--from") for f in copy.flags):
+                continue
+            for source in shlex.split(copy.args)[:-1]:
+                name = source.rstrip("/").removeprefix("./")
+                excluded = False
+                for pattern in patterns:
+                    negated = pattern.startswith("!")
+                    if fnmatch.fnmatch(name, pattern.removeprefix("!").rstrip("/").removeprefix("./")):
+                        excluded = not negated
+                if excluded:
+                    problems.append(f"Dockerfile:{copy.line}: COPY {source} is excluded by {ignore_file.name}")
     return problems
 
 
@@ -426,6 +454,13 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
         problems.append(
             f"k8s Deployment: terminationGracePeriodSeconds {grace} must exceed preStop + drain + grace +"
             f" {SERVER_STOP_SLACK:g} = {needed:g} s, or the kubelet SIGKILLs replies mid-shutdown"
+        )
+    liveness = container.get("livenessProbe") or {}
+    tolerated = liveness.get("periodSeconds", 10) * liveness.get("failureThreshold", 3)
+    if liveness and tolerated < grace:
+        problems.append(
+            f"k8s Deployment: livenessProbe tolerates {tolerated} s of NOT_SERVING, less than the"
+            f" {grace} s termination grace: a draining pod could be restarted mid-shutdown"
         )
     if str(config.get("CHAT_AUTO_MIGRATE", "")).lower() not in ("false", "0"):
         problems.append("k8s ConfigMap: CHAT_AUTO_MIGRATE must be false (the migration Job migrates)")

@@ -90,6 +90,12 @@ K8S_BREAKAGES: dict[str, tuple[str, str, str, str]] = {
         "maxReplicas: 10",
         "11 pods (maxReplicas + maxSurge) x (2 x pool 4 + 1) + 1 = 100 Postgres connections, more than the 97",
     ),
+    "liveness restarts a draining pod": (
+        "deployment.yaml",
+        "            failureThreshold: 6",
+        "            failureThreshold: 3",
+        "livenessProbe tolerates 30 s of NOT_SERVING",
+    ),
     "job does not migrate": ("job-migrate.yaml", 'args: ["migrate"]', 'args: ["serve"]', "must run `migrate`"),
 }
 
@@ -186,6 +192,11 @@ DOCKERFILE_BREAKAGES: dict[str, tuple[str, str, str]] = {
         'CMD ["chat-service", "health", "--timeout", "3"]',
         'CMD ["true"]',
         "HEALTHCHECK must be",
+    ),
+    "copied source left out of the build context": (
+        "COPY generated/ generated/\n",
+        "COPY generated/ generated/\nCOPY tests/ tests/\n",
+        "COPY tests/ is excluded by Dockerfile.dockerignore",
     ),
     "hadolint finding": ("WORKDIR /src\n", "WORKDIR /src\nRUN cd /tmp && ls\n", "DL3003"),
 }
