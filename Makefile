@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PROTOS := $(wildcard protos/chat/v1/*.proto)
 
-.PHONY: run test proto lint check-generated bench ci clean
+.PHONY: run test proto lint check-generated bench ci clean deploy-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/ruff format --check service tests
 	$(BIN)/mypy service
 	$(BIN)/buf lint
+
+# deploy/ checked without Docker or a cluster: schemas, hadolint, and the image's install steps run for real.
+deploy-check: $(VENV)/.installed-dev
+	$(BIN)/ruff check deploy/check.py
+	$(BIN)/ruff format --check deploy/check.py
+	$(BIN)/python deploy/check.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench

@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     # --- personas
     personas_file: Path | None = Field(None, description="TOML file adding/overriding personas")
 
+    # --- deployment
+    max_connection_age_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="close client connections this old (GOAWAY; calls get the shutdown grace) so clients "
+        "re-resolve and rebalance; 0 = never",
+    )
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
