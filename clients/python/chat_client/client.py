@@ -24,6 +24,14 @@ DEFAULT_TIMEOUT = 30.0
 # SendMessage waits for a whole reply; a slow local model may take minutes.
 DEFAULT_REPLY_TIMEOUT = 600.0
 
+# gRPC's default reconnect backoff starts at 1 s after a failed connection attempt; calls made meanwhile fail
+# at once. Our own retries space themselves out, so the channel may try again sooner.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
 EXPORT_FORMATS = {
     "markdown": pb.EXPORT_FORMAT_MARKDOWN,
     "json": pb.EXPORT_FORMAT_JSON,
@@ -61,12 +69,13 @@ class ChatClient:
         self.stream_timeout = stream_timeout
         self.retry = retry or RetryPolicy()
         self._channel: grpc.aio.Channel | None = None
+        options = [*CHANNEL_OPTIONS, *options]
         if stub is None:
             if tls:
                 credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-                self._channel = grpc.aio.secure_channel(address, credentials, options=list(options))
+                self._channel = grpc.aio.secure_channel(address, credentials, options=options)
             else:
-                self._channel = grpc.aio.insecure_channel(address, options=list(options))
+                self._channel = grpc.aio.insecure_channel(address, options=options)
             stub = chat_pb2_grpc.ChatServiceStub(self._channel)
         self._stub = stub
 
@@ -123,7 +132,7 @@ class ChatClient:
     ) -> pb.Conversation:
         """Update the fields given (None leaves a field alone; "" resets it)."""
         fields = {"title": title, "model": model, "persona": persona, "system_prompt": system_prompt}
-        changes = {name: value for name, value in fields.items() if value is not None}
+        changes: dict[str, Any] = {name: value for name, value in fields.items() if value is not None}
         request = pb.UpdateConversationRequest(
             conversation=pb.Conversation(conversation_id=conversation_id, **changes),
             update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
@@ -165,8 +174,8 @@ class ChatClient:
             request_id=request_id or str(uuid.uuid4()),
             background=background,
         )
-        timeout = self.timeout if background else max(self.timeout or 0, DEFAULT_REPLY_TIMEOUT)
-        return await self._unary("SendMessage", request, timeout=timeout)  # type: ignore[no-any-return]
+        deadline = self.timeout if background else max(self.timeout or 0, DEFAULT_REPLY_TIMEOUT)
+        return await self._unary("SendMessage", request, deadline=deadline)  # type: ignore[no-any-return]
 
     def stream_reply(self, conversation_id: str, content: str, *, request_id: str = "") -> ReplyStream:
         """Send user text and iterate over the reply's events as they are generated (see ReplyStream)."""
@@ -212,7 +221,7 @@ class ChatClient:
             except grpc.RpcError as error:
                 failures += 1
                 # Restarting is only safe before the caller has seen any bytes.
-                if received or error.code() not in RETRYABLE or self.retry.gives_up(failures):  # type: ignore[attr-defined]
+                if received or error.code() not in RETRYABLE or self.retry.gives_up(failures):
                     raise from_rpc_error(error) from error
                 await asyncio.sleep(self.retry.delay(failures))
 
@@ -254,15 +263,15 @@ class ChatClient:
             **kwargs,
         )
 
-    async def _unary(self, method: str, request: Any, *, idempotent: bool = True, timeout: float | None = None) -> Any:
+    async def _unary(self, method: str, request: Any, *, idempotent: bool = True, deadline: float | None = None) -> Any:
         call = getattr(self._stub, method)
         failures = 0
         while True:
             try:
-                return await call(request, metadata=self._metadata, timeout=timeout or self.timeout)
+                return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
             except grpc.RpcError as error:
                 failures += 1
-                code = error.code()  # type: ignore[attr-defined]
+                code = error.code()
                 if not idempotent or code not in RETRYABLE or self.retry.gives_up(failures):
                     raise from_rpc_error(error) from error
                 await asyncio.sleep(self.retry.delay(failures))

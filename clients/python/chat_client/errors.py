@@ -138,8 +138,8 @@ def _details(status: status_pb2.Status | None) -> _Details:
 
 def from_rpc_error(error: grpc.RpcError) -> ChatError:
     """The typed exception for a failed call (grpc.aio.AioRpcError or a sync grpc.Call error)."""
-    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
-    message: str = error.details() or code.name  # type: ignore[attr-defined]
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or code.name
     try:
         status = rpc_status.from_call(error)  # type: ignore[arg-type]
     except ValueError:  # details that contradict the code: keep the code, drop the details

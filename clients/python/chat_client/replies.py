@@ -72,7 +72,7 @@ class ReplyStream:
 
     async def _run(self) -> AsyncIterator[pb.ReplyEvent]:
         failures = 0
-        while self.message is None:
+        while True:
             try:
                 async for event in self._open():
                     failures = 0
@@ -83,7 +83,7 @@ class ReplyStream:
                         return
                 raise _Broken
             except (grpc.RpcError, _Broken) as error:
-                code = error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+                code = error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
                 failures += 1
                 if code not in RETRYABLE or self._retry.gives_up(failures):
                     if isinstance(error, grpc.RpcError):

@@ -93,9 +93,6 @@ class _Loop:
     def submit(self, coroutine: Coroutine[Any, Any, T]) -> Future[T]:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
 
-    def coach(self, persona: str, **kwargs: Any) -> SyncCoachSession:
-        return SyncCoachSession(self._runner, self._runner.run(self.client.coach(persona, **kwargs)))
-
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.submit(coroutine).result()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -126,12 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
     run: Command | None = getattr(args, "run", None)
     if run is not None:
-        return run(client, term, args)
+        return int(run(client, term, args))
     client.list_models()  # fails early, with a clear message, when the server is unreachable or the key wrong
-    try:
+    with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
-    except ImportError:
-        pass
     return Session(client, term, model=args.model, persona=args.persona).run()
 
 

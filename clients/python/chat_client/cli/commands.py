@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC
+from datetime import UTC, datetime
 
 from chat.v1 import chat_pb2 as pb
 from chat_client.cli import coaching, exporting
@@ -16,7 +16,7 @@ TITLE_FROM_QUESTION = 60
 
 
 def when(message: pb.Message | pb.Conversation, field: str = "create_time") -> str:
-    stamp = getattr(message, field).ToDatetime(tzinfo=UTC)
+    stamp: datetime = getattr(message, field).ToDatetime(tzinfo=UTC)
     return stamp.strftime("%Y-%m-%d %H:%M")
 
 
@@ -47,7 +47,7 @@ def conversations(client: SyncChatClient, term: Terminal, args: argparse.Namespa
     for c in found:
         term.line(f"{c.conversation_id}  {term.style(when(c, 'update_time'), 'dim')}  {c.title}  ({c.model})")
     if not found:
-        term.note("no conversations yet: `chat ask \"...\"` starts one")
+        term.note('no conversations yet: `chat ask "..."` starts one')
     return 0
 
 

@@ -37,7 +37,7 @@ class Session:
         self.read: Callable[[str], str] = input
         self.commands: dict[str, Callable[[list[str]], None]] = {
             "new": self.new,
-            "list": self.list,
+            "list": self.list_conversations,
             "open": self.open,
             "history": self.history,
             "export": self.export,
@@ -100,7 +100,7 @@ class Session:
         self.conversation, self.title = None, " ".join(args)
         self.term.note("new conversation: it starts with your next message")
 
-    def list(self, args: list[str]) -> None:
+    def list_conversations(self, args: list[str]) -> None:
         for count, c in enumerate(self.client.iter_conversations(page_size=20)):
             if count >= 20:
                 break

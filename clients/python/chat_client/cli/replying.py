@@ -3,6 +3,7 @@ following it), then a status line with the model, tokens/s and time to first tok
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -87,8 +88,6 @@ def show_reply(term: Terminal, stream: SyncReplyStream, *, echo: bool = True) ->
 
 
 def _cancel(stream: SyncReplyStream) -> bool:
-    try:
+    with contextlib.suppress(ChatError):  # it ended meanwhile: the stream's last event says how
         stream.cancel()
-    except ChatError:
-        pass  # it ended meanwhile: the stream's last event says how
     return True
