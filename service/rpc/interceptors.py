@@ -116,7 +116,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         request_id = _metadata(details, "x-request-id")
 
-        def log(context: Context, started: float, error: BaseException | None) -> None:
+        def log(context: Context, started: float, peer: str, error: BaseException | None) -> None:
             # code() is None when the handler returned normally (OK); a bare exception means cancellation.
             code: Any = context.code()
             if code is None:
@@ -129,27 +129,29 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                     "user": principal.user_id if principal else None,
                     "code": code.name if isinstance(code, grpc.StatusCode) else str(code),
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                    "peer": context.peer(),
+                    "peer": peer,
                     "request_id": request_id or None,
                 },
             )
 
         def unary(behavior: UnaryBehavior) -> UnaryBehavior:
             async def logged(request: Any, context: Context) -> Any:
-                started, error = time.perf_counter(), None
+                # The peer is read while the call is alive: context.peer() on a call the client has
+                # already abandoned can crash grpc's C core.
+                started, peer, error = time.perf_counter(), context.peer(), None
                 try:
                     return await behavior(request, context)
                 except BaseException as exc:
                     error = exc
                     raise
                 finally:
-                    log(context, started, error)
+                    log(context, started, peer, error)
 
             return logged
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
             async def logged(request: Any, context: Context) -> AsyncIterator[Any]:
-                started, error = time.perf_counter(), None
+                started, peer, error = time.perf_counter(), context.peer(), None
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -157,7 +159,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):
                     error = exc
                     raise
                 finally:
-                    log(context, started, error)
+                    log(context, started, peer, error)
 
             return logged
 
