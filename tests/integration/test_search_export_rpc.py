@@ -216,3 +216,12 @@ async def test_export_errors(replica: Replica) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as missing:
         await _export(replica, "alice", str(uuid.uuid4()), pb.EXPORT_FORMAT_CSV)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_query_of_only_common_words_is_answered(replica: Replica) -> None:
+    conversation = await replica.conversation("alice")
+    await _say(replica, "alice", conversation.conversation_id, "the and of")
+    found = await _search(replica, "alice", "the of")
+    # Postgres drops English stop words (nothing left to match); SQLite's FTS5 keeps them. Neither is an error.
+    expected = ["the and of"] if replica.app.deps.database.is_sqlite else []
+    assert [r.message.content for r in found.results] == expected
