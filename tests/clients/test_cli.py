@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from chat.v1 import chat_pb2 as pb
 from chat_client import ChatClient
+from tests.clients.proxy import BreakingProxy
 from tests.clients.terminal import TerminalSession, chat_env, run_chat
 from tests.e2e.process import free_port
 from tests.integration.harness import Replica
@@ -192,3 +194,23 @@ async def test_slash_command_usage_errors(server: Replica, tmp_path: Path, line:
         assert await session.wait() == 0
     finally:
         await session.close()
+
+
+async def test_ask_resumes_on_its_own_when_the_connection_breaks(
+    slow_server: Replica, proxy: tuple[BreakingProxy, str], tmp_path: Path
+) -> None:
+    breaking, address = proxy
+    env = chat_env(address, await slow_server.key("alice"), tmp_path)
+    asking = asyncio.create_task(run_chat("ask", "Tell me about the sea", env=env))
+    for _ in range(300):  # until part of the reply has gone through the proxy (bounded)
+        if breaking.bytes_to_client > 1500:
+            break
+        await asyncio.sleep(0.01)
+    breaking.break_all()
+    code, out, err = await asking
+    assert code == 0, err
+    assert breaking.connections >= 2
+    conversation_id = err.strip().rsplit(" ", 1)[-1]
+    reply = (await messages_of(slow_server, conversation_id))[-1]
+    assert reply.status == pb.MESSAGE_STATUS_COMPLETED
+    assert out == reply.content + "\n"
