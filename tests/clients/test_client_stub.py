@@ -13,9 +13,16 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from chat.v1 import chat_pb2 as pb
-from chat_client import ChatClient, InvalidArgument, PermissionDenied, ResourceExhausted, Unavailable
+from chat_client import (
+    ChatClient,
+    InvalidArgument,
+    OutOfRange,
+    PermissionDenied,
+    ResourceExhausted,
+    Unavailable,
+)
 from tests.clients.conftest import FAST_RETRY
-from tests.clients.fake_channel import METHODS, ThreadedStub, fake_channel
+from tests.clients.fake_channel import METHODS, ThreadedStub, fake_channel, in_thread
 
 CONVERSATION = "6f1c1a52-5f7c-4a51-9b0e-1f6d3b1f2a11"
 REPLY = "a6a5c7c4-7d44-4a44-8a55-77a1f7d0b0c2"
@@ -47,7 +54,7 @@ def status_metadata(code: int, message: str, *details: Any) -> tuple[tuple[str, 
 
 async def play(server: Callable[[], Any], client_side: Any) -> tuple[Any, Any]:
     """Run the client coroutine and the scripted server (blocking, on a thread) together."""
-    return await asyncio.wait_for(asyncio.gather(client_side, asyncio.to_thread(server)), timeout=20)
+    return await asyncio.wait_for(asyncio.gather(client_side, in_thread(server)), timeout=20)
 
 
 async def test_idempotent_call_is_retried_on_unavailable() -> None:
@@ -217,3 +224,56 @@ async def test_errors_other_than_unavailable_end_the_stream() -> None:
 
     error, _ = await play(server, call())
     assert error.message == "not yours"
+
+
+async def test_text_the_server_lost_in_a_crash_ends_the_stream_with_the_stored_reply() -> None:
+    channel = fake_channel()
+    client = ChatClient(stub=ThreadedStub(channel), retry=FAST_RETRY)
+    stream = client.stream_reply(CONVERSATION, "hi")
+    delivered = threading.Event()
+
+    async def consume() -> pb.Message:
+        async for _ in stream:
+            if stream.offset == 9:
+                delivered.set()
+        assert stream.message is not None
+        return stream.message
+
+    def server() -> list[int]:
+        _, _, rpc = channel.take_unary_stream(METHODS["StreamReply"])
+        rpc.send_response(started())
+        rpc.send_response(delta("Hello wor", 0))
+        assert delivered.wait(10)
+        rpc.terminate((), grpc.StatusCode.UNAVAILABLE, "Socket closed")
+        # Restarted: only "Hello" had been flushed, and the reply is now INTERRUPTED.
+        _, past_end, rpc = channel.take_unary_stream(METHODS["ResumeReply"])
+        rpc.terminate((), grpc.StatusCode.OUT_OF_RANGE, "offset 9 is past the end of the reply (5)")
+        _, replay, rpc = channel.take_unary_stream(METHODS["ResumeReply"])
+        kind = pb.ResumeReplyResponse
+        rpc.send_response(delta("Hello", 0, kind))
+        message = pb.Message(message_id=REPLY, content="Hello", status=pb.MESSAGE_STATUS_INTERRUPTED)
+        rpc.send_response(kind(event=pb.ReplyEvent(completed=pb.ReplyCompleted(message=message))))
+        rpc.terminate((), grpc.StatusCode.OK, "")
+        return [past_end.offset, replay.offset]
+
+    message, offsets = await play(server, consume())
+    assert offsets == [9, 0]
+    assert stream.text == "Hello wor" and message.content == "Hello"
+    assert message.status == pb.MESSAGE_STATUS_INTERRUPTED
+
+
+async def test_resuming_past_the_end_on_purpose_is_out_of_range() -> None:
+    channel = fake_channel()
+    client = ChatClient(stub=ThreadedStub(channel), retry=FAST_RETRY)
+
+    def server() -> None:
+        _, _, rpc = channel.take_unary_stream(METHODS["ResumeReply"])
+        rpc.terminate((), grpc.StatusCode.OUT_OF_RANGE, "past the end")
+
+    async def call() -> OutOfRange:
+        with pytest.raises(OutOfRange) as failed:
+            await client.resume_reply(REPLY, 99).result()
+        return failed.value
+
+    error, _ = await play(server, call())
+    assert error.message == "past the end"

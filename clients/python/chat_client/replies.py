@@ -1,5 +1,10 @@
 """A reply stream that survives broken connections: on UNAVAILABLE (or a stream that ends early) it calls
-ResumeReply from the last offset it delivered, so the caller sees every character exactly once."""
+ResumeReply from the last offset it delivered, so the caller sees every character exactly once.
+
+One case cannot be mended: a server that crashed keeps only the text it had flushed (at most one flush
+interval is lost), and the reply ends INTERRUPTED. If the caller already saw more than that, ResumeReply from
+its offset is OUT_OF_RANGE; the stream then fetches the final state and ends with it, so `message.content`
+is the stored (shorter) text, a prefix of `text`."""
 
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class ReplyStream:
         self.started: pb.ReplyStarted | None = None
         self.message: pb.Message | None = None
         self.resumes = 0
+        self._resume_from: int | None = None
         self._parts: list[str] = []
         self._events: AsyncIterator[pb.ReplyEvent] | None = None
 
@@ -84,6 +90,10 @@ class ReplyStream:
                 raise _Broken
             except (grpc.RpcError, _Broken) as error:
                 code = error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
+                lost_text = code == grpc.StatusCode.OUT_OF_RANGE and self.resumes > 0
+                if lost_text and self._resume_from is None:
+                    self._resume_from = 0  # we saw text the server lost: replay from 0 for the final state
+                    continue
                 failures += 1
                 if code not in RETRYABLE or self._retry.gives_up(failures):
                     if isinstance(error, grpc.RpcError):
@@ -97,7 +107,8 @@ class ReplyStream:
             assert self._request is not None, "a stream needs a request or a message id"
             call = self._stub.StreamReply(self._request, metadata=self._metadata, timeout=self._timeout)
         else:
-            request = pb.ResumeReplyRequest(message_id=self.message_id, offset=self.offset)
+            offset = self.offset if self._resume_from is None else self._resume_from
+            request = pb.ResumeReplyRequest(message_id=self.message_id, offset=offset)
             call = self._stub.ResumeReply(request, metadata=self._metadata, timeout=self._timeout)
         try:
             async for response in call:
