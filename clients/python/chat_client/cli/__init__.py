@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         term.error(str(error))
         for violation in error.violations:
             term.error(f"  {violation.field}: {violation.description}")
+        if error.retry_delay is not None:
+            term.note(f"try again in {error.retry_delay:.1f}s")
         return EXIT_ERROR
     except ExportError as error:
         term.error(str(error))
