@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PROTOS := $(wildcard protos/chat/v1/*.proto)
 
-.PHONY: run test proto lint check-generated bench ci clean
+.PHONY: run test proto lint check-generated bench ci clean deploy-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,9 +15,9 @@ $(VENV)/.installed-run: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[local]'
 	touch $@
 
-# Everything the tests, linters and benchmarks need.
-$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,local]'
+# Everything the tests, linters and benchmarks need, plus the client package (`chat_client`, the `chat` CLI).
+$(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,local]' -e ./clients/python
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
@@ -39,10 +39,17 @@ check-generated: proto
 	test -z "$$(git status --porcelain -- generated)"
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check service tests
-	$(BIN)/ruff format --check service tests
+	$(BIN)/ruff check service tests clients/python
+	$(BIN)/ruff format --check service tests clients/python
 	$(BIN)/mypy service
+	MYPYPATH=clients/python:generated $(BIN)/mypy -p chat_client
 	$(BIN)/buf lint
+
+# deploy/ checked without Docker or a cluster: schemas, hadolint, and the image's install steps run for real.
+deploy-check: $(VENV)/.installed-dev
+	$(BIN)/ruff check deploy/check.py
+	$(BIN)/ruff format --check deploy/check.py
+	$(BIN)/python deploy/check.py
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench

@@ -207,6 +207,7 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
             ("grpc.so_reuseport", 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            *_connection_age_options(settings),
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
@@ -230,6 +231,17 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
     )
+
+
+def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
+    """Behind L4 load balancing, a connection closed now and then makes its client reconnect (and re-resolve
+    DNS), so new replicas get traffic; calls in progress get the shutdown grace to finish."""
+    if not settings.max_connection_age_seconds:
+        return []
+    return [
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_seconds * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.shutdown_grace_seconds * 1000)),
+    ]
 
 
 async def serve(settings: Settings, *, on_listening: Callable[[str], None] = print) -> None:

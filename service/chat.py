@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from datetime import datetime
 
 from service.domain import (
@@ -16,12 +16,15 @@ from service.domain import (
     ModelNotFound,
     Page,
     Principal,
+    SearchHit,
     Unavailable,
     check_id,
     check_owner,
     check_text,
     new_id,
+    search_terms,
 )
+from service.export import ExportFormat, writer_for
 from service.pagination import PageTokens, page_size
 from service.personas import PersonaCatalog
 from service.ports import Provider, UnitOfWork, UnitOfWorkFactory
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 TITLE_MAX = 200
 DEFAULT_TITLE = "New conversation"
 UPDATABLE = frozenset({"title", "model", "persona", "system_prompt"})
+EXPORT_PAGE_SIZE = 100
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -164,6 +168,45 @@ class Conversations:
             await _owned(uow, principal, conversation_id)
             rows = await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+
+    async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
+        """The caller's final messages matching every word of `query`, most relevant first."""
+        terms = search_terms(query)
+        limit = page_size(size)
+        scope = "search:" + principal.user_id + "\x00" + " ".join(terms)
+        after = self._tokens.decode(scope, token)
+        async with self._uow() as uow:
+            rows = await uow.messages.search(principal.user_id, terms, limit=limit, after=after)
+        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+
+    async def export(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        fmt: ExportFormat | None,
+        *,
+        first_index: int = 0,
+        header: bool = True,
+    ) -> AsyncIterator[str]:
+        """The conversation as a file, in pieces: messages are read a page per short transaction."""
+        conversation_id = check_id("conversation_id", conversation_id)
+        if fmt is None:
+            raise InvalidArgument.field("format", "must be MARKDOWN, JSON or CSV")
+        if first_index < 0:
+            raise InvalidArgument.field("first_index", "must not be negative")
+        async with self._uow() as uow:
+            conversation = await _owned(uow, principal, conversation_id)
+        writer = writer_for(fmt, first_index=first_index or 1, header=header)
+        yield writer.begin(conversation)
+        after: str | None = None
+        while True:
+            async with self._uow() as uow:
+                rows = await uow.messages.list_by_conversation(conversation_id, limit=EXPORT_PAGE_SIZE, after=after)
+            yield writer.messages(rows.items)
+            if rows.cursor is None:
+                break
+            after = rows.cursor
+        yield writer.end()
 
     async def models(self, size: int, token: str) -> Page[ModelInfo]:
         limit = page_size(size)

@@ -1,4 +1,4 @@
-"""`chat-service serve | migrate | keys create|list|revoke` — flags override CHAT_* environment variables."""
+"""`chat-service serve | migrate | health | keys create|list|revoke` — flags override CHAT_* environment variables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
@@ -38,6 +38,11 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     _database_flag(commands.add_parser("migrate", help="apply database migrations"))
+
+    health = commands.add_parser("health", help="ask a running server's gRPC health service; exit 0 if SERVING")
+    health.add_argument("--listen", help="host:port to ask (CHAT_LISTEN; a wildcard host means this machine)")
+    health.add_argument("--service", default="", help="service name to check (default: the whole server)")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser("create", help="create a key; its secret is the last line printed")
@@ -81,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             migrate.upgrade(settings.database_url)
             print(f"migrated {settings.database_url.split('@')[-1]} to {migrate.current_head()}")
             return 0
+        if args.command == "health":
+            return _health(settings.listen, service=args.service, timeout=args.timeout)
         return asyncio.run(_keys(settings, args))
     except KeyboardInterrupt:
         return 130
@@ -96,6 +103,32 @@ def _serve(settings: Settings, *, demo_key: bool) -> int:
         asyncio.run(_print_demo_key(settings))
     asyncio.run(app.serve(settings, on_listening=lambda line: print(line, flush=True)))
     return 0
+
+
+_WILDCARD_HOSTS = {"0.0.0.0", "[::]", "::", ""}
+
+
+def _health(listen: str, *, service: str, timeout: float) -> int:
+    """One grpc.health.v1 Check (what container HEALTHCHECKs and probes without native gRPC support run)."""
+    import grpc
+    from grpc_health.v1 import health_pb2
+
+    host, _, port = listen.rpartition(":")
+    address = f"{'127.0.0.1' if host in _WILDCARD_HOSTS else host}:{port}"
+    with grpc.insecure_channel(address) as channel:
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            response = check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as error:
+            print(f"{address}: {cast(grpc.Call, error).code().name}", flush=True)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{address}: {status}", flush=True)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 async def _with_keys(settings: Settings) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -130,6 +131,16 @@ class Completion:
 
     finish_reason: FinishReason = FinishReason.STOP
     usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A message that matched a search, with an excerpt (`**` around matched words) and its relevance."""
+
+    message: Message
+    conversation_title: str
+    snippet: str
+    score: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,3 +313,19 @@ def history_window(
         remaining -= cost
     kept.reverse()
     return ((system,) if system else ()) + tuple(kept)
+
+
+SEARCH_QUERY_MAX = 500
+SEARCH_TERMS_MAX = 32
+_WORD = re.compile(r"\w+")
+
+
+def search_terms(query: str) -> tuple[str, ...]:
+    """The words of a search query, lower-cased; every one must match. Operators and punctuation are dropped,
+    so no input can be a syntax error in either database's query language."""
+    if len(query) > SEARCH_QUERY_MAX:
+        raise InvalidArgument.field("query", f"must be at most {SEARCH_QUERY_MAX} characters")
+    terms = tuple(dict.fromkeys(word.lower() for word in _WORD.findall(query)))
+    if not terms:
+        raise InvalidArgument.field("query", "must contain at least one word")
+    return terms[:SEARCH_TERMS_MAX]

@@ -8,7 +8,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-from service.domain import ApiKey, Completion, Conversation, Message, ModelInfo, Prompt
+from service.domain import ApiKey, Completion, Conversation, Message, ModelInfo, Prompt, SearchHit
 
 T = TypeVar("T")
 
@@ -87,6 +87,10 @@ class MessageRepository(Protocol):
 
     async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
         """Messages oldest first."""
+        ...
+
+    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
+        """The owner's messages in a final state that contain every term, most relevant first."""
         ...
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:

@@ -90,6 +90,14 @@ class Settings(BaseSettings):
     # --- observability
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
 
+    # --- deployment
+    max_connection_age_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="close client connections this old (GOAWAY; calls get the shutdown grace) so clients "
+        "re-resolve and rebalance; 0 = never",
+    )
+
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:

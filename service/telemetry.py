@@ -36,10 +36,15 @@ def configure_tracing(service_name: str = "chat-service") -> Callable[[], None]:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service_name}))
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: _service_name(service_name)}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider.shutdown
+
+
+def _service_name(default: str) -> str:
+    # Explicit resource attributes would override the standard variable: honour it here.
+    return os.environ.get("OTEL_SERVICE_NAME") or default
 
 
 def instrument_libraries(sync_engine: Any) -> None:

@@ -28,6 +28,7 @@ from service.domain import (
     ModelNotFound,
     ModelUnavailable,
     Prompt,
+    SearchHit,
     Unavailable,
     Usage,
 )
@@ -244,6 +245,23 @@ class FakeMessages:
             rows = [r for r in rows if r.seq > int(after)]
         page = _page(rows, limit, lambda r: str(r.seq))
         return RowsPage([r.message for r in page.items], page.cursor)
+
+    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
+        """Substring matching scored by occurrences: enough for the use case's scoping and paging."""
+        state = self._tx.state
+        hits = []
+        for row in _by_seq(self._rows().values()):
+            m, text = row.message, row.message.content.lower()
+            if m.owner == owner and m.status.is_final and all(t in text for t in terms):
+                score = float(sum(text.count(t) for t in terms))
+                title = state.conversations[m.conversation_id].title
+                hits.append((score, row.seq, SearchHit(m, title, m.content, score)))
+        hits.sort(key=lambda hit: (-hit[0], -hit[1]))
+        if after is not None:
+            score, _, seq = after.partition("|")
+            hits = [h for h in hits if (-h[0], -h[1]) > (-float(score), -int(seq))]
+        page = _page(hits, limit, lambda hit: f"{hit[0]!r}|{hit[1]}")
+        return RowsPage([hit[2] for hit in page.items], page.cursor)
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
         rows = [r for r in _by_seq(self._rows().values()) if r.message.conversation_id == conversation_id]

@@ -13,6 +13,8 @@ from service.rpc.context import current_principal
 from service.rpc.handlers import Context
 from service.telemetry import link_to_generation
 
+EXPORT_CHUNK_BYTES = 256 * 1024
+
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversations: Conversations, replies: Replies, *, default_model: str) -> None:
@@ -98,3 +100,31 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             models=[convert.model(m, default_model=self._default_model) for m in page.items],
             next_page_token=page.next_page_token,
         )
+
+    async def SearchMessages(self, request: pb.SearchMessagesRequest, context: Context) -> pb.SearchMessagesResponse:
+        page = await self._conversations.search(
+            current_principal(), request.query, request.page_size, request.page_token
+        )
+        return pb.SearchMessagesResponse(
+            results=[convert.search_result(hit) for hit in page.items], next_page_token=page.next_page_token
+        )
+
+    async def ExportConversation(
+        self, request: pb.ExportConversationRequest, context: Context
+    ) -> AsyncIterator[pb.ExportConversationResponse]:
+        fmt = convert.export_format(request.format)
+        pieces = self._conversations.export(
+            current_principal(),
+            request.conversation_id,
+            fmt,
+            first_index=request.first_index,
+            header=not request.omit_header,
+        )
+        content_type = convert.media_type(fmt)
+        async for piece in pieces:
+            data = piece.encode()
+            for start in range(0, len(data), EXPORT_CHUNK_BYTES):
+                yield pb.ExportConversationResponse(
+                    data=data[start : start + EXPORT_CHUNK_BYTES], content_type=content_type
+                )
+                content_type = ""

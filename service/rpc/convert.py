@@ -10,7 +10,8 @@ from chat.v1 import admin_pb2
 from chat.v1 import chat_pb2 as pb
 from service.auth import KEY_PREFIX
 from service.chat import ConversationFields
-from service.domain import ApiKey, Conversation, FinishReason, Message, MessageStatus, ModelInfo, Role
+from service.domain import ApiKey, Conversation, FinishReason, Message, MessageStatus, ModelInfo, Role, SearchHit
+from service.export import MEDIA_TYPES, ExportFormat
 from service.replies import Delta, Ended, ReplyEvent, Started
 
 ROLES = {Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT, Role.SYSTEM: pb.ROLE_SYSTEM}
@@ -94,6 +95,30 @@ def reply_event(event: ReplyEvent) -> pb.ReplyEvent:
         )
     assert isinstance(event, Ended)
     return pb.ReplyEvent(completed=pb.ReplyCompleted(message=message(event.message)))
+
+
+EXPORT_FORMATS: dict[int, ExportFormat] = {
+    pb.EXPORT_FORMAT_MARKDOWN: ExportFormat.MARKDOWN,
+    pb.EXPORT_FORMAT_JSON: ExportFormat.JSON,
+    pb.EXPORT_FORMAT_CSV: ExportFormat.CSV,
+}
+
+
+def export_format(value: int) -> ExportFormat | None:
+    return EXPORT_FORMATS.get(value)
+
+
+def media_type(fmt: ExportFormat | None) -> str:
+    return MEDIA_TYPES[fmt] if fmt else ""
+
+
+def search_result(hit: SearchHit) -> pb.SearchResult:
+    return pb.SearchResult(
+        message=message(hit.message),
+        snippet=hit.snippet,
+        conversation_title=hit.conversation_title,
+        score=hit.score,
+    )
 
 
 def api_key(key: ApiKey) -> admin_pb2.ApiKey:

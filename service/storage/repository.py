@@ -18,9 +18,11 @@ from service.domain import (
     Message,
     MessageStatus,
     Role,
+    SearchHit,
     Usage,
 )
 from service.ports import Flush, RowsPage
+from service.storage.search import search_postgres, search_sqlite
 from service.storage.tables import api_keys, conversations, messages
 
 STREAMING = MessageStatus.STREAMING.value
@@ -106,6 +108,15 @@ class SqlMessages:
         rows = list(await self._conn.execute(query.order_by(c.seq).limit(limit + 1)))
         page = _page(rows, limit, lambda row: str(row.seq))
         return RowsPage([_message(r) for r in page.items], page.cursor)
+
+    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
+        run = search_sqlite if self._conn.dialect.name == "sqlite" else search_postgres
+        rows = await run(self._conn, owner, terms, limit=limit + 1, after=after)
+        page = _page(rows, limit, lambda hit: f"{float(hit[0].score)!r}|{hit[0].seq}")
+        hits = [
+            SearchHit(_message(row), row.conversation_title, snippet, float(row.score)) for row, snippet in page.items
+        ]
+        return RowsPage(hits, page.cursor)
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
         c = messages.c

@@ -95,6 +95,16 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.SearchMessages = channel.unary_unary(
+                '/chat.v1.ChatService/SearchMessages',
+                request_serializer=chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
+                _registered_method=True)
+        self.ExportConversation = channel.unary_stream(
+                '/chat.v1.ChatService/ExportConversation',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ExportConversationRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ExportConversationResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -184,6 +194,20 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchMessages(self, request, context):
+        """Full-text search over the caller's messages in a final state, best match first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportConversation(self, request, context):
+        """Exports one conversation as MARKDOWN, JSON or CSV, streamed in chunks (messages are read page by page).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +265,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.ListModelsRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'SearchMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchMessages,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.SerializeToString,
+            ),
+            'ExportConversation': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportConversation,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ExportConversationRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ExportConversationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -546,6 +580,60 @@ class ChatService:
             '/chat.v1.ChatService/ListModels',
             chat_dot_v1_dot_chat__pb2.ListModelsRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/SearchMessages',
+            chat_dot_v1_dot_chat__pb2.SearchMessagesRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.SearchMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chat.v1.ChatService/ExportConversation',
+            chat_dot_v1_dot_chat__pb2.ExportConversationRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ExportConversationResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,140 @@
+"""`chat`: the terminal client. No command starts an interactive conversation; see `chat --help`."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Callable, Sequence
+
+from chat_client import config
+from chat_client.cli import commands
+from chat_client.cli.exporting import ExportError
+from chat_client.cli.interactive import Session
+from chat_client.cli.terminal import Terminal
+from chat_client.errors import ChatError, Unauthenticated, Unavailable
+from chat_client.sync import SyncChatClient
+
+EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+
+Command = Callable[[SyncChatClient, Terminal, argparse.Namespace], int]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chat",
+        description="Talk to chat-service from a terminal. Without a command: an interactive conversation.",
+        epilog="Settings: flags, then CHAT_ADDRESS / CHAT_API_KEY / CHAT_JWT / CHAT_TLS / CHAT_CA_FILE, "
+        "then the config file (CHAT_CONFIG, default ~/.config/chat/config.toml).",
+    )
+    parser.add_argument("--address", help="host:port of the server (CHAT_ADDRESS, default 127.0.0.1:50051)")
+    parser.add_argument("--api-key", help="API key (CHAT_API_KEY)")
+    parser.add_argument("--jwt", help="a JWT instead of an API key (CHAT_JWT)")
+    parser.add_argument("--tls", action="store_const", const=True, default=None, help="use TLS (CHAT_TLS)")
+    parser.add_argument("--ca-file", help="PEM roots to trust for TLS (CHAT_CA_FILE)")
+    parser.add_argument("--timeout", type=float, help="deadline of each call in seconds (CHAT_TIMEOUT, default 30)")
+    parser.add_argument("--config", help="config file (CHAT_CONFIG)")
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    parser.add_argument("--model", default="", help="model for new conversations")
+    parser.add_argument("--persona", default="", help="persona for new conversations")
+    sub = parser.add_subparsers(dest="command")
+
+    ask = sub.add_parser("ask", help="ask one question and stream the reply")
+    ask.add_argument("text")
+    ask.add_argument("--conversation", help="continue this conversation (default: a new one)")
+    ask.add_argument("--title", default="", help="title of the new conversation")
+    ask.set_defaults(run=commands.ask)
+
+    listing = sub.add_parser("conversations", help="list your conversations, newest first")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.set_defaults(run=commands.conversations)
+
+    history = sub.add_parser("history", help="show a conversation's messages")
+    history.add_argument("conversation_id")
+    history.set_defaults(run=commands.history)
+
+    export = sub.add_parser("export", help="export a conversation")
+    export.add_argument("conversation_id")
+    export.add_argument("--format", choices=["markdown", "json", "csv"], default="markdown")
+    export.add_argument("--output", "-o", help="write to FILE instead of stdout")
+    export.add_argument(
+        "--append", action="store_true", help="append to FILE (CSV: continue its row numbering, no second header)"
+    )
+    export.set_defaults(run=commands.export)
+
+    search = sub.add_parser("search", help="full-text search over your messages")
+    search.add_argument("query")
+    search.add_argument("--limit", type=int, default=20)
+    search.set_defaults(run=commands.search)
+
+    coach = sub.add_parser("coach", help="a coaching session with PERSONA")
+    coach.add_argument("persona")
+    coach.add_argument("--max-turns", type=int, default=0)
+    coach.set_defaults(run=commands.coach)
+
+    models = sub.add_parser("models", help="models the server offers")
+    models.set_defaults(run=commands.models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    term = Terminal()
+    try:
+        settings = config.load(
+            {
+                "address": args.address,
+                "api_key": args.api_key,
+                "jwt": args.jwt,
+                "tls": args.tls,
+                "ca_file": args.ca_file,
+                "timeout": args.timeout,
+            },
+            path=args.config,
+        )
+        client_arguments = settings.client_arguments()
+    except (config.ConfigError, OSError) as error:
+        term.error(str(error))
+        return EXIT_USAGE
+    if not (settings.api_key or settings.jwt):
+        term.error("no credentials: pass --api-key, set CHAT_API_KEY, or put api_key in the config file")
+        return EXIT_AUTH
+    try:
+        with SyncChatClient(**client_arguments) as client:
+            return _dispatch(client, term, args)
+    except Unavailable as error:
+        term.error(
+            f"cannot reach chat-service at {settings.address} ({error.message}). Is it running? "
+            "Set --address or CHAT_ADDRESS."
+        )
+        return EXIT_UNREACHABLE
+    except Unauthenticated as error:
+        term.error(f"the server refused the credentials ({error.message}). Check --api-key or CHAT_API_KEY.")
+        return EXIT_AUTH
+    except ChatError as error:
+        term.error(str(error))
+        for violation in error.violations:
+            term.error(f"  {violation.field}: {violation.description}")
+        if error.retry_delay is not None:
+            term.note(f"try again in {error.retry_delay:.1f}s")
+        return EXIT_ERROR
+    except ExportError as error:
+        term.error(str(error))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        term.line()
+        return EXIT_INTERRUPTED
+
+
+def _dispatch(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
+    run: Command | None = getattr(args, "run", None)
+    if run is not None:
+        return int(run(client, term, args))
+    client.list_models()  # fails early, with a clear message, when the server is unreachable or the key wrong
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401  (line editing and history for input())
+    return Session(client, term, model=args.model, persona=args.persona).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

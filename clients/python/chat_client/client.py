@@ -1,0 +1,277 @@
+"""ChatClient: typed asyncio methods over the generated ChatService stubs, with auth, TLS, default deadlines,
+retries with backoff for idempotent calls, resumable reply streams and typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import grpc
+from google.protobuf import field_mask_pb2
+
+from chat.v1 import chat_pb2 as pb
+from chat.v1 import chat_pb2_grpc
+from chat_client.coaching import CoachSession, open_coach_session
+from chat_client.errors import Unimplemented, from_rpc_error
+from chat_client.replies import ReplyStream
+from chat_client.retry import RETRYABLE, RetryPolicy
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 30.0
+# SendMessage waits for a whole reply; a slow local model may take minutes.
+DEFAULT_REPLY_TIMEOUT = 600.0
+
+# gRPC's default reconnect backoff starts at 1 s after a failed connection attempt; calls made meanwhile fail
+# at once. Our own retries space themselves out, so the channel may try again sooner.
+CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+)
+
+EXPORT_FORMATS = {
+    "markdown": pb.EXPORT_FORMAT_MARKDOWN,
+    "json": pb.EXPORT_FORMAT_JSON,
+    "csv": pb.EXPORT_FORMAT_CSV,
+}
+
+
+class ChatClient:
+    """An asyncio client for one chat-service address. Use as `async with ChatClient(...) as client:`.
+
+    `api_key` or `jwt` is sent as `authorization: Bearer ...`. `tls=True` uses the system roots, or
+    `root_certificates` (PEM). `timeout` is the default deadline of unary calls (seconds; None: none).
+    Calls that are safe to repeat are retried on UNAVAILABLE as `retry` says; StreamReply and SendMessage
+    carry a `request_id` (generated when not given), so their retries never add a second message.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        api_key: str | None = None,
+        jwt: str | None = None,
+        tls: bool = False,
+        root_certificates: bytes | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        stream_timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+        stub: Any = None,
+    ) -> None:
+        token = api_key or jwt
+        self._metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self.address = address
+        self.timeout = timeout
+        self.stream_timeout = stream_timeout
+        self.retry = retry or RetryPolicy()
+        self._channel: grpc.aio.Channel | None = None
+        options = [*CHANNEL_OPTIONS, *options]
+        if stub is None:
+            if tls:
+                credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+                self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+            else:
+                self._channel = grpc.aio.insecure_channel(address, options=options)
+            stub = chat_pb2_grpc.ChatServiceStub(self._channel)
+        self._stub = stub
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    # ------------------------------------------------------------------------------------ conversations
+
+    async def create_conversation(
+        self, *, title: str = "", model: str = "", system_prompt: str = "", persona: str = ""
+    ) -> pb.Conversation:
+        request = pb.CreateConversationRequest(title=title, model=model, system_prompt=system_prompt, persona=persona)
+        # Not retried: without a request id a retry could create a second conversation.
+        response = await self._unary("CreateConversation", request, idempotent=False)
+        return response.conversation  # type: ignore[no-any-return]
+
+    async def get_conversation(self, conversation_id: str) -> pb.Conversation:
+        response = await self._unary("GetConversation", pb.GetConversationRequest(conversation_id=conversation_id))
+        return response.conversation  # type: ignore[no-any-return]
+
+    async def list_conversations(self, *, page_size: int = 0, page_token: str = "") -> pb.ListConversationsResponse:
+        request = pb.ListConversationsRequest(page_size=page_size, page_token=page_token)
+        return await self._unary("ListConversations", request)  # type: ignore[no-any-return]
+
+    async def iter_conversations(self, *, page_size: int = 0) -> AsyncIterator[pb.Conversation]:
+        """Every conversation of the caller, newest first, page by page."""
+        token = ""
+        while True:
+            page = await self.list_conversations(page_size=page_size, page_token=token)
+            for conversation in page.conversations:
+                yield conversation
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def update_conversation(
+        self,
+        conversation_id: str,
+        *,
+        title: str | None = None,
+        model: str | None = None,
+        persona: str | None = None,
+        system_prompt: str | None = None,
+    ) -> pb.Conversation:
+        """Update the fields given (None leaves a field alone; "" resets it)."""
+        fields = {"title": title, "model": model, "persona": persona, "system_prompt": system_prompt}
+        changes: dict[str, Any] = {name: value for name, value in fields.items() if value is not None}
+        request = pb.UpdateConversationRequest(
+            conversation=pb.Conversation(conversation_id=conversation_id, **changes),
+            update_mask=field_mask_pb2.FieldMask(paths=sorted(changes)),
+        )
+        response = await self._unary("UpdateConversation", request)
+        return response.conversation  # type: ignore[no-any-return]
+
+    async def delete_conversation(self, conversation_id: str) -> None:
+        await self._unary(
+            "DeleteConversation", pb.DeleteConversationRequest(conversation_id=conversation_id), idempotent=False
+        )
+
+    # ------------------------------------------------------------------------------------------ messages
+
+    async def list_messages(
+        self, conversation_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListMessagesResponse:
+        request = pb.ListMessagesRequest(conversation_id=conversation_id, page_size=page_size, page_token=page_token)
+        return await self._unary("ListMessages", request)  # type: ignore[no-any-return]
+
+    async def iter_messages(self, conversation_id: str, *, page_size: int = 0) -> AsyncIterator[pb.Message]:
+        """Every message of a conversation, oldest first, page by page."""
+        token = ""
+        while True:
+            page = await self.list_messages(conversation_id, page_size=page_size, page_token=token)
+            for message in page.messages:
+                yield message
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def send_message(
+        self, conversation_id: str, content: str, *, request_id: str = "", background: bool = False
+    ) -> pb.SendMessageResponse:
+        """Send user text; the response holds the completed reply (or the STREAMING one with `background`)."""
+        request = pb.SendMessageRequest(
+            conversation_id=conversation_id,
+            content=content,
+            request_id=request_id or str(uuid.uuid4()),
+            background=background,
+        )
+        deadline = self.timeout if background else max(self.timeout or 0, DEFAULT_REPLY_TIMEOUT)
+        return await self._unary("SendMessage", request, deadline=deadline)  # type: ignore[no-any-return]
+
+    def stream_reply(self, conversation_id: str, content: str, *, request_id: str = "") -> ReplyStream:
+        """Send user text and iterate over the reply's events as they are generated (see ReplyStream)."""
+        request = pb.StreamReplyRequest(
+            conversation_id=conversation_id, content=content, request_id=request_id or str(uuid.uuid4())
+        )
+        return self._reply_stream(request=request)
+
+    def resume_reply(self, message_id: str, offset: int = 0) -> ReplyStream:
+        """Catch up on a reply from `offset` (code points), then follow it live to its end."""
+        return self._reply_stream(message_id=message_id, offset=offset)
+
+    async def cancel_reply(self, message_id: str) -> pb.Message:
+        response = await self._unary("CancelReply", pb.CancelReplyRequest(message_id=message_id))
+        return response.message  # type: ignore[no-any-return]
+
+    async def search_messages(
+        self, query: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pb.SearchMessagesResponse:
+        """Full-text search over the caller's messages, best match first (snippets mark matches with `**`)."""
+        request = pb.SearchMessagesRequest(query=query, page_size=page_size, page_token=page_token)
+        return await self._unary("SearchMessages", request)  # type: ignore[no-any-return]
+
+    async def export_conversation(
+        self, conversation_id: str, fmt: str = "markdown", *, first_index: int = 0, omit_header: bool = False
+    ) -> AsyncIterator[bytes]:
+        """The conversation as a file in `fmt` (markdown, json or csv), chunk by chunk."""
+        request = pb.ExportConversationRequest(
+            conversation_id=conversation_id,
+            format=EXPORT_FORMATS[fmt],
+            first_index=first_index,
+            omit_header=omit_header,
+        )
+        failures = 0
+        while True:
+            received = False
+            try:
+                call = self._stub.ExportConversation(request, metadata=self._metadata, timeout=self.stream_timeout)
+                async for chunk in call:
+                    received = True
+                    yield chunk.data
+                return
+            except grpc.RpcError as error:
+                failures += 1
+                # Restarting is only safe before the caller has seen any bytes.
+                if received or error.code() not in RETRYABLE or self.retry.gives_up(failures):
+                    raise from_rpc_error(error) from error
+                await asyncio.sleep(self.retry.delay(failures))
+
+    # ------------------------------------------------------------------------------- models, coaching
+
+    async def list_models(self, *, page_size: int = 0, page_token: str = "") -> pb.ListModelsResponse:
+        request = pb.ListModelsRequest(page_size=page_size, page_token=page_token)
+        return await self._unary("ListModels", request)  # type: ignore[no-any-return]
+
+    async def list_personas(self, *, page_size: int = 0, page_token: str = "") -> Any:
+        """The coaching personas (ListPersonas); Unimplemented when the server or these stubs lack it."""
+        request_type = getattr(pb, "ListPersonasRequest", None)
+        if request_type is None:
+            raise Unimplemented("this client's stubs have no ListPersonas RPC")
+        return await self._unary("ListPersonas", request_type(page_size=page_size, page_token=page_token))
+
+    async def coach(
+        self, persona: str, *, conversation_id: str = "", session_id: str = "", max_turns: int = 0
+    ) -> CoachSession:
+        """Open a coaching session (the bidirectional Coach RPC) and send its `start`."""
+        return await open_coach_session(
+            self._stub,
+            self._metadata,
+            persona=persona,
+            conversation_id=conversation_id,
+            session_id=session_id,
+            max_turns=max_turns,
+        )
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    def _reply_stream(self, **kwargs: Any) -> ReplyStream:
+        return ReplyStream(
+            self._stub,
+            metadata=self._metadata,
+            retry=self.retry,
+            timeout=self.stream_timeout,
+            on_cancel=self.cancel_reply,
+            **kwargs,
+        )
+
+    async def _unary(self, method: str, request: Any, *, idempotent: bool = True, deadline: float | None = None) -> Any:
+        call = getattr(self._stub, method)
+        failures = 0
+        while True:
+            try:
+                return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
+            except grpc.RpcError as error:
+                failures += 1
+                code = error.code()
+                if not idempotent or code not in RETRYABLE or self.retry.gives_up(failures):
+                    raise from_rpc_error(error) from error
+                await asyncio.sleep(self.retry.delay(failures))

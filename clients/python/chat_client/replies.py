@@ -1,0 +1,148 @@
+"""A reply stream that survives broken connections: on UNAVAILABLE (or a stream that ends early) it calls
+ResumeReply from the last offset it delivered, so the caller sees every character exactly once.
+
+One case cannot be mended: a server that crashed keeps only the text it had flushed (at most one flush
+interval is lost), and the reply ends INTERRUPTED. If the caller already saw more than that, ResumeReply from
+its offset is OUT_OF_RANGE; the stream then fetches the final state and ends with it, so `message.content`
+is the stored (shorter) text, a prefix of `text`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from chat.v1 import chat_pb2 as pb
+from chat_client.errors import ChatError, Internal, Unavailable, from_rpc_error
+from chat_client.retry import RETRYABLE, RetryPolicy
+
+
+class _Broken(Exception):
+    """The server closed the stream without the final `completed` event."""
+
+
+class ReplyStream:
+    """Async iterator of `chat.v1.ReplyEvent`: one `started`, deltas whose texts concatenate to the reply
+    (each `offset` where its text starts), one `completed`. Resumes on its own after a break."""
+
+    def __init__(
+        self,
+        stub: Any,
+        *,
+        metadata: tuple[tuple[str, str], ...],
+        retry: RetryPolicy,
+        timeout: float | None,
+        request: pb.StreamReplyRequest | None = None,
+        message_id: str = "",
+        offset: int = 0,
+        on_cancel: Callable[[str], Any] | None = None,
+    ) -> None:
+        self._stub = stub
+        self._metadata = metadata
+        self._retry = retry
+        self._timeout = timeout
+        self._request = request
+        self._on_cancel = on_cancel
+        self.message_id = message_id
+        self.offset = offset
+        self.started: pb.ReplyStarted | None = None
+        self.message: pb.Message | None = None
+        self.resumes = 0
+        self._resume_from: int | None = None
+        self._parts: list[str] = []
+        self._events: AsyncIterator[pb.ReplyEvent] | None = None
+
+    @property
+    def text(self) -> str:
+        """The reply text delivered so far (from the stream's start offset)."""
+        return "".join(self._parts)
+
+    def __aiter__(self) -> AsyncIterator[pb.ReplyEvent]:
+        if self._events is None:
+            self._events = self._run()
+        return self._events
+
+    async def result(self) -> pb.Message:
+        """Read the stream to its end and return the assistant message in its final state."""
+        async for _ in self:
+            pass
+        assert self.message is not None
+        return self.message
+
+    async def cancel(self) -> None:
+        """Ask the server to stop the reply (CancelReply); the stream then ends with status CANCELLED."""
+        if self.message_id and self._on_cancel is not None:
+            await self._on_cancel(self.message_id)
+
+    async def _run(self) -> AsyncIterator[pb.ReplyEvent]:
+        failures = 0
+        while True:
+            try:
+                async for event in self._open():
+                    failures = 0
+                    delivered = self._accept(event)
+                    if delivered is not None:
+                        yield delivered
+                    if self.message is not None:
+                        return
+                raise _Broken
+            except (grpc.RpcError, _Broken) as error:
+                code = error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
+                lost_text = code == grpc.StatusCode.OUT_OF_RANGE and self.resumes > 0
+                if lost_text and self._resume_from is None:
+                    self._resume_from = 0  # we saw text the server lost: replay from 0 for the final state
+                    continue
+                failures += 1
+                if code not in RETRYABLE or self._retry.gives_up(failures):
+                    if isinstance(error, grpc.RpcError):
+                        raise from_rpc_error(error) from error
+                    raise Unavailable("the reply stream ended before the reply did") from None
+                self.resumes += 1
+                await asyncio.sleep(self._retry.delay(failures))
+
+    async def _open(self) -> AsyncIterator[pb.ReplyEvent]:
+        if not self.message_id:
+            assert self._request is not None, "a stream needs a request or a message id"
+            call = self._stub.StreamReply(self._request, metadata=self._metadata, timeout=self._timeout)
+        else:
+            offset = self.offset if self._resume_from is None else self._resume_from
+            request = pb.ResumeReplyRequest(message_id=self.message_id, offset=offset)
+            call = self._stub.ResumeReply(request, metadata=self._metadata, timeout=self._timeout)
+        try:
+            async for response in call:
+                yield response.event
+        finally:
+            cancel = getattr(call, "cancel", None)
+            if cancel is not None:
+                cancel()
+
+    def _accept(self, event: pb.ReplyEvent) -> pb.ReplyEvent | None:
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            if self.started is not None:
+                return None  # a resumed stream's header: the caller already has one
+            self.started = event.started
+            self.message_id = event.started.assistant_message.message_id
+            return event
+        if kind == "delta":
+            return self._delta(event.delta)
+        if kind == "completed":
+            self.message = event.completed.message
+            if self.started is None:  # resumed by id: no `started` was delivered, so the caller gets no header
+                self.message_id = self.message.message_id
+            return event
+        raise ChatError(f"unexpected reply event {kind!r}")
+
+    def _delta(self, delta: pb.ReplyDelta) -> pb.ReplyEvent | None:
+        end = delta.offset + len(delta.text)
+        if end <= self.offset:
+            return None  # already delivered before the break
+        if delta.offset > self.offset:
+            raise Internal(f"the reply stream skipped from offset {self.offset} to {delta.offset}")
+        text = delta.text[self.offset - delta.offset :]
+        event = pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=self.offset))
+        self.offset = end
+        self._parts.append(text)
+        return event

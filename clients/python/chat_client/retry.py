@@ -1,0 +1,34 @@
+"""When to try a failed call again, and how long to wait first."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import grpc
+
+# Only UNAVAILABLE means "the request did not get through / the server went away": retrying anything else
+# would repeat a refusal (or, for a non-idempotent call, maybe the work).
+RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with jitter. `attempts` counts every try, the first included; a reply stream
+    counts its consecutive failures without progress, so a long reply survives any number of spaced breaks."""
+
+    attempts: int = 6
+    initial_backoff: float = 0.1
+    max_backoff: float = 3.0
+    multiplier: float = 2.0
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after the `failures`-th consecutive failure (1-based)."""
+        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures - 1))
+        return random.uniform(cap / 2, cap)
+
+    def gives_up(self, failures: int) -> bool:
+        return failures >= self.attempts
+
+
+NO_RETRY = RetryPolicy(attempts=1)
