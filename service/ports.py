@@ -8,6 +8,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
+from service.coaching.state import CoachingSession
 from service.domain import ApiKey, Completion, Conversation, Message, ModelInfo, Prompt
 
 T = TypeVar("T")
@@ -149,6 +150,18 @@ class ApiKeyRepository(Protocol):
         ...
 
 
+class CoachingSessionRepository(Protocol):
+    async def add(self, session: CoachingSession) -> None: ...
+
+    async def get(self, session_id: str, *, for_update: bool = False) -> CoachingSession | None:
+        """`for_update` locks the row until the transaction ends (one turn at a time per session)."""
+        ...
+
+    async def update(self, session: CoachingSession) -> None:
+        """Write the stage, end reason, turns used and update time."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. `async with uow:` begins it; `commit()` ends it; leaving without commit
     rolls back."""
@@ -161,6 +174,9 @@ class UnitOfWork(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def coaching_sessions(self) -> CoachingSessionRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
