@@ -8,19 +8,21 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import chat_pb2, chat_pb2_grpc
-from service import llm
+from service import audio, llm
 from service.auth import ApiKeys
 from service.chat import Conversations, ModelCatalog
+from service.coaching.sessions import Coaching, CoachingLimits
+from service.coaching.state import Limits
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
-from service.ports import Notifications, Provider
+from service.ports import Notifications, Provider, Synthesizer, Transcriber
 from service.replies import Replies, ReplyLimits
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor
@@ -48,8 +50,13 @@ class Dependencies:
     api_keys: ApiKeys
     replies: Replies
     conversations: Conversations
+    coaching: Coaching
+    transcriber: Transcriber
+    synthesizer: Synthesizer
 
     async def aclose(self) -> None:
+        await self.transcriber.aclose()
+        await self.synthesizer.aclose()
         await self.provider.aclose()
         await self.notifications.close()
         await self.database.dispose()
@@ -95,7 +102,36 @@ def build(
         uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes
     )
     api_keys = ApiKeys(uow, tokens, clock=clock)
-    return Dependencies(settings, database, notifications, provider, personas, api_keys, replies, conversations)
+    transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
+    coaching = Coaching(
+        uow,
+        replies,
+        conversations,
+        personas,
+        tokens,
+        transcriber=transcriber,
+        synthesizer=synthesizer,
+        clock=clock,
+        limits=coaching_limits(settings),
+    )
+    return Dependencies(
+        settings,
+        database,
+        notifications,
+        provider,
+        personas,
+        api_keys,
+        replies,
+        conversations,
+        coaching,
+        transcriber,
+        synthesizer,
+    )
+
+
+def coaching_limits(settings: Settings) -> CoachingLimits:
+    defaults = Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds))
+    return CoachingLimits(settings.max_message_bytes, settings.max_audio_bytes, defaults)
 
 
 class App:
@@ -150,7 +186,7 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(deps.conversations, deps.replies, default_model=settings.resolved_model), server
+        ChatServicer(deps.conversations, deps.replies, deps.coaching, default_model=settings.resolved_model), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((CHAT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)

@@ -213,3 +213,36 @@ class Notifications(Protocol):
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """Encoded audio and its media type (`audio/wav`, `audio/ogg`, ...)."""
+
+    data: bytes
+    mime_type: str
+
+
+class Transcriber(Protocol):
+    """Speech to text. Adapters raise `Unavailable` when the backend cannot be reached or fails, and
+    `FailedPrecondition` (saying what to configure) when there is no backend."""
+
+    def require(self) -> None:
+        """Raise `FailedPrecondition` saying what to configure when there is no transcriber."""
+        ...
+
+    async def transcribe(self, audio: Audio) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Synthesizer(Protocol):
+    """Text to speech; errors as for `Transcriber`."""
+
+    def require(self) -> None:
+        """Raise `FailedPrecondition` saying what to configure when there is no synthesizer."""
+        ...
+
+    async def synthesize(self, text: str) -> Audio: ...
+
+    async def aclose(self) -> None: ...

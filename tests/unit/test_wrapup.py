@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,7 @@ from service.coaching.wrapup import (
     LimitReached,
     Position,
     Stage,
+    Step,
     Turn,
     WrappedUp,
     advance,
@@ -46,7 +49,7 @@ def test_yes_wraps_up_as_user_requested(text: str) -> None:
     assert advance(step.position, WrappedUp()) == _step(Position(Stage.ENDED, EndReason.USER_REQUESTED), Action.END)
 
 
-@pytest.mark.parametrize("text", NOT_YES + ["I really don't have to go"])
+@pytest.mark.parametrize("text", [*NOT_YES, "I really don't have to go"])
 def test_anything_but_yes_goes_back_to_active_with_a_reply(text: str) -> None:
     assert advance(CONFIRMING, Turn(text)) == _step(ACTIVE, Action.REPLY)
 
@@ -127,7 +130,7 @@ def test_every_session_ends_exactly_once(script: list[Event]) -> None:
 def test_never_asks_for_confirmation_twice_in_a_row(script: list[Event]) -> None:
     actions = run(script)
 
-    assert all(not (a is Action.CONFIRM and b is Action.CONFIRM) for a, b in zip(actions, actions[1:], strict=False))
+    assert all(not (a is Action.CONFIRM and b is Action.CONFIRM) for a, b in itertools.pairwise(actions))
 
 
 @settings(max_examples=400, deadline=None)
@@ -157,7 +160,5 @@ def test_a_limit_or_an_end_ends_the_session_within_one_wrap_up(script: list[Even
             return
 
 
-def _step(position: Position, action: Action) -> object:
-    from service.coaching.wrapup import Step
-
+def _step(position: Position, action: Action) -> Step:
     return Step(position, action)

@@ -470,16 +470,18 @@ class CoachWrapUpConfirmation(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
 class CoachSessionEnded(_message.Message):
-    __slots__ = ("reason", "summary", "message", "session")
+    __slots__ = ("reason", "summary", "message", "session", "audio")
     REASON_FIELD_NUMBER: _ClassVar[int]
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
     reason: EndReason
     summary: str
     message: Message
     session: CoachingSession
-    def __init__(self, reason: _Optional[_Union[EndReason, str]] = ..., summary: _Optional[str] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., session: _Optional[_Union[CoachingSession, _Mapping]] = ...) -> None: ...
+    audio: AudioClip
+    def __init__(self, reason: _Optional[_Union[EndReason, str]] = ..., summary: _Optional[str] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., session: _Optional[_Union[CoachingSession, _Mapping]] = ..., audio: _Optional[_Union[AudioClip, _Mapping]] = ...) -> None: ...
 
 class CoachResponse(_message.Message):
     __slots__ = ("session_started", "delta", "turn_completed", "wrap_up_confirmation", "session_ended")
