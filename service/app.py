@@ -18,8 +18,10 @@ from chat.v1 import chat_pb2, chat_pb2_grpc
 from service import audio, llm
 from service.auth import ApiKeys
 from service.chat import Conversations, ModelCatalog
-from service.coaching.sessions import Coaching, CoachingLimits
+from service.coaching.sessions import Coaching
 from service.coaching.state import Limits
+from service.coaching.store import SessionStore
+from service.coaching.voice import Voice
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, Synthesizer, Transcriber
@@ -104,15 +106,17 @@ def build(
     api_keys = ApiKeys(uow, tokens, clock=clock)
     transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
     coaching = Coaching(
-        uow,
+        SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),
         replies,
-        conversations,
+        Voice(
+            transcriber,
+            synthesizer,
+            max_audio_bytes=settings.max_audio_bytes,
+            max_message_bytes=settings.max_message_bytes,
+        ),
         personas,
         tokens,
-        transcriber=transcriber,
-        synthesizer=synthesizer,
         clock=clock,
-        limits=coaching_limits(settings),
     )
     return Dependencies(
         settings,
@@ -129,9 +133,9 @@ def build(
     )
 
 
-def coaching_limits(settings: Settings) -> CoachingLimits:
-    defaults = Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds))
-    return CoachingLimits(settings.max_message_bytes, settings.max_audio_bytes, defaults)
+def coaching_limits(settings: Settings) -> Limits:
+    """The limits of sessions whose `start` sets none."""
+    return Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds))
 
 
 class App:
