@@ -37,7 +37,7 @@ from service.coaching.wrapup import (
     WrappedUp,
     advance,
 )
-from service.domain import FailedPrecondition, InvalidArgument, Message, Page, Principal, Role
+from service.domain import FailedPrecondition, InvalidArgument, Message, Page, Principal
 from service.pagination import PageTokens, page_size
 from service.personas import Persona, PersonaCatalog
 from service.replies import Delta, Ended, Replies, ReplyEvent, Started
@@ -188,7 +188,7 @@ class Coaching:
         self, principal: Principal, session: CoachingSession, said: str | None, *, speak: bool
     ) -> AsyncIterator[CoachEvent]:
         message: Message | None = None
-        async for event in await self._closing(principal, session, said):
+        async for event in self._closing(principal, session, said):
             message = _final(event) or message
             if isinstance(event, Delta):
                 yield event
@@ -197,17 +197,14 @@ class Coaching:
         audio = await self._voice.speech(message.content) if speak else None
         yield SessionEnded(session.end_reason, message.content, message, session, audio)
 
-    async def _closing(
-        self, principal: Principal, session: CoachingSession, said: str | None
-    ) -> AsyncIterator[ReplyEvent]:
-        """The closing reply: the one a dropped stream left generating (or finished), else a new one."""
-        latest = await self._store.latest_message(session)
-        if latest and latest.role is Role.ASSISTANT and latest.create_time >= session.update_time:
-            return self._replies.resume(principal, latest.id, 0)
+    def _closing(self, principal: Principal, session: CoachingSession, said: str | None) -> AsyncIterator[ReplyEvent]:
+        """The closing reply. Its request id is the session's own, so a rejoin after a drop attaches to the
+        reply already generating (or finished) instead of writing a second one."""
         steer = closing_instructions(session.end_reason)
+        request_id = f"coaching-closing-{session.id}"
         if said is None:
-            return self._replies.stream_unprompted(principal, session.conversation_id, steer)
-        return self._replies.stream(principal, session.conversation_id, said, "", steer=steer)
+            return self._replies.stream_unprompted(principal, session.conversation_id, steer, request_id)
+        return self._replies.stream(principal, session.conversation_id, said, request_id, steer=steer)
 
 
 def _final(event: ReplyEvent) -> Message | None:

@@ -13,7 +13,6 @@ from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
     FailedPrecondition,
     InvalidArgument,
-    Message,
     NotFound,
     PermissionDenied,
     Principal,
@@ -98,11 +97,6 @@ class SessionStore:
             await uow.coaching_sessions.update(updated)
             await uow.commit()
         return updated
-
-    async def latest_message(self, session: CoachingSession) -> Message | None:
-        async with self._uow() as uow:
-            latest = await uow.messages.recent(session.conversation_id, limit=1)
-        return latest[0] if latest else None
 
     def _persona(self, name: str) -> Persona:
         if not name:

@@ -154,10 +154,11 @@ class Replies:
             yield event
 
     async def stream_unprompted(
-        self, principal: Principal, conversation_id: str, steer: str
+        self, principal: Principal, conversation_id: str, steer: str, request_id: str = ""
     ) -> AsyncIterator[ReplyEvent]:
-        """A reply with no new user message, steered by `steer` (closing words when a session ends)."""
-        reply = await self._begin(principal, conversation_id, None, "", steer)
+        """A reply with no new user message, steered by `steer` (closing words when a session ends). A known
+        `request_id` attaches to the reply it made, with or without a user message."""
+        reply = await self._begin(principal, conversation_id, None, request_id, steer)
         yield Started(None, reply.assistant)
         async for event in self._follow(reply.assistant, 0):
             yield event
@@ -265,9 +266,6 @@ class Replies:
         try:
             return await self._insert(principal, conversation_id, content, request_id or new_id(), steer)
         except DuplicateRequest:
-            if content is None:
-                raise
-
             # A concurrent retry with the same request_id won the insert: attach to its reply.
             async with self._uow() as uow:
                 existing = await uow.messages.find_by_request(principal.user_id, request_id)
@@ -279,7 +277,7 @@ class Replies:
         now = self._clock()
         async with self._uow() as uow:
             existing = await uow.messages.find_by_request(principal.user_id, request_id)
-            if existing and content is not None:
+            if existing:
                 return self._attach(existing, conversation_id, content)
             conversation = await uow.conversations.get(conversation_id, for_update=True)
             check_owner(conversation, principal, "conversation")
@@ -332,12 +330,14 @@ class Replies:
                 metadata={"messageId": in_flight.id},
             )
 
-    def _attach(self, existing: Sequence[Message], conversation_id: str, content: str) -> _Reply:
+    def _attach(self, existing: Sequence[Message], conversation_id: str, content: str | None) -> _Reply:
+        """The reply `existing` (one request's messages) made, if it answers the same thing. Without `content`
+        (an unprompted reply) any earlier reply of the request in the same conversation is the one."""
         user = next((m for m in existing if m.role is Role.USER), None)
         assistant = next((m for m in existing if m.role is Role.ASSISTANT), None)
-        if user is None or assistant is None:
+        if assistant is None or (user is None and content is not None):
             raise InvalidArgument.field("request_id", "was already used by another kind of request")
-        if user.conversation_id != conversation_id or user.content != content:
+        if assistant.conversation_id != conversation_id or (content is not None and user and user.content != content):
             raise InvalidArgument.field("request_id", "was already used for a different message")
         return _Reply(user, assistant)
 
