@@ -171,6 +171,7 @@ class App:
         if settings.shutdown_drain_seconds:
             await asyncio.sleep(settings.shutdown_drain_seconds)
         await asyncio.gather(self.server.stop(grace + 2.0), self.deps.replies.close(grace))
+        await self.deps.coaching.close()
         await self.deps.aclose()
 
 

@@ -8,8 +8,10 @@ rejoins where the dropped one was.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
+from typing import Any
 
 from service.coaching.events import (
     CoachEvent,
@@ -81,6 +83,7 @@ class Coaching:
         self._personas = personas
         self._tokens = tokens
         self._clock = clock
+        self._streams: set[asyncio.Task[Any]] = set()
 
     def personas(self, size: int, token: str) -> Page[Persona]:
         """ListPersonas: the catalog by name, paginated."""
@@ -95,6 +98,9 @@ class Coaching:
         """Coach: `start` first, then turns until the session ends (its last event is `SessionEnded`) or the
         client closes its side (the session then stays open to rejoin)."""
         inbox = Inbox(commands)
+        stream = asyncio.current_task()
+        if stream is not None:
+            self._streams.add(stream)
         try:
             first = await inbox.next()
             if first is None:
@@ -109,6 +115,14 @@ class Coaching:
                 yield event
         finally:
             inbox.close()
+            self._streams.discard(stream)
+
+    async def close(self, grace: float = 5.0) -> None:
+        """Wait for the streams the server is cancelling to finish: their clean-up may still be using the
+        database, which must outlive it."""
+        streams = [task for task in self._streams if not task.done()]
+        if streams:
+            await asyncio.wait(streams, timeout=grace)
 
     async def _converse(
         self, principal: Principal, session: CoachingSession, inbox: Inbox[Command], *, speak: bool

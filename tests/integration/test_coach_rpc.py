@@ -418,3 +418,14 @@ async def test_sessions_survive_a_stream_that_is_cancelled_mid_reply(database_ur
         closing = await again.ask(end(), "session_ended")
         assert closing.last is not None
         assert closing.last.session_ended.reason == pb.END_REASON_CLIENT_ENDED
+
+
+async def test_a_stream_open_at_shutdown_is_finished_before_the_database_closes(database_url: str) -> None:
+    async with running_replica(settings_for(database_url, speech_provider="none")) as replica:
+        call = await coach(replica)
+        await call.begin(persona="english_buddy")
+        await call.ask(turn("Hello!"), "turn_completed")
+        # Leaving the block closes the channel and stops the replica while the stream is open.
+
+    handlers = [t for t in asyncio.all_tasks() if "ChatService/Coach" in t.get_name() and not t.done()]
+    assert handlers == []
