@@ -18,6 +18,7 @@ from chat.v1 import chat_pb2, chat_pb2_grpc
 from service import audio, llm
 from service.auth import ApiKeys
 from service.chat import Conversations, ModelCatalog
+from service.coaching.classifier import FinishClassifier
 from service.coaching.sessions import Coaching
 from service.coaching.state import Limits
 from service.coaching.store import SessionStore
@@ -117,6 +118,7 @@ def build(
         personas,
         tokens,
         clock=clock,
+        classifier=FinishClassifier(provider) if settings.coach_classify_finish else None,
     )
     return Dependencies(
         settings,

@@ -76,6 +76,9 @@ class Settings(BaseSettings):
     coach_max_duration_seconds: float = Field(
         0.0, ge=0, description="default duration limit of a coaching session; 0 = none"
     )
+    coach_classify_finish: bool = Field(
+        True, description="ask the model whether an ambiguous turn asks to end a coaching session"
+    )
     transcription_url: str = Field("", description="OpenAI-compatible base URL for /audio/transcriptions")
     transcription_model: str = Field("whisper-1", description="transcription model name")
     speech_provider: SpeechProviderName = Field("auto", description="auto | openai | espeak | none")

@@ -48,6 +48,13 @@ FINISH_PHRASES: tuple[str, ...] = (
     "goodbye",
     "bye",
     "see you later",
+    "i have to run",
+    "i gotta run",
+)
+# Words that often come with a wish to finish, in phrasings the rules above do not know ("I think I'll head
+# off soon"): such turns are worth asking the model about.
+FINISH_WORDS = frozenset(
+    {"go", "going", "leave", "leaving", "stop", "finish", "end", "done", "bye", "wrap", "quit", "enough", "off", "run"}
 )
 YES_WORDS = frozenset({"yes", "yeah", "yep", "yup", "ya", "yea", "sure", "ok", "okay", "y", "absolutely", "definitely"})
 YES_PHRASES: tuple[str, ...] = ("of course", "please do", "go ahead", "sounds good", "lets do it", "i do", "correct")
@@ -114,6 +121,12 @@ def asks_to_finish(text: str) -> bool:
         if start is not None and not _negated(words, start, len(phrase.split())):
             return True
     return False
+
+
+def might_ask_to_finish(text: str) -> bool:
+    """Not a known finish request, but it mentions finishing: the model may tell better."""
+    words = normalize(text)
+    return any(w in FINISH_WORDS for w in words) and not asks_to_finish(text)
 
 
 def is_yes(text: str) -> bool:

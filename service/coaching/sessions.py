@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
+from service.coaching.classifier import FinishClassifier
 from service.coaching.events import (
     CoachEvent,
     Command,
@@ -24,6 +25,7 @@ from service.coaching.events import (
     WrapUpConfirmation,
 )
 from service.coaching.inbox import TIMED_OUT, Inbox
+from service.coaching.intent import might_ask_to_finish
 from service.coaching.state import CoachingSession
 from service.coaching.store import SessionStore
 from service.coaching.voice import Voice
@@ -76,8 +78,10 @@ class Coaching:
         tokens: PageTokens,
         *,
         clock: Callable[[], datetime],
+        classifier: FinishClassifier | None = None,
     ) -> None:
         self._store = store
+        self._classifier = classifier
         self._replies = replies
         self._voice = voice
         self._personas = personas
@@ -138,6 +142,8 @@ class Coaching:
             session = await self._store.load(principal, session.id)  # another stream may have moved it on
             if isinstance(event, Turn) and session.limit_reached(self._clock()):
                 event = LimitReached()
+            if isinstance(event, Turn) and session.stage is Stage.ACTIVE:
+                event = await self._judged(session, event)
             step = advance(session.position, event)
             if step.action is Action.REFUSE:
                 raise FailedPrecondition(
@@ -175,6 +181,13 @@ class Coaching:
         if isinstance(command, Start):
             raise InvalidArgument.field("start", "was already sent on this stream")
         return Turn(await self._voice.text(command))
+
+    async def _judged(self, session: CoachingSession, turn: Turn) -> Turn:
+        """The turn, with the model's verdict when the text rules cannot tell whether it asks to finish."""
+        if self._classifier is None or not might_ask_to_finish(turn.text):
+            return turn
+        model = await self._store.model_of(session)
+        return Turn(turn.text, await self._classifier.asks_to_finish(turn.text, model))
 
     async def _reply(
         self, principal: Principal, session: CoachingSession, position: Position, text: str, *, speak: bool

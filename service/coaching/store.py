@@ -98,6 +98,14 @@ class SessionStore:
             await uow.commit()
         return updated
 
+    async def model_of(self, session: CoachingSession) -> str:
+        """The model of the session's conversation."""
+        async with self._uow() as uow:
+            conversation = await uow.conversations.get(session.conversation_id)
+        if conversation is None:
+            raise NotFound("coaching session not found")
+        return conversation.model
+
     def _persona(self, name: str) -> Persona:
         if not name:
             raise InvalidArgument.field("start.persona", "is required to start a session (see ListPersonas)")

@@ -42,9 +42,11 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Turn:
-    """The learner said something."""
+    """The learner said something. `finishing` is a verdict from elsewhere (the model) on whether it asks to
+    finish; None leaves it to the text rules."""
 
     text: str
+    finishing: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +100,8 @@ def advance(position: Position, event: Event) -> Step:
         if is_yes(event.text):
             return _wrap_up(EndReason.USER_REQUESTED)
         return Step(Position(Stage.ACTIVE), Action.REPLY)
-    if asks_to_finish(event.text):
+    finishing = asks_to_finish(event.text) if event.finishing is None else event.finishing
+    if finishing:
         return Step(Position(Stage.CONFIRMING), Action.CONFIRM)
     return Step(position, Action.REPLY)
 

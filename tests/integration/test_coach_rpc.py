@@ -12,6 +12,7 @@ import pytest
 from google.protobuf import duration_pb2
 
 from chat.v1 import chat_pb2 as pb
+from service.coaching.classifier import QUESTION
 from service.domain import Prompt, Role
 from service.llm.fake import FakeProvider
 from tests.integration.coach_stream import CoachCall, end, start, turn
@@ -429,3 +430,15 @@ async def test_a_stream_open_at_shutdown_is_finished_before_the_database_closes(
 
     handlers = [t for t in asyncio.all_tasks() if "ChatService/Coach" in t.get_name() and not t.done()]
     assert handlers == []
+
+
+async def test_an_ambiguous_turn_is_put_to_the_model(replica: Replica, provider: RecordingProvider) -> None:
+    call = await coach(replica)
+    await call.begin(persona="english_buddy")
+
+    reply = await call.ask(turn("I think I'll head off soon"), "turn_completed")  # the fake model never says yes
+
+    assert reply.last is not None
+    questions = [p for p in provider.prompts if p.turns[0].content == QUESTION]
+    assert [p.turns[-1].content for p in questions] == ["I think I'll head off soon"]
+    assert questions[0].max_tokens <= 4

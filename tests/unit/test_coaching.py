@@ -10,6 +10,7 @@ import pytest
 
 from service.audio import NO_SYNTHESIZER, NO_TRANSCRIBER, Unconfigured
 from service.chat import Conversations, ModelCatalog
+from service.coaching.classifier import QUESTION, FinishClassifier
 from service.coaching.events import (
     CoachEvent,
     Command,
@@ -26,7 +27,16 @@ from service.coaching.state import Limits
 from service.coaching.store import SessionStore
 from service.coaching.voice import Voice
 from service.coaching.wrapup import EndReason, Stage
-from service.domain import FailedPrecondition, MessageStatus, NotFound, Principal, Role
+from service.domain import (
+    Completion,
+    FailedPrecondition,
+    MessageStatus,
+    ModelUnavailable,
+    NotFound,
+    Principal,
+    Prompt,
+    Role,
+)
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.replies import Delta, Replies, ReplyLimits
@@ -105,6 +115,26 @@ async def replies(storage: FakeStorage, provider: ScriptedProvider, clock: FakeC
     await built.close(grace=1.0)
 
 
+class Judge(ScriptedProvider):
+    """Answers the finish classifier with `verdict` (or fails), and everything else with the script."""
+
+    def __init__(self, verdict: str | Exception) -> None:
+        super().__init__(["Nice", " to meet you."])
+        self.verdict = verdict
+        self.questions: list[str] = []
+
+    async def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+        if prompt.turns[0].content != QUESTION:
+            async for item in super().stream(prompt):
+                yield item
+            return
+        self.questions.append(prompt.turns[-1].content)
+        if isinstance(self.verdict, Exception):
+            raise self.verdict
+        yield self.verdict
+        yield Completion()
+
+
 @pytest.fixture
 def coaching(storage: FakeStorage, replies: Replies, provider: ScriptedProvider, clock: FakeClock) -> Coaching:
     personas = PersonaCatalog.load()
@@ -122,7 +152,7 @@ def coaching(storage: FakeStorage, replies: Replies, provider: ScriptedProvider,
     voice = Voice(
         Unconfigured(NO_TRANSCRIBER), Unconfigured(NO_SYNTHESIZER), max_audio_bytes=1024, max_message_bytes=1024
     )
-    return Coaching(store, replies, voice, personas, tokens, clock=clock)
+    return Coaching(store, replies, voice, personas, tokens, clock=clock, classifier=FinishClassifier(provider))
 
 
 async def begin(learner: Learner, **fields: object) -> SessionStarted:
@@ -282,3 +312,51 @@ def test_personas_are_listed_by_page(coaching: Coaching) -> None:
 
     assert [p.name for p in first.items] == ["english_buddy"]
     assert [p.name for p in second.items] == ["interview_coach"]
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [("Yes.", WrapUpConfirmation), ("no", TurnCompleted), (ModelUnavailable("down"), TurnCompleted)],
+)
+async def test_the_model_decides_ambiguous_turns(
+    storage: FakeStorage, clock: FakeClock, verdict: str | Exception, expected: type[CoachEvent]
+) -> None:
+    judge = Judge(verdict)
+    replies = Replies(
+        storage.unit_of_work,
+        judge,
+        PersonaCatalog.load(),
+        replica_id="replica-a",
+        clock=clock,
+        notifications=LocalNotifications(),
+    )
+    personas, tokens = PersonaCatalog.load(), PageTokens(b"secret")
+    conversations = Conversations(
+        storage.unit_of_work,
+        replies,
+        ModelCatalog(judge, default_model="scripted"),
+        personas,
+        tokens,
+        clock=clock,
+        max_prompt_bytes=1024,
+    )
+    coaching = Coaching(
+        SessionStore(storage.unit_of_work, conversations, personas, clock=clock),
+        replies,
+        Voice(Unconfigured(NO_TRANSCRIBER), Unconfigured(NO_SYNTHESIZER), max_audio_bytes=1, max_message_bytes=1024),
+        personas,
+        tokens,
+        clock=clock,
+        classifier=FinishClassifier(judge),
+    )
+    learner = Learner(coaching)
+    await begin(learner, persona="english_buddy")
+
+    learner.send(UserTurn("How do I say hello?"))  # clear: no question for the model
+    await learner.until(TurnCompleted)
+    learner.send(UserTurn("I think I'll head off soon"))
+    _, event = await learner.until(expected)
+
+    assert judge.questions == ["I think I'll head off soon"]
+    assert isinstance(event, expected)
+    await replies.close(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.coaching.intent import asks_to_finish, is_yes, normalize, similar_word
+from service.coaching.intent import asks_to_finish, is_yes, might_ask_to_finish, normalize, similar_word
 
 
 @pytest.mark.parametrize(
@@ -78,3 +78,17 @@ def test_normalize_drops_case_accents_and_apostrophes() -> None:
 )
 def test_similar_word(typed: str, expected: str, same: bool) -> None:
     assert similar_word(typed, expected) is same
+
+
+@pytest.mark.parametrize(
+    ("text", "ambiguous"),
+    [
+        ("I think I'll head off soon", True),
+        ("Is it OK if we end a bit early?", True),
+        ("I have to go", False),  # clear: the rules decide
+        ("How do I order a coffee?", False),
+        ("", False),
+    ],
+)
+def test_ambiguous_turns_are_those_that_mention_finishing(text: str, ambiguous: bool) -> None:
+    assert might_ask_to_finish(text) is ambiguous

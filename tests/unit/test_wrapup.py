@@ -83,6 +83,11 @@ def test_an_ended_session_refuses_everything(event: Event) -> None:
     assert advance(ended, event) == _step(ended, Action.REFUSE)
 
 
+def test_a_verdict_from_the_model_overrides_the_text_rules() -> None:
+    assert advance(ACTIVE, Turn("I think I'll head off", finishing=True)) == _step(CONFIRMING, Action.CONFIRM)
+    assert advance(ACTIVE, Turn("I have to go", finishing=False)) == _step(ACTIVE, Action.REPLY)
+
+
 def test_wrapped_up_without_a_wrap_up_is_refused() -> None:
     assert advance(ACTIVE, WrappedUp()) == _step(ACTIVE, Action.REFUSE)
 
@@ -95,6 +100,7 @@ texts = st.one_of(
 )
 events = st.one_of(
     texts.map(Turn),
+    st.builds(Turn, texts, st.booleans()),
     st.just(LimitReached()),
     st.just(ClientEnded()),
 )
