@@ -8,19 +8,24 @@ import logging
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import chat_pb2, chat_pb2_grpc
-from service import llm
+from service import audio, llm
 from service.auth import ApiKeys
 from service.chat import Conversations, ModelCatalog
+from service.coaching.classifier import FinishClassifier
+from service.coaching.sessions import Coaching
+from service.coaching.state import Limits
+from service.coaching.store import SessionStore
+from service.coaching.voice import Voice
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
-from service.ports import Notifications, Provider
+from service.ports import Notifications, Provider, Synthesizer, Transcriber
 from service.replies import Replies, ReplyLimits
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor
@@ -48,8 +53,13 @@ class Dependencies:
     api_keys: ApiKeys
     replies: Replies
     conversations: Conversations
+    coaching: Coaching
+    transcriber: Transcriber
+    synthesizer: Synthesizer
 
     async def aclose(self) -> None:
+        await self.transcriber.aclose()
+        await self.synthesizer.aclose()
         await self.provider.aclose()
         await self.notifications.close()
         await self.database.dispose()
@@ -95,7 +105,39 @@ def build(
         uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes
     )
     api_keys = ApiKeys(uow, tokens, clock=clock)
-    return Dependencies(settings, database, notifications, provider, personas, api_keys, replies, conversations)
+    transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
+    coaching = Coaching(
+        SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),
+        replies,
+        Voice(
+            transcriber,
+            synthesizer,
+            max_audio_bytes=settings.max_audio_bytes,
+            max_message_bytes=settings.max_message_bytes,
+        ),
+        personas,
+        tokens,
+        clock=clock,
+        classifier=FinishClassifier(provider) if settings.coach_classify_finish else None,
+    )
+    return Dependencies(
+        settings,
+        database,
+        notifications,
+        provider,
+        personas,
+        api_keys,
+        replies,
+        conversations,
+        coaching,
+        transcriber,
+        synthesizer,
+    )
+
+
+def coaching_limits(settings: Settings) -> Limits:
+    """The limits of sessions whose `start` sets none."""
+    return Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds))
 
 
 class App:
@@ -131,6 +173,7 @@ class App:
         if settings.shutdown_drain_seconds:
             await asyncio.sleep(settings.shutdown_drain_seconds)
         await asyncio.gather(self.server.stop(grace + 2.0), self.deps.replies.close(grace))
+        await self.deps.coaching.close()
         await self.deps.aclose()
 
 
@@ -151,7 +194,7 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(deps.conversations, deps.replies, default_model=settings.resolved_model), server
+        ChatServicer(deps.conversations, deps.replies, deps.coaching, default_model=settings.resolved_model), server
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((CHAT_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
