@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,15 +16,20 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
-from service import llm, telemetry
+from service import audio, llm, telemetry
 from service.auth import REVOKED_CHANNEL, ApiKeys
 from service.chat import Conversations, ModelCatalog
+from service.coaching.classifier import FinishClassifier
+from service.coaching.sessions import Coaching
+from service.coaching.state import Limits
+from service.coaching.store import SessionStore
+from service.coaching.voice import Voice
 from service.domain import Principal
 from service.jwt_auth import JwtVerifier, authenticator
 from service.limits import RateLimiter
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
-from service.ports import Notifications, Provider
+from service.ports import Notifications, Provider, Synthesizer, Transcriber
 from service.replies import Replies, ReplyLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
@@ -54,6 +59,9 @@ class Dependencies:
     api_keys: ApiKeys
     replies: Replies
     conversations: Conversations
+    coaching: Coaching
+    transcriber: Transcriber
+    synthesizer: Synthesizer
     # --- security and observability
     authenticate: Callable[[str], Awaitable[Principal]] | None = None
     rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=0, max_streams=0))
@@ -63,6 +71,8 @@ class Dependencies:
     async def aclose(self) -> None:
         if self.metrics_endpoint is not None:
             self.metrics_endpoint.close()
+        await self.transcriber.aclose()
+        await self.synthesizer.aclose()
         await self.provider.aclose()
         await self.notifications.close()
         await self.database.dispose()
@@ -133,6 +143,21 @@ def build(
         leeway=settings.jwt_leeway_seconds,
     )
     metrics.observe_flushes(lambda: replies.flusher.commits)
+    transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
+    coaching = Coaching(
+        SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),
+        replies,
+        Voice(
+            transcriber,
+            synthesizer,
+            max_audio_bytes=settings.max_audio_bytes,
+            max_message_bytes=settings.max_message_bytes,
+        ),
+        personas,
+        tokens,
+        clock=clock,
+        classifier=FinishClassifier(provider) if settings.coach_classify_finish else None,
+    )
     return Dependencies(
         settings,
         database,
@@ -142,6 +167,9 @@ def build(
         api_keys,
         replies,
         conversations,
+        coaching,
+        transcriber,
+        synthesizer,
         authenticate=authenticator(api_keys.authenticate, jwts),
         rate_limiter=RateLimiter(
             per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams
@@ -149,6 +177,11 @@ def build(
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
     )
+
+
+def coaching_limits(settings: Settings) -> Limits:
+    """The limits of sessions whose `start` sets none."""
+    return Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds))
 
 
 class App:
@@ -189,6 +222,7 @@ class App:
         if settings.shutdown_drain_seconds:
             await asyncio.sleep(settings.shutdown_drain_seconds)
         await asyncio.gather(self.server.stop(grace + 2.0), self.deps.replies.close(grace))
+        await self.deps.coaching.close()
         await self.deps.aclose()
 
 
@@ -211,7 +245,7 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(deps.conversations, deps.replies, default_model=settings.resolved_model), server
+        ChatServicer(deps.conversations, deps.replies, deps.coaching, default_model=settings.resolved_model), server
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.api_keys), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -13,6 +13,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from service import logs
+from service.personas import PersonaConfigError
 from service.settings import Settings
 
 
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_keys(settings, args))
     except KeyboardInterrupt:
         return 130
+    except PersonaConfigError as error:
+        print(f"chat-service: invalid personas file: {error}", file=sys.stderr)
+        return 2
 
 
 def _serve(settings: Settings, *, demo_key: bool) -> int:

@@ -8,6 +8,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
+from service.coaching.state import CoachingSession
 from service.domain import ApiKey, Completion, Conversation, Message, ModelInfo, Prompt, SearchHit
 
 T = TypeVar("T")
@@ -153,6 +154,18 @@ class ApiKeyRepository(Protocol):
         ...
 
 
+class CoachingSessionRepository(Protocol):
+    async def add(self, session: CoachingSession) -> None: ...
+
+    async def get(self, session_id: str, *, for_update: bool = False) -> CoachingSession | None:
+        """`for_update` locks the row until the transaction ends (one turn at a time per session)."""
+        ...
+
+    async def update(self, session: CoachingSession) -> None:
+        """Write the stage, end reason, turns used and update time."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. `async with uow:` begins it; `commit()` ends it; leaving without commit
     rolls back."""
@@ -165,6 +178,9 @@ class UnitOfWork(Protocol):
 
     @property
     def api_keys(self) -> ApiKeyRepository: ...
+
+    @property
+    def coaching_sessions(self) -> CoachingSessionRepository: ...
 
     async def __aenter__(self) -> Self: ...
 
@@ -201,3 +217,36 @@ class Notifications(Protocol):
 
 UnitOfWorkFactory = Callable[[], UnitOfWork]
 Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Audio:
+    """Encoded audio and its media type (`audio/wav`, `audio/ogg`, ...)."""
+
+    data: bytes
+    mime_type: str
+
+
+class Transcriber(Protocol):
+    """Speech to text. Adapters raise `Unavailable` when the backend cannot be reached or fails, and
+    `FailedPrecondition` (saying what to configure) when there is no backend."""
+
+    def require(self) -> None:
+        """Raise `FailedPrecondition` saying what to configure when there is no transcriber."""
+        ...
+
+    async def transcribe(self, audio: Audio) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Synthesizer(Protocol):
+    """Text to speech; errors as for `Transcriber`."""
+
+    def require(self) -> None:
+        """Raise `FailedPrecondition` saying what to configure when there is no synthesizer."""
+        ...
+
+    async def synthesize(self, text: str) -> Audio: ...
+
+    async def aclose(self) -> None: ...

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["ollama", "openai", "local", "fake"]
+SpeechProviderName = Literal["auto", "openai", "espeak", "none"]
 
 DEFAULT_MODELS: dict[str, str] = {
     "ollama": "llama3.2",
@@ -69,6 +70,24 @@ class Settings(BaseSettings):
 
     # --- personas
     personas_file: Path | None = Field(None, description="TOML file adding/overriding personas")
+
+    # --- coaching and speech
+    coach_max_turns: int = Field(0, ge=0, description="default turn limit of a coaching session; 0 = none")
+    coach_max_duration_seconds: float = Field(
+        0.0, ge=0, description="default duration limit of a coaching session; 0 = none"
+    )
+    coach_classify_finish: bool = Field(
+        True, description="ask the model whether an ambiguous turn asks to end a coaching session"
+    )
+    transcription_url: str = Field("", description="OpenAI-compatible base URL for /audio/transcriptions")
+    transcription_model: str = Field("whisper-1", description="transcription model name")
+    speech_provider: SpeechProviderName = Field("auto", description="auto | openai | espeak | none")
+    speech_url: str = Field("", description="OpenAI-compatible base URL for /audio/speech")
+    speech_model: str = Field("tts-1", description="speech model name (openai)")
+    speech_voice: str = Field("", description="voice; default alloy (openai) or en (espeak)")
+    audio_api_key: SecretStr | None = Field(None, description="bearer key for the audio servers")
+    audio_timeout_seconds: float = Field(30.0, gt=0, description="transcription/speech timeout")
+    max_audio_bytes: int = Field(3 * 1024 * 1024, gt=0, description="largest audio turn accepted")
 
     # --- security
     jwt_secret: SecretStr | None = Field(None, description="HS256 shared secret for JWT bearer tokens; unset = off")

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
+from service.coaching.state import CoachingSession
 from service.domain import (
     ApiKey,
     Completion,
@@ -58,11 +59,17 @@ class StorageState:
     # Every time a reply was written out of STREAMING (finish or mark_abandoned): (message id, status).
     endings: list[tuple[str, MessageStatus]] = field(default_factory=list)
     next_seq: int = 1
+    coaching_sessions: dict[str, CoachingSession] = field(default_factory=dict)
 
     def copy(self) -> StorageState:
         # Rows are frozen, so copying the containers is a full snapshot.
         return StorageState(
-            dict(self.conversations), dict(self.messages), dict(self.api_keys), list(self.endings), self.next_seq
+            dict(self.conversations),
+            dict(self.messages),
+            dict(self.api_keys),
+            list(self.endings),
+            self.next_seq,
+            dict(self.coaching_sessions),
         )
 
 
@@ -129,6 +136,7 @@ class FakeUnitOfWork:
     conversations: FakeConversations
     messages: FakeMessages
     api_keys: FakeApiKeys
+    coaching_sessions: FakeCoachingSessions
 
     def __init__(self, storage: FakeStorage) -> None:
         self._storage = storage
@@ -158,6 +166,7 @@ class FakeUnitOfWork:
         self.conversations = FakeConversations(self._tx)
         self.messages = FakeMessages(self._tx)
         self.api_keys = FakeApiKeys(self._tx)
+        self.coaching_sessions = FakeCoachingSessions(self._tx)
 
 
 def _page(items: list[T], limit: int, cursor_of: Callable[[T], str]) -> RowsPage[T]:
@@ -209,6 +218,9 @@ class FakeConversations:
     async def delete(self, conversation_id: str) -> None:
         state = self._tx.state
         state.messages = {k: r for k, r in state.messages.items() if r.message.conversation_id != conversation_id}
+        state.coaching_sessions = {
+            k: s for k, s in state.coaching_sessions.items() if s.conversation_id != conversation_id
+        }
         state.conversations.pop(conversation_id, None)
 
 
@@ -391,6 +403,25 @@ class FakeApiKeys:
         keys = self._tx.state.api_keys
         if key_id in keys:
             keys[key_id] = dataclasses.replace(keys[key_id], last_used_time=when)
+
+
+class FakeCoachingSessions:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def add(self, session: CoachingSession) -> None:
+        sessions = self._tx.state.coaching_sessions
+        if session.id in sessions:
+            raise ValueError(f"duplicate coaching session id {session.id}")
+        sessions[session.id] = session
+
+    async def get(self, session_id: str, *, for_update: bool = False) -> CoachingSession | None:
+        return self._tx.state.coaching_sessions.get(session_id)
+
+    async def update(self, session: CoachingSession) -> None:
+        sessions = self._tx.state.coaching_sessions
+        if session.id in sessions:
+            sessions[session.id] = session
 
 
 # ---------------------------------------------------------------------------------------------- clock

@@ -25,6 +25,7 @@ from service.domain import (
     check_owner,
     check_request_id,
     check_text,
+    estimate_tokens,
     history_window,
     new_id,
 )
@@ -62,7 +63,7 @@ ReplyEvent = Started | Delta | Ended
 
 @dataclass(frozen=True, slots=True)
 class _Reply:
-    user: Message
+    user: Message | None  # None for a reply no user message asked for
     assistant: Message
 
 
@@ -143,24 +144,58 @@ class Replies:
     # ------------------------------------------------------------------------------------------ use cases
 
     async def stream(
-        self, principal: Principal, conversation_id: str, content: str, request_id: str
+        self, principal: Principal, conversation_id: str, content: str, request_id: str, *, steer: str = ""
     ) -> AsyncIterator[ReplyEvent]:
-        """StreamReply: store the user message, start (or attach to) the reply, and follow it."""
-        reply = await self._begin(principal, conversation_id, content, request_id)
+        """StreamReply: store the user message, start (or attach to) the reply, and follow it. `steer` is an
+        instruction the model sees after the history for this reply only (never stored)."""
+        reply = await self._begin(principal, conversation_id, content, request_id, steer)
         yield Started(reply.user, reply.assistant)
         async for event in self._follow(reply.assistant, 0):
             yield event
+
+    async def stream_unprompted(
+        self, principal: Principal, conversation_id: str, steer: str, request_id: str = ""
+    ) -> AsyncIterator[ReplyEvent]:
+        """A reply with no new user message, steered by `steer` (closing words when a session ends). A known
+        `request_id` attaches to the reply it made, with or without a user message."""
+        reply = await self._begin(principal, conversation_id, None, request_id, steer)
+        yield Started(None, reply.assistant)
+        async for event in self._follow(reply.assistant, 0):
+            yield event
+
+    async def record(
+        self, principal: Principal, conversation_id: str, content: str, answer: str
+    ) -> tuple[Message, Message]:
+        """Store a user message and a fixed assistant answer (no model involved): (user, assistant)."""
+        conversation_id = check_id("conversation_id", conversation_id)
+        check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+        now = self._clock()
+        async with self._uow() as uow:
+            conversation = await uow.conversations.get(conversation_id, for_update=True)
+            check_owner(conversation, principal, "conversation")
+            await self._ensure_idle(uow, conversation_id, now)
+            request_id = new_id()
+            user = _message(conversation_id, principal, Role.USER, content, now, request_id)
+            later = now + timedelta(microseconds=1)
+            assistant = _message(conversation_id, principal, Role.ASSISTANT, answer, later, request_id)
+            await uow.messages.add(user)
+            await uow.messages.add(assistant)
+            await uow.conversations.touch(conversation_id, later)
+            await uow.commit()
+        return user, assistant
 
     async def send(
         self, principal: Principal, conversation_id: str, content: str, request_id: str, *, background: bool
     ) -> tuple[Message, Message]:
         """SendMessage: (user message, assistant message) — the latter final, or STREAMING if `background`."""
         reply = await self._begin(principal, conversation_id, content, request_id)
+        user = reply.user
+        assert user is not None  # a reply to a message always has its user message
         if background:
-            return reply.user, reply.assistant
+            return user, reply.assistant
         async for event in self._follow(reply.assistant, 0):
             if isinstance(event, Ended):
-                return reply.user, event.message
+                return user, event.message
         raise AssertionError("a followed reply always ends with Ended or an error")
 
     async def resume(self, principal: Principal, message_id: str, offset: int) -> AsyncIterator[ReplyEvent]:
@@ -219,21 +254,26 @@ class Replies:
 
     # ------------------------------------------------------------------------------------------ internals
 
-    async def _begin(self, principal: Principal, conversation_id: str, content: str, request_id: str) -> _Reply:
+    async def _begin(
+        self, principal: Principal, conversation_id: str, content: str | None, request_id: str, steer: str = ""
+    ) -> _Reply:
         conversation_id = check_id("conversation_id", conversation_id)
-        check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+        if content is not None:
+            check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
         request_id = check_request_id(request_id)
         if self._closing:
             raise Unavailable("the service is shutting down; retry on another replica")
         try:
-            return await self._insert(principal, conversation_id, content, request_id or new_id())
+            return await self._insert(principal, conversation_id, content, request_id or new_id(), steer)
         except DuplicateRequest:
             # A concurrent retry with the same request_id won the insert: attach to its reply.
             async with self._uow() as uow:
                 existing = await uow.messages.find_by_request(principal.user_id, request_id)
             return self._attach(existing, conversation_id, content)
 
-    async def _insert(self, principal: Principal, conversation_id: str, content: str, request_id: str) -> _Reply:
+    async def _insert(
+        self, principal: Principal, conversation_id: str, content: str | None, request_id: str, steer: str
+    ) -> _Reply:
         now = self._clock()
         async with self._uow() as uow:
             existing = await uow.messages.find_by_request(principal.user_id, request_id)
@@ -244,16 +284,10 @@ class Replies:
             assert conversation is not None
             await self._ensure_idle(uow, conversation_id, now)
             history = await uow.messages.recent(conversation_id, limit=self._limits.history_max_messages)
-            user = Message(
-                id=new_id(),
-                conversation_id=conversation_id,
-                owner=principal.user_id,
-                role=Role.USER,
-                content=content,
-                status=MessageStatus.COMPLETED,
-                create_time=now,
-                update_time=now,
-                request_id=request_id,
+            user = (
+                _message(conversation_id, principal, Role.USER, content, now, request_id)
+                if content is not None
+                else None
             )
             # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
             later = now + timedelta(microseconds=1)
@@ -270,12 +304,14 @@ class Replies:
                 request_id=request_id,
             )
             lease_expires = now + timedelta(seconds=self._limits.lease_seconds)
-            await uow.messages.add(user)
+            if user is not None:
+                await uow.messages.add(user)
             await uow.messages.add(assistant, lease=(self._replica_id, lease_expires))
             await uow.conversations.touch(conversation_id, later)
             await uow.commit()
         # The user message is committed: only now is the model called.
-        self._launch(assistant, self._prompt(conversation, [*history, user]), lease_expires)
+        asked = [*history, user] if user is not None else list(history)
+        self._launch(assistant, self._prompt(conversation, asked, steer), lease_expires)
         return _Reply(user, assistant)
 
     async def _ensure_idle(self, uow: UnitOfWork, conversation_id: str, now: datetime) -> None:
@@ -294,20 +330,25 @@ class Replies:
                 metadata={"messageId": in_flight.id},
             )
 
-    def _attach(self, existing: Sequence[Message], conversation_id: str, content: str) -> _Reply:
+    def _attach(self, existing: Sequence[Message], conversation_id: str, content: str | None) -> _Reply:
+        """The reply `existing` (one request's messages) made, if it answers the same thing. Without `content`
+        (an unprompted reply) any earlier reply of the request in the same conversation is the one."""
         user = next((m for m in existing if m.role is Role.USER), None)
         assistant = next((m for m in existing if m.role is Role.ASSISTANT), None)
-        if user is None or assistant is None:
+        if assistant is None or (user is None and content is not None):
             raise InvalidArgument.field("request_id", "was already used by another kind of request")
-        if user.conversation_id != conversation_id or user.content != content:
+        if assistant.conversation_id != conversation_id or (content is not None and user and user.content != content):
             raise InvalidArgument.field("request_id", "was already used for a different message")
         return _Reply(user, assistant)
 
-    def _prompt(self, conversation: Conversation, history: Sequence[Message]) -> Prompt:
+    def _prompt(self, conversation: Conversation, history: Sequence[Message], steer: str = "") -> Prompt:
         instructions = conversation.system_prompt or self._personas.instructions(conversation.persona)
         system = ChatTurn(Role.SYSTEM, instructions) if instructions else None
         turns = [ChatTurn(m.role, m.content) for m in history if _belongs_in_history(m)]
-        window = history_window(system, turns, budget=self._limits.history_token_budget)
+        budget = self._limits.history_token_budget - (estimate_tokens(steer) if steer else 0)
+        window = history_window(system, turns, budget=budget)
+        if steer:  # after the history: the model reads it last, as the instruction for this reply
+            window = (*window, ChatTurn(Role.SYSTEM, steer))
         return Prompt(conversation.model, window, self._limits.max_reply_tokens, conversation.id)
 
     def _launch(self, message: Message, prompt: Prompt, lease_expires: datetime) -> Generation:
@@ -361,6 +402,23 @@ async def _replay(message: Message, offset: int) -> AsyncIterator[Delta | Ended]
     if offset < len(message.content):
         yield Delta(message.content[offset:], offset)
     yield Ended(message)
+
+
+def _message(
+    conversation_id: str, principal: Principal, role: Role, content: str, when: datetime, request_id: str
+) -> Message:
+    """A new COMPLETED message (a user message, or a fixed assistant answer)."""
+    return Message(
+        id=new_id(),
+        conversation_id=conversation_id,
+        owner=principal.user_id,
+        role=role,
+        content=content,
+        status=MessageStatus.COMPLETED,
+        create_time=when,
+        update_time=when,
+        request_id=request_id,
+    )
 
 
 def _belongs_in_history(message: Message) -> bool:

@@ -7,8 +7,10 @@ from collections.abc import AsyncIterator
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.chat import Conversations
+from service.coaching.sessions import Coaching
 from service.replies import Replies, Started
 from service.rpc import convert
+from service.rpc.coach_servicer import CoachingMethods
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context
 from service.telemetry import link_to_generation
@@ -16,10 +18,13 @@ from service.telemetry import link_to_generation
 EXPORT_CHUNK_BYTES = 256 * 1024
 
 
-class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, conversations: Conversations, replies: Replies, *, default_model: str) -> None:
+class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
+    def __init__(
+        self, conversations: Conversations, replies: Replies, coaching: Coaching, *, default_model: str
+    ) -> None:
         self._conversations = conversations
         self._replies = replies
+        self._coaching = coaching
         self._default_model = default_model
 
     async def CreateConversation(

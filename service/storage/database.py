@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from service.domain import Unavailable
+from service.storage.coaching_sessions import SqlCoachingSessions
 from service.storage.repository import SqlApiKeys, SqlConversations, SqlMessages
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class SqlUnitOfWork:
     conversations: SqlConversations
     messages: SqlMessages
     api_keys: SqlApiKeys
+    coaching_sessions: SqlCoachingSessions
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -104,6 +106,7 @@ class SqlUnitOfWork:
         self.conversations = SqlConversations(self._conn)
         self.messages = SqlMessages(self._conn)
         self.api_keys = SqlApiKeys(self._conn)
+        self.coaching_sessions = SqlCoachingSessions(self._conn)
         return self
 
     async def __aexit__(

@@ -86,3 +86,26 @@ messages = sa.Table(
         sqlite_where=sa.text("status = 'streaming'"),
     ),
 )
+
+# Coaching sessions: the wrap-up stage, turns and limits, persisted so a dropped stream rejoins where it was.
+coaching_sessions = sa.Table(
+    "coaching_sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False),
+    sa.Column(
+        "conversation_id",
+        sa.String(36),
+        sa.ForeignKey("conversations.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
+    sa.Column("persona", sa.String(64), nullable=False),
+    sa.Column("stage", sa.String(16), nullable=False),
+    sa.Column("end_reason", sa.String(16), nullable=False, server_default=""),
+    sa.Column("turns_used", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_turns", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_duration_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("start_time", Time, nullable=False),
+    sa.Column("update_time", Time, nullable=False),
+)

@@ -8,8 +8,9 @@ stay consistent: one user's fuzzing never touches another user's data, and no re
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
@@ -27,6 +28,9 @@ from tests.integration.harness import Replica, running_replica, settings_for
 T = TypeVar("T")
 CHAT = pb.DESCRIPTOR.services_by_name["ChatService"]
 ADMIN = apb.DESCRIPTOR.services_by_name["AdminService"]
+# grpcio's aio client replaces the server's status with this when a request write loses the race with the end
+# of the call (grpc/grpc#36066): never sent by the server, so the server's own access log is checked as well.
+CLIENT_WRITE_RACE = (grpc.StatusCode.INTERNAL, "Internal error from Core")
 CALL_TIMEOUT = 20.0  # seconds: a call that has not ended by then is a hang (DEADLINE_EXCEEDED fails the test)
 INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -108,7 +112,9 @@ def _message_class(descriptor: Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(descriptor)
 
 
-async def call(replica: Replica, method: MethodDescriptor, requests: list[Message], auth: Any) -> grpc.StatusCode:
+async def call(
+    replica: Replica, method: MethodDescriptor, requests: list[Message], auth: Any
+) -> tuple[grpc.StatusCode, str]:
     path = f"/{method.containing_service.full_name}/{method.name}"
     serialize = type(requests[0]).SerializeToString
     response_class = _message_class(method.output_type)
@@ -136,8 +142,8 @@ async def call(replica: Replica, method: MethodDescriptor, requests: list[Messag
             async for _ in stream:
                 pass
     except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
+        return error.code(), error.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 async def _seed(replica: Replica) -> tuple[list[str], dict[str, Any]]:
@@ -181,7 +187,34 @@ async def _settle(replica: Replica, user: str) -> dict[str, Any]:
     raise AssertionError("a reply stayed STREAMING")
 
 
-def test_every_chat_request_with_arbitrary_fields_gets_a_proper_status(database_url: str) -> None:
+class _ServerCodes(logging.Handler):
+    """The status code of every RPC as the server logged it (the access log)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.codes: list[tuple[str, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "rpc":
+            self.codes.append((str(record.__dict__.get("method")), str(record.__dict__.get("code"))))
+
+
+@pytest.fixture
+def server_codes() -> Iterator[_ServerCodes]:
+    handler, access = _ServerCodes(), logging.getLogger("service.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    access.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+
+def test_every_chat_request_with_arbitrary_fields_gets_a_proper_status(
+    database_url: str, server_codes: _ServerCodes
+) -> None:
     runner = LoopThread()
     replica_context = running_replica(
         settings_for(database_url, rate_limit_per_minute=0, max_concurrent_streams=0, fake_reply_tokens=8)
@@ -204,14 +237,19 @@ def test_every_chat_request_with_arbitrary_fields_gets_a_proper_status(database_
                 count = data.draw(st.integers(1, 3)) if method.client_streaming else 1
                 requests = [data.draw(message_of(method.input_type, ids), label="request") for _ in range(count)]
                 caller = admin if method.containing_service is ADMIN else auth
-                code = runner.run(call(replica, method, requests, caller), timeout=CALL_TIMEOUT + 10)
+                code, details = runner.run(call(replica, method, requests, caller), timeout=CALL_TIMEOUT + 10)
                 seen.setdefault(method.name, set()).add(code.name)
+                if method.client_streaming and (code, details) == CLIENT_WRITE_RACE:
+                    return  # the client's artefact; what the server answered is checked in its access log below
                 assert code not in refused, (method.name, requests)
 
             check()
 
         for method in methods:  # each RPC gets its own examples
             fuzz(method)
+        # As the server answered: never INTERNAL or UNKNOWN (also where the client saw its own write race).
+        assert server_codes.codes
+        assert [c for c in server_codes.codes if c[1] in ("INTERNAL", "UNKNOWN")] == []
         # Both refusals and successes were reached (the fuzzer got past validation, too).
         assert any(codes - {"OK"} for codes in seen.values()) and any("OK" in codes for codes in seen.values())
 

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -40,6 +41,21 @@ class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPORT_FORMAT_MARKDOWN: _ClassVar[ExportFormat]
     EXPORT_FORMAT_JSON: _ClassVar[ExportFormat]
     EXPORT_FORMAT_CSV: _ClassVar[ExportFormat]
+
+class CoachingStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    COACHING_STAGE_UNSPECIFIED: _ClassVar[CoachingStage]
+    COACHING_STAGE_ACTIVE: _ClassVar[CoachingStage]
+    COACHING_STAGE_CONFIRMING: _ClassVar[CoachingStage]
+    COACHING_STAGE_WRAPPING_UP: _ClassVar[CoachingStage]
+    COACHING_STAGE_ENDED: _ClassVar[CoachingStage]
+
+class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    END_REASON_UNSPECIFIED: _ClassVar[EndReason]
+    END_REASON_USER_REQUESTED: _ClassVar[EndReason]
+    END_REASON_LIMIT_REACHED: _ClassVar[EndReason]
+    END_REASON_CLIENT_ENDED: _ClassVar[EndReason]
 ROLE_UNSPECIFIED: Role
 ROLE_USER: Role
 ROLE_ASSISTANT: Role
@@ -58,6 +74,15 @@ EXPORT_FORMAT_UNSPECIFIED: ExportFormat
 EXPORT_FORMAT_MARKDOWN: ExportFormat
 EXPORT_FORMAT_JSON: ExportFormat
 EXPORT_FORMAT_CSV: ExportFormat
+COACHING_STAGE_UNSPECIFIED: CoachingStage
+COACHING_STAGE_ACTIVE: CoachingStage
+COACHING_STAGE_CONFIRMING: CoachingStage
+COACHING_STAGE_WRAPPING_UP: CoachingStage
+COACHING_STAGE_ENDED: CoachingStage
+END_REASON_UNSPECIFIED: EndReason
+END_REASON_USER_REQUESTED: EndReason
+END_REASON_LIMIT_REACHED: EndReason
+END_REASON_CLIENT_ENDED: EndReason
 
 class Conversation(_message.Message):
     __slots__ = ("conversation_id", "title", "model", "persona", "system_prompt", "create_time", "update_time")
@@ -378,3 +403,157 @@ class ExportConversationResponse(_message.Message):
     data: bytes
     content_type: str
     def __init__(self, data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class Persona(_message.Message):
+    __slots__ = ("name", "display_name", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    display_name: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., display_name: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class ListPersonasRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListPersonasResponse(_message.Message):
+    __slots__ = ("personas", "next_page_token")
+    PERSONAS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    personas: _containers.RepeatedCompositeFieldContainer[Persona]
+    next_page_token: str
+    def __init__(self, personas: _Optional[_Iterable[_Union[Persona, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CoachingSession(_message.Message):
+    __slots__ = ("session_id", "conversation_id", "persona", "stage", "turns_used", "max_turns", "max_duration", "start_time", "time_left", "end_reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    TURNS_USED_FIELD_NUMBER: _ClassVar[int]
+    MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    TIME_LEFT_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    conversation_id: str
+    persona: str
+    stage: CoachingStage
+    turns_used: int
+    max_turns: int
+    max_duration: _duration_pb2.Duration
+    start_time: _timestamp_pb2.Timestamp
+    time_left: _duration_pb2.Duration
+    end_reason: EndReason
+    def __init__(self, session_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., persona: _Optional[str] = ..., stage: _Optional[_Union[CoachingStage, str]] = ..., turns_used: _Optional[int] = ..., max_turns: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., time_left: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., end_reason: _Optional[_Union[EndReason, str]] = ...) -> None: ...
+
+class AudioClip(_message.Message):
+    __slots__ = ("data", "mime_type")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    MIME_TYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    mime_type: str
+    def __init__(self, data: _Optional[bytes] = ..., mime_type: _Optional[str] = ...) -> None: ...
+
+class CoachStart(_message.Message):
+    __slots__ = ("persona", "conversation_id", "session_id", "max_turns", "max_duration", "speak")
+    PERSONA_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TURNS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    SPEAK_FIELD_NUMBER: _ClassVar[int]
+    persona: str
+    conversation_id: str
+    session_id: str
+    max_turns: int
+    max_duration: _duration_pb2.Duration
+    speak: bool
+    def __init__(self, persona: _Optional[str] = ..., conversation_id: _Optional[str] = ..., session_id: _Optional[str] = ..., max_turns: _Optional[int] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., speak: _Optional[bool] = ...) -> None: ...
+
+class CoachUserTurn(_message.Message):
+    __slots__ = ("text", "audio")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    audio: AudioClip
+    def __init__(self, text: _Optional[str] = ..., audio: _Optional[_Union[AudioClip, _Mapping]] = ...) -> None: ...
+
+class CoachEnd(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class CoachRequest(_message.Message):
+    __slots__ = ("start", "user_turn", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    USER_TURN_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: CoachStart
+    user_turn: CoachUserTurn
+    end: CoachEnd
+    def __init__(self, start: _Optional[_Union[CoachStart, _Mapping]] = ..., user_turn: _Optional[_Union[CoachUserTurn, _Mapping]] = ..., end: _Optional[_Union[CoachEnd, _Mapping]] = ...) -> None: ...
+
+class CoachSessionStarted(_message.Message):
+    __slots__ = ("session", "rejoined")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    REJOINED_FIELD_NUMBER: _ClassVar[int]
+    session: CoachingSession
+    rejoined: bool
+    def __init__(self, session: _Optional[_Union[CoachingSession, _Mapping]] = ..., rejoined: _Optional[bool] = ...) -> None: ...
+
+class CoachTurnCompleted(_message.Message):
+    __slots__ = ("message", "turns_used", "time_left", "user_message", "audio")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    TURNS_USED_FIELD_NUMBER: _ClassVar[int]
+    TIME_LEFT_FIELD_NUMBER: _ClassVar[int]
+    USER_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    turns_used: int
+    time_left: _duration_pb2.Duration
+    user_message: Message
+    audio: AudioClip
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., turns_used: _Optional[int] = ..., time_left: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., user_message: _Optional[_Union[Message, _Mapping]] = ..., audio: _Optional[_Union[AudioClip, _Mapping]] = ...) -> None: ...
+
+class CoachWrapUpConfirmation(_message.Message):
+    __slots__ = ("prompt", "message")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    message: Message
+    def __init__(self, prompt: _Optional[str] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class CoachSessionEnded(_message.Message):
+    __slots__ = ("reason", "summary", "message", "session", "audio")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    reason: EndReason
+    summary: str
+    message: Message
+    session: CoachingSession
+    audio: AudioClip
+    def __init__(self, reason: _Optional[_Union[EndReason, str]] = ..., summary: _Optional[str] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., session: _Optional[_Union[CoachingSession, _Mapping]] = ..., audio: _Optional[_Union[AudioClip, _Mapping]] = ...) -> None: ...
+
+class CoachResponse(_message.Message):
+    __slots__ = ("session_started", "delta", "turn_completed", "wrap_up_confirmation", "session_ended")
+    SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    TURN_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    WRAP_UP_CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ENDED_FIELD_NUMBER: _ClassVar[int]
+    session_started: CoachSessionStarted
+    delta: ReplyDelta
+    turn_completed: CoachTurnCompleted
+    wrap_up_confirmation: CoachWrapUpConfirmation
+    session_ended: CoachSessionEnded
+    def __init__(self, session_started: _Optional[_Union[CoachSessionStarted, _Mapping]] = ..., delta: _Optional[_Union[ReplyDelta, _Mapping]] = ..., turn_completed: _Optional[_Union[CoachTurnCompleted, _Mapping]] = ..., wrap_up_confirmation: _Optional[_Union[CoachWrapUpConfirmation, _Mapping]] = ..., session_ended: _Optional[_Union[CoachSessionEnded, _Mapping]] = ...) -> None: ...

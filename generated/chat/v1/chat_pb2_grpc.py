@@ -105,6 +105,16 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.ExportConversationRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.ExportConversationResponse.FromString,
                 _registered_method=True)
+        self.Coach = channel.stream_stream(
+                '/chat.v1.ChatService/Coach',
+                request_serializer=chat_dot_v1_dot_chat__pb2.CoachRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.CoachResponse.FromString,
+                _registered_method=True)
+        self.ListPersonas = channel.unary_unary(
+                '/chat.v1.ChatService/ListPersonas',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ListPersonasRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ListPersonasResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -208,6 +218,22 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Coach(self, request_iterator, context):
+        """A coaching session over one stream: send `start`, then `user_turn`s (and optionally `end`); the
+        server answers `session_started`, reply deltas, `turn_completed`, `wrap_up_confirmation` and, last,
+        `session_ended`. A dropped stream rejoins with `start{session_id}`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPersonas(self, request, context):
+        """Lists the coaching personas (also usable as `Conversation.persona`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -275,6 +301,16 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ExportConversation,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.ExportConversationRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.ExportConversationResponse.SerializeToString,
+            ),
+            'Coach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Coach,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.CoachRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.CoachResponse.SerializeToString,
+            ),
+            'ListPersonas': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPersonas,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ListPersonasRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ListPersonasResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -634,6 +670,60 @@ class ChatService:
             '/chat.v1.ChatService/ExportConversation',
             chat_dot_v1_dot_chat__pb2.ExportConversationRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.ExportConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Coach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/chat.v1.ChatService/Coach',
+            chat_dot_v1_dot_chat__pb2.CoachRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.CoachResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPersonas(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ListPersonas',
+            chat_dot_v1_dot_chat__pb2.ListPersonasRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ListPersonasResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,35 @@
+"""Asking the model whether an ambiguous turn asks to end the session (the text rules decide the clear ones)."""
+
+from __future__ import annotations
+
+import logging
+
+from service.coaching.intent import is_yes
+from service.domain import ChatTurn, Completion, DomainError, Prompt, Role
+from service.ports import Provider
+
+logger = logging.getLogger(__name__)
+
+QUESTION = (
+    "You classify one message from a learner in a coaching session. Does the learner ask to end or leave the "
+    "session now? Answer with one word: yes or no."
+)
+
+
+class FinishClassifier:
+    def __init__(self, provider: Provider, *, max_tokens: int = 4) -> None:
+        self._provider = provider
+        self._max_tokens = max_tokens
+
+    async def asks_to_finish(self, text: str, model: str) -> bool:
+        """The model's verdict; when the model cannot answer, the session simply goes on (False)."""
+        prompt = Prompt(model, (ChatTurn(Role.SYSTEM, QUESTION), ChatTurn(Role.USER, text)), self._max_tokens)
+        answer = ""
+        try:
+            async for piece in self._provider.stream(prompt):
+                if not isinstance(piece, Completion):
+                    answer += piece
+        except DomainError as error:
+            logger.warning("could not classify a turn: %s", error.message)
+            return False
+        return is_yes(answer)

@@ -1,0 +1,139 @@
+"""Opening, loading and saving coaching sessions: each call is one short transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from service.chat import ConversationFields, Conversations
+from service.coaching.events import Start
+from service.coaching.state import CoachingSession, Limits
+from service.coaching.wrapup import EndReason, Position, Stage
+from service.domain import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Principal,
+    check_id,
+    new_id,
+)
+from service.personas import Persona, PersonaCatalog
+from service.ports import UnitOfWorkFactory
+
+NO_LIMITS = Limits()
+
+
+class SessionStore:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        conversations: Conversations,
+        personas: PersonaCatalog,
+        *,
+        clock: Callable[[], datetime],
+        default_limits: Limits = NO_LIMITS,
+    ) -> None:
+        self._uow = uow
+        self._conversations = conversations
+        self._personas = personas
+        self._clock = clock
+        self._default_limits = default_limits
+
+    async def open(self, principal: Principal, start: Start) -> tuple[CoachingSession, bool]:
+        """The session `start` names (rejoined: True), or a new one in a new or given conversation."""
+        if start.session_id:
+            session = await self.load(principal, start.session_id)
+            if session.stage is Stage.ENDED:
+                raise FailedPrecondition(
+                    "the coaching session has ended; start a new one", metadata={"stage": session.stage.value}
+                )
+            return session, True
+        persona = self._persona(start.persona)
+        limits = self._limits(start)
+        conversation_id = await self._conversation(principal, start.conversation_id, persona)
+        now = self._clock()
+        session = CoachingSession(
+            id=new_id(),
+            owner=principal.user_id,
+            conversation_id=conversation_id,
+            persona=persona.name,
+            limits=limits,
+            stage=Stage.ACTIVE,
+            end_reason=EndReason.NONE,
+            turns_used=0,
+            start_time=now,
+            update_time=now,
+        )
+        async with self._uow() as uow:
+            await uow.coaching_sessions.add(session)
+            await uow.commit()
+        return session, False
+
+    async def load(self, principal: Principal, session_id: str) -> CoachingSession:
+        session_id = check_id("start.session_id", session_id)
+        async with self._uow() as uow:
+            session = await uow.coaching_sessions.get(session_id)
+        if session is None:
+            raise NotFound("coaching session not found")
+        if session.owner != principal.user_id:
+            raise PermissionDenied("the coaching session belongs to another user")
+        return session
+
+    async def save(self, session: CoachingSession, position: Position, *, turns: int = 0) -> CoachingSession:
+        """Write `position` (and count `turns` more) onto the stored session, under its row lock."""
+        async with self._uow() as uow:
+            current = await uow.coaching_sessions.get(session.id, for_update=True)
+            if current is None:  # the conversation, and the session with it, was deleted meanwhile
+                raise NotFound("coaching session not found")
+            updated = dataclasses.replace(
+                current,
+                stage=position.stage,
+                end_reason=position.reason,
+                turns_used=current.turns_used + turns,
+                update_time=self._clock(),
+            )
+            await uow.coaching_sessions.update(updated)
+            await uow.commit()
+        return updated
+
+    async def model_of(self, session: CoachingSession) -> str:
+        """The model of the session's conversation."""
+        async with self._uow() as uow:
+            conversation = await uow.conversations.get(session.conversation_id)
+        if conversation is None:
+            raise NotFound("coaching session not found")
+        return conversation.model
+
+    def _persona(self, name: str) -> Persona:
+        if not name:
+            raise InvalidArgument.field("start.persona", "is required to start a session (see ListPersonas)")
+        persona = self._personas.get(name)
+        if persona is None:
+            raise InvalidArgument.field("start.persona", f"unknown persona {name!r}; see ListPersonas")
+        return persona
+
+    def _limits(self, start: Start) -> Limits:
+        if start.max_turns < 0:
+            raise InvalidArgument.field("start.max_turns", "must not be negative")
+        if start.max_duration < timedelta(0):
+            raise InvalidArgument.field("start.max_duration", "must not be negative")
+        defaults = self._default_limits
+        return Limits(start.max_turns or defaults.max_turns, start.max_duration or defaults.max_duration)
+
+    async def _conversation(self, principal: Principal, conversation_id: str, persona: Persona) -> str:
+        """A new conversation with the persona, or the caller's own one (given the persona if it has none)."""
+        if not conversation_id:
+            fields = ConversationFields(title=f"Coaching with {persona.display_name}", persona=persona.name)
+            return (await self._conversations.create(principal, fields)).id
+        conversation = await self._conversations.get(principal, conversation_id)
+        if conversation.persona == persona.name:
+            return conversation.id
+        if conversation.persona or conversation.system_prompt:
+            raise InvalidArgument.field(
+                "start.conversation_id", "the conversation follows other instructions than the persona asked for"
+            )
+        fields = ConversationFields(persona=persona.name)
+        await self._conversations.update(principal, conversation.id, fields, ["persona"])
+        return conversation.id

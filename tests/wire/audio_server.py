@@ -1,0 +1,115 @@
+"""A server speaking the OpenAI audio endpoints' wire format, as OpenAI, LocalAI and speaches do:
+
+- `POST /v1/audio/transcriptions`: multipart/form-data with `file` (the audio) and `model`; answers
+  `{"text": ...}` (response_format json);
+- `POST /v1/audio/speech`: JSON `{model, input, voice, response_format}`; answers the audio bytes.
+
+In tests:
+
+    async with AudioServer(transcript="I have to go") as server:
+        transcriber = OpenAITranscriber(server.url, model="whisper-1", api_key=None, timeout=5)
+        server.uploads[-1].file      # what arrived: file bytes, its name and type, and the form fields
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import hmac
+import io
+import json
+import wave
+from dataclasses import dataclass
+from http import HTTPStatus
+from types import TracebackType
+from typing import Any, Self
+
+from tests.wire.httpserver import Exchange, HttpServer, Request
+
+
+def wav_bytes(seconds: float = 0.1, rate: int = 8000) -> bytes:
+    """A valid, silent mono 16-bit WAV file."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\x00\x00" * int(seconds * rate))
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One transcription request as it arrived."""
+
+    file: bytes
+    filename: str
+    content_type: str
+    fields: dict[str, str]
+
+
+def parse_multipart(request: Request) -> Upload:
+    """Parse a multipart/form-data body with the standard library's MIME parser."""
+    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.body)
+    assert message.is_multipart(), "not a multipart body"
+    file, filename, content_type, fields = b"", "", "", {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True) or b""
+        if name == "file":
+            file, filename, content_type = payload, part.get_filename() or "", part.get_content_type()
+        else:
+            fields[str(name)] = payload.decode()
+    return Upload(file, filename, content_type, fields)
+
+
+class AudioServer:
+    """Transcribes every upload as `transcript`; speaks every input as `speech` (WAV by default). A non-200
+    `status` makes both endpoints fail with an OpenAI error body. With `api_key`, other callers get a 401."""
+
+    def __init__(
+        self, *, transcript: str = "hello there", speech: bytes | None = None, api_key: str | None = None
+    ) -> None:
+        self.transcript = transcript
+        self.speech = speech if speech is not None else wav_bytes()
+        self.api_key = api_key
+        self.status = HTTPStatus.OK
+        self.uploads: list[Upload] = []
+        self.speech_requests: list[dict[str, Any]] = []
+        self.http = HttpServer(self._handle)
+
+    @property
+    def url(self) -> str:
+        return self.http.url + "/v1"
+
+    async def __aenter__(self) -> Self:
+        await self.http.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.stop()
+
+    async def _handle(self, exchange: Exchange) -> None:
+        request = exchange.request
+        if self.api_key is not None and not hmac.compare_digest(
+            request.headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()
+        ):
+            await _error(exchange, HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.")
+        elif self.status != HTTPStatus.OK:
+            await _error(exchange, self.status, "The server had an error while processing your request.")
+        elif (request.method, request.path) == ("POST", "/v1/audio/transcriptions"):
+            self.uploads.append(parse_multipart(request))
+            await exchange.send_json(HTTPStatus.OK, {"text": self.transcript})
+        elif (request.method, request.path) == ("POST", "/v1/audio/speech"):
+            self.speech_requests.append(request.json())
+            await exchange.send(HTTPStatus.OK, self.speech, "audio/wav")
+        else:
+            await _error(exchange, HTTPStatus.NOT_FOUND, f"Unknown path {request.path}")
+
+
+async def _error(exchange: Exchange, status: int, message: str) -> None:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    await exchange.send(status, json.dumps(body).encode(), "application/json")
