@@ -85,7 +85,7 @@ class ServerProcess:
 
 def plan(name: str, quick: bool) -> dict[str, Callable[[Target], Awaitable[dict[str, Any]]]]:
     kind = CONFIGS[name][0]
-    capacity_args = {"steps": 2 if quick else 4, "start": 100 if quick else 200}
+    capacity_args = {"steps": 2 if quick or kind == "naive" else 4, "start": 100 if quick else 200}
     steps: dict[str, Callable[[Target], Awaitable[dict[str, Any]]]] = {
         "capacity": lambda t: scenarios.capacity(t, **capacity_args),
         "writes": lambda t: scenarios.writes_per_1000_tokens(t),
