@@ -262,21 +262,26 @@ async def main() -> None:
     if unknown:
         parser.error(f"unknown configurations: {', '.join(sorted(unknown))}")
     results: dict[str, Any] = {}
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+    def save() -> None:  # after every configuration: an interrupted run keeps what it measured
+        document = {
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "quick": args.quick,
+            "complete": len(results) == len(names),
+            "results": results,
+            "targets": targets(results),
+        }
+        for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
+            path.write_text(json.dumps(document, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="chat-bench-") as tmp:
         for name in names:
             print(f"{name}:", file=sys.stderr, flush=True)
             results[name] = await measure(name, args.quick, Path(tmp))
-    document = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        "quick": args.quick,
-        "results": results,
-        "targets": targets(results),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    for path in (RESULTS / f"{stamp}.json", RESULTS / "latest.json"):
-        path.write_text(json.dumps(document, indent=2) + "\n")
+            save()
     print(report(results))
     print(f"\nJSON: {RESULTS / 'latest.json'}")
 

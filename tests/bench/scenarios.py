@@ -22,6 +22,7 @@ from tests.bench.clock_provider import SEPARATOR, stamps
 # burst of thousands of new calls gets some of them reset by grpc itself: CANCELLED, even from the raw server.)
 CHANNELS = 32
 CREATORS = 64  # conversations for a trial are created by this many concurrent callers
+TRIAL_SLACK = 10.0  # seconds a capacity trial may run past its last scheduled token
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -137,7 +138,16 @@ async def capacity_trial(target: Target, streams: int, rate: float, tokens: int,
         return await stream_reply(target, i, conversations_[i], rate, tokens)
 
     started = time.perf_counter()
-    results = await asyncio.gather(*(one(i) for i in range(streams)), return_exceptions=True)
+    tasks = [asyncio.ensure_future(one(i)) for i in range(streams)]
+    # Bounded: a trial that runs far past its schedule has failed anyway (its unfinished streams count as lost).
+    await asyncio.wait(tasks, timeout=ramp + tokens / rate + TRIAL_SLACK)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    results = [
+        task.result() if task.done() and not task.cancelled() and task.exception() is None else TimeoutError()
+        for task in tasks
+    ]
     elapsed = time.perf_counter() - started
     after = await target.writes()
     ok = [r for r in results if isinstance(r, StreamResult)]
