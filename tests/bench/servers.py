@@ -28,6 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat.v1 import chat_pb2 as pb
+from chat.v1 import chat_pb2_grpc
 from service.app import App, build
 from service.settings import Settings
 from service.storage import migrate, tables
@@ -35,7 +36,6 @@ from service.storage.database import Database
 from tests.bench.clock_provider import MODEL, ClockProvider, paced
 
 STATS_METHOD = "/bench.v1.Stats/Get"
-SERVICE = "chat.v1.ChatService"
 
 
 def parse_request(content: str) -> tuple[float, int]:
@@ -81,10 +81,18 @@ def delta(text: str, offset: int) -> pb.StreamReplyResponse:
     return pb.StreamReplyResponse(event=pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=offset)))
 
 
+def chat_servicer(**methods: Any) -> chat_pb2_grpc.ChatServiceServicer:
+    """The generated ChatService servicer with `methods` in place; the others answer UNIMPLEMENTED."""
+    servicer = chat_pb2_grpc.ChatServiceServicer()
+    for name, method in methods.items():
+        setattr(servicer, name, method)
+    return servicer
+
+
 # --- raw baseline
 
 
-def raw_handlers() -> grpc.GenericRpcHandler:
+def raw_servicer() -> chat_pb2_grpc.ChatServiceServicer:
     conversation = pb.Conversation(conversation_id=str(uuid.uuid4()), title="raw", model=MODEL)
     created = pb.CreateConversationResponse(conversation=conversation)
     got = pb.GetConversationResponse(conversation=conversation)
@@ -112,32 +120,13 @@ def raw_handlers() -> grpc.GenericRpcHandler:
                 yield prebuilt
         yield completed
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "CreateConversation": grpc.unary_unary_rpc_method_handler(
-                create,
-                request_deserializer=pb.CreateConversationRequest.FromString,
-                response_serializer=pb.CreateConversationResponse.SerializeToString,
-            ),
-            "GetConversation": grpc.unary_unary_rpc_method_handler(
-                get,
-                request_deserializer=pb.GetConversationRequest.FromString,
-                response_serializer=pb.GetConversationResponse.SerializeToString,
-            ),
-            "StreamReply": grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=pb.StreamReplyRequest.FromString,
-                response_serializer=pb.StreamReplyResponse.SerializeToString,
-            ),
-        },
-    )
+    return chat_servicer(CreateConversation=create, GetConversation=get, StreamReply=stream)
 
 
 # --- the naive design: generation inside the RPC, a database write every `every` tokens
 
 
-def naive_handlers(engine: AsyncEngine, every: int) -> grpc.GenericRpcHandler:
+def naive_servicer(engine: AsyncEngine, every: int) -> chat_pb2_grpc.ChatServiceServicer:
     messages, conversations = tables.messages, tables.conversations
 
     async def create(request: pb.CreateConversationRequest, _context: Any) -> pb.CreateConversationResponse:
@@ -197,21 +186,7 @@ def naive_handlers(engine: AsyncEngine, every: int) -> grpc.GenericRpcHandler:
             await conn.execute(row.values(content=text, status="completed", update_time=now()))
         yield pb.StreamReplyResponse(event=pb.ReplyEvent(completed=pb.ReplyCompleted(message=reply)))
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "CreateConversation": grpc.unary_unary_rpc_method_handler(
-                create,
-                request_deserializer=pb.CreateConversationRequest.FromString,
-                response_serializer=pb.CreateConversationResponse.SerializeToString,
-            ),
-            "StreamReply": grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=pb.StreamReplyRequest.FromString,
-                response_serializer=pb.StreamReplyResponse.SerializeToString,
-            ),
-        },
-    )
+    return chat_servicer(CreateConversation=create, StreamReply=stream)
 
 
 # --- running one
@@ -250,12 +225,14 @@ async def run(kind: str, database_url: str, every: int) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     engine = None
     if kind == "raw":
-        server.add_generic_rpc_handlers((raw_handlers(), stats_handler(None)))
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(raw_servicer(), server)
+        server.add_generic_rpc_handlers((stats_handler(None),))
     else:
         await asyncio.to_thread(migrate.upgrade, database_url)
         database = Database(database_url, pool_size=20)
         engine = database.engine
-        server.add_generic_rpc_handlers((naive_handlers(engine, every), stats_handler(WriteCounter(engine))))
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(naive_servicer(engine, every), server)
+        server.add_generic_rpc_handlers((stats_handler(WriteCounter(engine)),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(f"READY {port} -", flush=True)
