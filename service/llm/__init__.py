@@ -38,9 +38,12 @@ def build_provider(settings: Settings) -> Provider:
     from service.llm.local import LocalProvider
 
     return LocalProvider(
+        settings.resolved_model,
         settings.local_model_path,
         context_tokens=settings.local_context_tokens,
         threads=settings.local_threads,
+        prompt_format=settings.local_prompt_format,
+        stall_seconds=settings.llm_timeout_seconds,
     )
 
 

