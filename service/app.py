@@ -109,6 +109,7 @@ def build(
         flush_interval=settings.flush_interval_ms / 1000,
         lease_seconds=settings.lease_seconds,
         provider_attempts=settings.llm_retry_attempts,
+        max_reply_chars=settings.max_reply_chars,
     )
     uow = database.unit_of_work
     replies = Replies(
@@ -142,7 +143,7 @@ def build(
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
-    metrics.observe_flushes(lambda: replies.flusher.commits)
+    metrics.observe_flushes(lambda: replies.generations.commits)
     transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
     coaching = Coaching(
         SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),

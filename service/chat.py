@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from service.domain import (
     Conversation,
@@ -27,13 +28,16 @@ from service.domain import (
 from service.export import ExportFormat, writer_for
 from service.pagination import PageTokens, page_size
 from service.personas import PersonaCatalog
-from service.ports import Provider, UnitOfWork, UnitOfWorkFactory
+from service.ports import Provider, RowsPage, UnitOfWork, UnitOfWorkFactory
 from service.replies import Replies
 
 logger = logging.getLogger(__name__)
 
 TITLE_MAX = 200
 DEFAULT_TITLE = "New conversation"
+# Text one response may carry: a page stops early rather than exceed what a default gRPC client accepts (4 MB);
+# a character is at most 4 bytes of UTF-8, and a single message is far below this (CHAT_MAX_REPLY_CHARS).
+RESPONSE_TEXT_CHARS = 750_000
 UPDATABLE = frozenset({"title", "model", "persona", "system_prompt"})
 EXPORT_PAGE_SIZE = 100
 
@@ -166,7 +170,8 @@ class Conversations:
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
             await _owned(uow, principal, conversation_id)
-            rows = await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
+            messages = uow.messages
+            rows = await _bounded(lambda n: messages.list_by_conversation(conversation_id, limit=n, after=after), limit)
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
 
     async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
@@ -176,7 +181,12 @@ class Conversations:
         scope = "search:" + principal.user_id + "\x00" + " ".join(terms)
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
-            rows = await uow.messages.search(principal.user_id, terms, limit=limit, after=after)
+            messages = uow.messages
+            rows = await _bounded(
+                lambda n: messages.search(principal.user_id, terms, limit=n, after=after),
+                limit,
+                size=lambda hit: len(hit.message.content) + len(hit.snippet),
+            )
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
 
     async def export(
@@ -201,7 +211,10 @@ class Conversations:
         after: str | None = None
         while True:
             async with self._uow() as uow:
-                rows = await uow.messages.list_by_conversation(conversation_id, limit=EXPORT_PAGE_SIZE, after=after)
+                messages = uow.messages
+                rows = await _bounded(
+                    lambda n: messages.list_by_conversation(conversation_id, limit=n, after=after), EXPORT_PAGE_SIZE
+                )
             yield writer.messages(rows.items)
             if rows.cursor is None:
                 break
@@ -238,6 +251,29 @@ class Conversations:
         if "model" in names and fields.model:
             await self._models.check(fields.model)
         return fields
+
+
+T = TypeVar("T")
+
+
+async def _bounded(
+    fetch: Callable[[int], Awaitable[RowsPage[T]]],
+    limit: int,
+    *,
+    size: Callable[[T], int] = lambda message: len(message.content),  # type: ignore[attr-defined]
+) -> RowsPage[T]:
+    """A page of at most `limit` items whose text fits one response (RESPONSE_TEXT_CHARS), but never empty: when
+    the first fetch is too big, fetch again only as many as fit (the storage's cursor stays exact)."""
+    page = await fetch(limit)
+    total, fitting = 0, 0
+    for item in page.items:
+        total += size(item)
+        if total > RESPONSE_TEXT_CHARS:
+            break
+        fitting += 1
+    if fitting == len(page.items):
+        return page
+    return await fetch(max(fitting, 1))
 
 
 async def _owned(
