@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
@@ -170,8 +171,7 @@ class Conversations:
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
             await _owned(uow, principal, conversation_id)
-            messages = uow.messages
-            rows = await _bounded(lambda n: messages.list_by_conversation(conversation_id, limit=n, after=after), limit)
+            rows = await _bounded(functools.partial(_page_of, uow, conversation_id, after), limit)
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
 
     async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
@@ -211,10 +211,7 @@ class Conversations:
         after: str | None = None
         while True:
             async with self._uow() as uow:
-                messages = uow.messages
-                rows = await _bounded(
-                    lambda n: messages.list_by_conversation(conversation_id, limit=n, after=after), EXPORT_PAGE_SIZE
-                )
+                rows = await _bounded(functools.partial(_page_of, uow, conversation_id, after), EXPORT_PAGE_SIZE)
             yield writer.messages(rows.items)
             if rows.cursor is None:
                 break
@@ -254,6 +251,10 @@ class Conversations:
 
 
 T = TypeVar("T")
+
+
+async def _page_of(uow: UnitOfWork, conversation_id: str, after: str | None, limit: int) -> RowsPage[Message]:
+    return await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
 
 
 async def _bounded(

@@ -1073,7 +1073,7 @@ async def test_a_resumed_replica_learns_of_its_lost_lease_on_its_next_flush_and_
 async def test_a_replica_with_a_valid_lease_survives_a_pause_shorter_than_the_lease(
     make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
 ) -> None:
-    here, provider, reply, reading = await paused_reply(make_replies, storage, clock)
+    _, provider, reply, reading = await paused_reply(make_replies, storage, clock)
     sweeper = make_replies(ScriptedProvider(), replica_id="replica-b")
     clock.advance(5)
     await sweeper.generations.tick(sweep=True)
