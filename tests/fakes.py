@@ -157,6 +157,9 @@ class FakeUnitOfWork:
     ) -> None:
         self._tx = None  # leaving without commit discards the changes
         self._storage._lock.release()
+        # Like returning a connection to a real pool (a reset round trip): leaving a unit of work is a point
+        # where the caller can be cancelled, after its commit.
+        await asyncio.sleep(0)
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside `async with`"

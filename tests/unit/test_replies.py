@@ -1160,3 +1160,22 @@ async def test_a_cancel_that_arrives_before_the_model_is_called_still_cancels(
     assert outcome.message.status is MessageStatus.CANCELLED
     assert provider.calls == 0
     assert storage.message(reply.id) == outcome.message
+
+
+async def test_a_caller_cancelled_right_after_the_commit_still_gets_its_reply_generated(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """Finding F13: a deadline that expired between the commit of the user message and the start of the reply
+    left an assistant row STREAMING with nothing generating it."""
+    replies = make_replies(ScriptedProvider())
+    conversation = await add_conversation(storage, clock)
+    sending = asyncio.ensure_future(replies.send(ALICE, conversation.id, "hi", "req-13", background=False))
+
+    await stored_state(storage, lambda: len(storage.messages_in(conversation.id)) == 2)  # just committed
+    sending.cancel()  # the caller's deadline, as the unit of work is being left
+
+    await stored_state(storage, lambda: all(m.status.is_final for m in storage.messages_in(conversation.id)))
+    user, reply = storage.messages_in(conversation.id)
+    assert (reply.status, reply.content) == (MessageStatus.COMPLETED, "Hello, wörld 🙂")
+    with pytest.raises(asyncio.CancelledError):
+        await sending
