@@ -1175,7 +1175,7 @@ async def test_a_caller_cancelled_right_after_the_commit_still_gets_its_reply_ge
     sending.cancel()  # the caller's deadline, as the unit of work is being left
 
     await stored_state(storage, lambda: all(m.status.is_final for m in storage.messages_in(conversation.id)))
-    user, reply = storage.messages_in(conversation.id)
+    _, reply = storage.messages_in(conversation.id)
     assert (reply.status, reply.content) == (MessageStatus.COMPLETED, "Hello, wörld 🙂")
     with pytest.raises(asyncio.CancelledError):
         await sending
