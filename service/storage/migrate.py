@@ -29,6 +29,7 @@ MAINTENANCE_DATABASES = ("postgres", "template1")  # where CREATE DATABASE can b
 # SQLSTATEs (Postgres error codes) that need their own words.
 MISSING_DATABASE, DUPLICATE_DATABASE, NOT_ALLOWED = "3D000", "42P04", "42501"
 REFUSED_LOGIN = ("28000", "28P01")
+CANNOT_CONNECT_NOW = "57P03"
 # What a failed connection raises: the driver's errors (wrapped or not) and the socket's.
 CONNECT_ERRORS = (exc.DBAPIError, exc.InterfaceError, OSError, TimeoutError)
 
@@ -45,6 +46,7 @@ def alembic_config(database_url: str) -> Config:
 
 def upgrade(database_url: str, revision: str = "head") -> None:
     """Apply migrations up to `revision`. Blocking: call it from a thread inside an event loop."""
+    _check_sqlite_directory(database_url)
     try:
         command.upgrade(alembic_config(database_url), revision)
     except CONNECT_ERRORS as error:
@@ -80,6 +82,7 @@ async def ensure_database(database_url: str) -> bool:
 
 async def check(database_url: str) -> None:
     """Raise `CannotStart` unless the database is reachable and at a schema this code can serve from."""
+    _check_sqlite_directory(database_url)
     try:
         revision = await _probe(sa.make_url(database_url), _revision)
     except CONNECT_ERRORS as error:
@@ -112,6 +115,11 @@ def not_ready(database_url: str, error: BaseException) -> CannotStart:
             f"the {where} refused user {user!r}: {_innermost(error)}",
             "check the user name and password in CHAT_DATABASE_URL",
         )
+    if not _unreachable(error, state):
+        return CannotStart(
+            f"the {where} failed a statement: {_innermost(error)}",
+            f"check user {user!r}'s privileges there, and the database server's log",
+        )
     if sa.make_url(database_url).get_backend_name() == "sqlite":
         return CannotStart(
             f"cannot open the {where}: {_innermost(error)}",
@@ -121,6 +129,31 @@ def not_ready(database_url: str, error: BaseException) -> CannotStart:
         f"cannot reach the {where}: {_innermost(error)}",
         "check that Postgres is running there and that CHAT_DATABASE_URL (--database-url) names its host and port",
     )
+
+
+def _check_sqlite_directory(database_url: str) -> None:
+    """A SQLite file in a directory that does not exist cannot be created: said before aiosqlite tries, since
+    its failed connect leaves a worker thread that may outlive the event loop and print a traceback."""
+    url = sa.make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:") or url.database.startswith("file:"):
+        return
+    directory = Path(url.database).parent
+    if not directory.is_dir():
+        raise CannotStart(
+            f"cannot open the {describe(database_url)}: its directory {directory} does not exist",
+            "create the directory, or set CHAT_DATABASE_URL (--database-url)",
+        )
+
+
+def _unreachable(error: BaseException, state: str | None) -> bool:
+    """A failure to connect at all, as opposed to a statement the database refused."""
+    if state is not None:
+        return state.startswith("08") or state == CANNOT_CONNECT_NOW  # connection_exception, or starting up
+    root = error
+    while root.__cause__ is not None:
+        root = root.__cause__
+    # SQLite reports a file it cannot open, or create, as one more OperationalError.
+    return isinstance(root, OSError | TimeoutError | exc.InterfaceError) or "unable to open" in str(root)
 
 
 def sqlstate(error: BaseException) -> str | None:

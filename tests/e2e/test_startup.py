@@ -70,6 +70,19 @@ def new_database(postgres_database: str) -> Iterator[str]:
     _off_loop(asyncio.run, _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.fixture
+def limited_user(postgres_database: str) -> Iterator[str]:
+    """A Postgres role that may log in, and nothing else (no CREATEDB, no grants)."""
+    name = f"chat_limited_{uuid.uuid4().hex[:12]}"
+    _off_loop(asyncio.run, _postgres_admin(f'CREATE ROLE "{name}" LOGIN'))
+    yield name
+    _off_loop(asyncio.run, _postgres_admin(f'DROP ROLE IF EXISTS "{name}"'))
+
+
+def as_user(url: str, user: str) -> str:
+    return sa.make_url(url).set(username=user, password=None).render_as_string(hide_password=False)
+
+
 def listen() -> str:
     return f"127.0.0.1:{free_port()}"
 
@@ -89,6 +102,16 @@ def test_migrate_creates_a_missing_postgres_database_and_says_so_once(new_databa
     assert (again.code, again.stdout.splitlines()) == (0, [f"migrated the {where(new_database)} to {head}"])
     created = chat_service("keys", "create", "--user", "alice", "--database-url", new_database)
     assert created.code == 0 and created.stdout.splitlines()[-1].startswith("csk_")
+
+
+def test_migrate_says_who_may_create_the_database_when_the_user_may_not(new_database: str, limited_user: str) -> None:
+    url = as_user(new_database, limited_user)
+
+    run = chat_service("migrate", "--database-url", url)
+
+    assert run.code == 1
+    assert run.error["event"] == f"the {where(url)} does not exist and user {limited_user!r} may not create it"
+    assert "CREATEDB" in run.error["hint"]
 
 
 def test_migrate_cannot_reach_the_database() -> None:
@@ -144,6 +167,18 @@ def test_a_database_without_the_schema_asks_for_migrate(new_database: str) -> No
     assert "chat-service migrate" in run.error["hint"]
 
 
+def test_a_database_the_user_may_not_read(postgres_database: str, limited_user: str) -> None:
+    url = as_user(postgres_database, limited_user)
+
+    run = chat_service("keys", "list", "--database-url", url)
+
+    assert run.code == 1
+    assert run.error["event"] == (
+        f"the {where(url)} failed a statement: InsufficientPrivilegeError: permission denied for table alembic_version"
+    )
+    assert limited_user in run.error["hint"]
+
+
 def test_a_schema_older_than_the_code_asks_for_migrate(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
     migrate.upgrade(url, "0002_search")
@@ -163,7 +198,7 @@ def test_an_sqlite_file_that_cannot_be_opened(tmp_path: Path) -> None:
     run = chat_service("serve", "--listen", "127.0.0.1:0", "--database-url", f"sqlite+aiosqlite:///{path}")
 
     assert run.code == 1
-    assert run.error["event"].startswith(f"cannot open the SQLite database {path}: OperationalError")
+    assert run.error["event"] == f"cannot open the SQLite database {path}: its directory {path.parent} does not exist"
 
 
 def test_a_listen_port_in_use(database_url: str) -> None:
