@@ -22,6 +22,7 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 CONVERSATION = "0b6f8a1e-3c1d-4f3e-9a57-2d0c1b9e8f21"
 OLD_REPLY = "00000000-0000-4000-8000-0000000000a1"
 NEW_REPLY = "00000000-0000-4000-8000-0000000000a2"
+BEFORE = "0004_usage_estimated-1"  # the revision before this one, wherever the chain puts it
 
 
 async def _execute(url: str, *statements: Any) -> None:
@@ -52,7 +53,7 @@ async def _columns(url: str) -> set[str]:
 
 async def test_the_migration_is_reversible_and_keeps_replies_and_search(database_url: str) -> None:
     config = alembic_config(database_url)
-    await asyncio.to_thread(command.downgrade, config, "0003_coaching")
+    await asyncio.to_thread(command.downgrade, config, BEFORE)
     assert "usage_estimated" not in await _columns(database_url)
     conversation = conversations.insert().values(
         id=CONVERSATION, owner="alice", title="Old", model="default", create_time=NOW, update_time=NOW
@@ -73,7 +74,7 @@ async def test_the_migration_is_reversible_and_keeps_replies_and_search(database
     assert new is not None and new.usage == Usage(9, 3, estimated=True)
     assert sorted(hit.message.id for hit in hits.items) == [OLD_REPLY, NEW_REPLY]  # the index kept up
 
-    await asyncio.to_thread(command.downgrade, config, "0003_coaching")
+    await asyncio.to_thread(command.downgrade, config, BEFORE)
     assert "usage_estimated" not in await _columns(database_url)
     await asyncio.to_thread(command.upgrade, config, "head")  # the session's database stays at head
 
