@@ -52,7 +52,12 @@ class ConversationFields:
 
 
 class ModelCatalog:
-    """The provider's models, cached briefly: checking a name must not cost a provider round trip each time."""
+    """The models conversations may use: the provider's, cached briefly (checking a name must not cost a
+    provider round trip each time), and always the configured default model, under its configured name.
+
+    Servers name their models their own way (llama.cpp server lists its file name, vLLM its served name,
+    Ollama adds a `:latest` tag), so the default is offered and accepted as configured whatever the listing
+    says; a server that does not know it says so when a reply asks for it (FAILED_PRECONDITION)."""
 
     def __init__(self, provider: Provider, *, default_model: str, ttl: float = 30.0) -> None:
         self._provider = provider
@@ -61,20 +66,39 @@ class ModelCatalog:
         self._cached: tuple[float, Sequence[ModelInfo]] | None = None
 
     async def models(self) -> Sequence[ModelInfo]:
-        if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
-            self._cached = (time.monotonic(), await self._provider.list_models())
-        return self._cached[1]
+        """The provider's models, with the entry for the default model named as configured (added if the
+        provider does not list it under any of its names)."""
+        listed = await self._listed()
+        if any(m.name == self.default_model for m in listed):
+            return listed
+        tagged = next((m for m in listed if _same_model(m.name, self.default_model)), None)
+        if tagged is None:
+            return [*listed, ModelInfo(name=self.default_model, provider=self._provider.name)]
+        named = dataclasses.replace(tagged, name=self.default_model)
+        return [named if m is tagged else m for m in listed]
 
     async def check(self, name: str) -> None:
         """Raise ModelNotFound for a name the provider does not offer. An unreachable provider is not a
         reason to refuse a conversation: the reply will report it."""
+        if name == self.default_model:
+            return
         try:
-            names = {m.name for m in await self.models()}
+            listed = await self._listed()
         except Unavailable:
             logger.warning("could not list models to check %r; accepting it", name)
             return
-        if name not in names and f"{name}:latest" not in names:
+        if not any(_same_model(m.name, name) for m in listed):
             raise ModelNotFound(name)
+
+    async def _listed(self) -> Sequence[ModelInfo]:
+        if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
+            self._cached = (time.monotonic(), await self._provider.list_models())
+        return self._cached[1]
+
+
+def _same_model(listed: str, name: str) -> bool:
+    """Whether a listed model answers to `name`: the same, or `name` without its implicit `:latest` tag."""
+    return listed in (name, f"{name}:latest")
 
 
 class Conversations:

@@ -54,6 +54,7 @@ class Conversation:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated: bool = False  # the provider did not count them: `estimate_tokens` and text pieces did
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,7 @@ messages = sa.Table(
     sa.Column("request_id", sa.String(64)),
     sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),  # not the provider's
     sa.Column("finish_reason", sa.String(16), nullable=False, server_default=""),
     sa.Column("error_message", sa.String(500), nullable=False, server_default=""),
     sa.Column("error_reason", sa.String(32), nullable=False, server_default=""),
