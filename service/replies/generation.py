@@ -123,13 +123,14 @@ class Producer:
             raise
         if tail := cleaner.finish():
             buffer.append(tail[: room - buffer.length])
-        return completion or Completion(FinishReason.STOP, Usage(completion_tokens=len(buffer.text.split())))
+        counted = Usage(completion_tokens=len(buffer.text.split()), estimated=True)
+        return completion or Completion(FinishReason.STOP, counted)
 
 
 def _cut(length: int) -> Completion:
     """The end of a reply stopped at the size limit: the model would have written on."""
     logger.warning("a reply reached the size limit (%d characters) and was cut there", length)
-    return Completion(FinishReason.LENGTH, Usage(completion_tokens=length // 4))
+    return Completion(FinishReason.LENGTH, Usage(completion_tokens=length // 4, estimated=True))
 
 
 def final_message(

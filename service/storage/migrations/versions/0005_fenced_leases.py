@@ -1,7 +1,7 @@
 """fenced leases, stored failure reasons, bounded search text
 
-Revision ID: 0007_fenced_leases
-Revises: 0003_coaching
+Revision ID: 0005_fenced_leases
+Revises: 0004_usage_estimated
 Create Date: 2026-12-01
 
 - `messages.lease_epoch`: every write a generation makes is conditional on (lease_owner, lease_epoch); whoever
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0007_fenced_leases"
-down_revision: str | None = "0003_coaching"
+revision: str = "0005_fenced_leases"
+down_revision: str | None = "0004_usage_estimated"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
