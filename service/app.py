@@ -108,6 +108,7 @@ def build(
         lease_seconds=settings.lease_seconds,
         provider_attempts=settings.llm_retry_attempts,
         max_reply_chars=settings.max_reply_chars,
+        max_model_streams=settings.llm_max_streams,
     )
     uow = database.unit_of_work
     replies = Replies(
@@ -142,6 +143,7 @@ def build(
         leeway=settings.jwt_leeway_seconds,
     )
     metrics.observe_flushes(lambda: replies.generations.commits)
+    metrics.observe_model_streams(replies.generations.model_streams)
     transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
     coaching = Coaching(
         SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),

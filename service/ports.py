@@ -87,9 +87,9 @@ class ConversationRepository(Protocol):
 
 
 class MessageRepository(Protocol):
-    async def add(self, message: Message, *, lease: Lease | None = None) -> None:
-        """Insert, with a lease for a STREAMING reply. Raises `DuplicateRequest` when (owner, request_id, role)
-        already exists; the unit of work must then be abandoned."""
+    async def add(self, *messages: Message, lease: Lease | None = None) -> None:
+        """Insert messages (in one statement), a STREAMING reply under `lease`. Raises `DuplicateRequest` when
+        (owner, request_id, role) already exists; the unit of work must then be abandoned."""
         ...
 
     async def get(self, message_id: str) -> Message | None: ...
@@ -108,10 +108,6 @@ class MessageRepository(Protocol):
 
     async def find_by_request(self, owner: str, request_id: str) -> Sequence[Message]:
         """The messages created by one request (user message first)."""
-        ...
-
-    async def streaming_in(self, conversation_id: str) -> Message | None:
-        """The conversation's reply in flight, if any."""
         ...
 
     async def flush(self, batch: Sequence[Flush]) -> None:

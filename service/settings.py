@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     default_model: str = Field("", description="model for new conversations; default per provider")
     llm_timeout_seconds: float = Field(60.0, gt=0, description="provider connect/read timeout")
     llm_retry_attempts: int = Field(3, ge=1, description="tries before the first token when unreachable")
+    llm_max_streams: int = Field(
+        1024, gt=0, description="model calls at once per replica; replies past it wait in line (logged, metered)"
+    )
     max_reply_tokens: int = Field(512, gt=0, description="token limit per reply (asked of the model)")
     max_reply_chars: int = Field(
         100_000, gt=0, le=100_000, description="hard limit on a reply's length, whatever the model does"

@@ -15,6 +15,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from service.domain import Completion, DomainError, ModelInfo, Prompt
 from service.ports import Provider
+from service.replies.generation import StreamGate
 
 TRACER_NAME = "chat-service"
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -48,13 +49,15 @@ def _service_name(default: str) -> str:
 
 
 def instrument_libraries(sync_engine: Any) -> None:
-    """Child spans for SQL statements (this engine) and outgoing HTTP (every httpx client, once)."""
+    """Child spans for SQL statements (this engine) and outgoing HTTP (aiohttp: the model adapters; httpx: the
+    audio adapters), each client library instrumented once per process."""
+    from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 
-    instrumentor = HTTPXClientInstrumentor()
-    if not instrumentor.is_instrumented_by_opentelemetry:
-        instrumentor.instrument()
+    for instrumentor in (AioHttpClientInstrumentor(), HTTPXClientInstrumentor()):
+        if not instrumentor.is_instrumented_by_opentelemetry:
+            instrumentor.instrument()
     connections = metrics.get_meter(TRACER_NAME).create_up_down_counter("db.client.connections.usage")
     EngineTracer(trace.get_tracer("service.storage"), sync_engine, connections)
 
@@ -103,6 +106,21 @@ class Metrics:
 
         self.meter.create_observable_counter(
             "chat.reply.flushes", callbacks=[observe], unit="{flush}", description="partial-reply flushes"
+        )
+
+    def observe_model_streams(self, gate: StreamGate) -> None:
+        """Model calls running, and replies waiting for one (CHAT_LLM_MAX_STREAMS reached)."""
+        self.meter.create_observable_gauge(
+            "chat.llm.streams.active",
+            callbacks=[lambda _options: [Observation(gate.active)]],
+            unit="{stream}",
+            description="model calls in progress",
+        )
+        self.meter.create_observable_gauge(
+            "chat.llm.streams.waiting",
+            callbacks=[lambda _options: [Observation(gate.waiting)]],
+            unit="{reply}",
+            description="replies waiting for a model stream (the limit is reached)",
         )
 
 

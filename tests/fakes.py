@@ -241,7 +241,11 @@ class FakeMessages:
         self._rows()[row.message.id] = updated
         return updated
 
-    async def add(self, message: Message, *, lease: Lease | None = None) -> None:
+    async def add(self, *messages: Message, lease: Lease | None = None) -> None:
+        for message in messages:
+            self._add_one(message, lease if message.status is MessageStatus.STREAMING else None)
+
+    def _add_one(self, message: Message, lease: Lease | None) -> None:
         state = self._tx.state
         if message.id in state.messages or any(_same_request(r.message, message) for r in state.messages.values()):
             self._tx.aborted = True
@@ -294,12 +298,6 @@ class FakeMessages:
             for r in _by_seq(self._rows().values())
             if request_id and r.message.owner == owner and r.message.request_id == request_id
         ]
-
-    async def streaming_in(self, conversation_id: str) -> Message | None:
-        for row in _by_seq(self._rows().values()):
-            if row.message.conversation_id == conversation_id and row.message.status is MessageStatus.STREAMING:
-                return row.message
-        return None
 
     def _held(self, message_id: str, lease: Lease) -> MessageRow | None:
         """The row, if it is STREAMING under exactly `lease` (owner and epoch): the fence of every write."""

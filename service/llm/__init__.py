@@ -29,12 +29,19 @@ def build_provider(settings: Settings) -> Provider:
     if settings.llm_provider == "ollama":
         from service.llm.ollama import OllamaProvider
 
-        return OllamaProvider(settings.resolved_llm_url, timeout=settings.llm_timeout_seconds)
+        return OllamaProvider(
+            settings.resolved_llm_url, timeout=settings.llm_timeout_seconds, max_streams=settings.llm_max_streams
+        )
     if settings.llm_provider == "openai":
         from service.llm.openai import OpenAIProvider
 
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-        return OpenAIProvider(settings.resolved_llm_url, api_key=key, timeout=settings.llm_timeout_seconds)
+        return OpenAIProvider(
+            settings.resolved_llm_url,
+            api_key=key,
+            timeout=settings.llm_timeout_seconds,
+            max_streams=settings.llm_max_streams,
+        )
     from service.llm.local import LocalProvider
 
     return LocalProvider(

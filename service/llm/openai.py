@@ -1,15 +1,14 @@
-"""The adapter for OpenAI-compatible servers (vLLM, llama.cpp server, LM Studio, ...) over plain httpx:
-`POST {base}/chat/completions` streamed as server-sent events, and `GET {base}/models`."""
+"""The adapter for OpenAI-compatible servers (vLLM, llama.cpp server, LM Studio, ...) over aiohttp
+(service/llm/upstream.py): `POST {base}/chat/completions` streamed as server-sent events, and `GET {base}/models`."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import orjson
 
 from service.domain import (
     Completion,
@@ -22,10 +21,11 @@ from service.domain import (
     Usage,
 )
 from service.llm import estimate_prompt_tokens, finish_reason, upstream_failure
+from service.llm.upstream import TRANSPORT_ERRORS, Answer, Upstream
 
 logger = logging.getLogger(__name__)
 
-_DONE = "[DONE]"
+_DONE = b"[DONE]"
 
 
 @dataclass(slots=True)
@@ -37,11 +37,11 @@ class _Reply:
     usage: Usage | None = None
     done: bool = False
 
-    def add(self, line: str) -> str:
+    def add(self, line: bytes) -> str:
         """Take one SSE line; return its text (often empty). Comments and non-`data` fields are skipped."""
-        if not line.startswith("data:"):
+        if not line.startswith(b"data:"):
             return ""
-        data = line[len("data:") :].strip()
+        data = line[5:].strip()
         if data == _DONE:
             self.done = True
             return ""
@@ -65,44 +65,38 @@ class OpenAIProvider:
 
     name = "openai"
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float) -> None:
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        # The trailing slash makes httpx append relative paths to the base path (`/v1/` + `models`).
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/", headers=headers, timeout=httpx.Timeout(timeout)
-        )
+    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float, max_streams: int = 1024) -> None:
+        self._upstream = Upstream(self.name, base_url, timeout=timeout, max_connections=max_streams, api_key=api_key)
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Completion, None]:
         reply = _Reply()
-        body = _request_body(prompt)
-        try:
-            async with self._client.stream("POST", "chat/completions", json=body) as response:
-                if response.status_code != httpx.codes.OK:
-                    raise await _status_error(response, prompt.model)
-                async for line in response.aiter_lines():
+        async with self._upstream.stream("/chat/completions", _request_body(prompt)) as (answer, lines):
+            if answer.status != 200:
+                raise _status_error(answer, prompt.model)
+            try:
+                async for line in lines:
                     if text := reply.add(line):
                         yield text
                     if reply.done:
                         break
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, started=reply.pieces > 0) from exc
+            except TRANSPORT_ERRORS as exc:
+                raise self._upstream.transport_error(exc, started=reply.pieces > 0) from exc
+            except ValueError as exc:
+                raise ModelFailed("the openai server sent a malformed reply") from exc
         yield reply.completion(prompt)
 
     async def list_models(self) -> Sequence[ModelInfo]:
+        answer = await self._upstream.get("/models")
+        if answer.status != 200:
+            raise _status_error(answer, "")
         try:
-            response = await self._client.get("models")
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, started=False) from exc
-        if response.status_code != httpx.codes.OK:
-            raise await _status_error(response, "")
-        try:
-            entries = response.json()["data"]
+            entries = orjson.loads(answer.body)["data"]
             return [ModelInfo(name=str(entry["id"]), provider=self.name) for entry in entries]
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelFailed("the openai server sent a malformed model list") from exc
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._upstream.aclose()
 
 
 def _request_body(prompt: Prompt) -> dict[str, Any]:
@@ -115,10 +109,10 @@ def _request_body(prompt: Prompt) -> dict[str, Any]:
     }
 
 
-def _parse_chunk(data: str) -> tuple[str, str | None, Usage | None]:
+def _parse_chunk(data: bytes) -> tuple[str, str | None, Usage | None]:
     """Text, finish reason and usage of one `chat.completion.chunk` event."""
     try:
-        event = json.loads(data)
+        event = orjson.loads(data)
         if "error" in event:  # servers report a failure mid-stream as an event, the status stays 200
             raise upstream_failure("openai", "failed while generating the reply", _message(event))
         choices = event.get("choices") or [{}]
@@ -145,17 +139,13 @@ def _message(body: Any) -> str:
     return error if isinstance(error, str) else ""
 
 
-async def _status_error(response: httpx.Response, model: str) -> DomainError:
+def _status_error(answer: Answer, model: str) -> DomainError:
     """The domain error for a non-200 answer (nothing has been yielded yet)."""
-    await response.aread()
-    try:
-        message = _message(response.json())
-    except ValueError:
-        message = ""
-    status = response.status_code
-    if model and (status == httpx.codes.NOT_FOUND or _names_missing_model(message, model)):
+    message = _message(answer.json())
+    status = answer.status
+    if model and (status == 404 or _names_missing_model(message, model)):
         return ModelNotFound(model)
-    if status == httpx.codes.TOO_MANY_REQUESTS or status >= httpx.codes.INTERNAL_SERVER_ERROR:
+    if status == 429 or status >= 500:
         return ModelUnavailable(f"the openai server is unavailable (HTTP {status})")
     return upstream_failure("openai", f"rejected the request (HTTP {status})", message)
 
@@ -164,12 +154,3 @@ def _names_missing_model(message: str, model: str) -> bool:
     """Some servers answer an unknown model with a 400 whose text names it ("model `x` does not exist")."""
     lowered = message.lower()
     return model.lower() in lowered and ("not found" in lowered or "does not exist" in lowered)
-
-
-def _transport_error(exc: httpx.HTTPError, *, started: bool) -> DomainError:
-    if started:
-        return ModelFailed("the connection to the openai server broke while the reply was streaming")
-    if isinstance(exc, httpx.TimeoutException):
-        return ModelUnavailable("the openai server did not answer in time")
-    logger.warning("openai server unreachable: %s", type(exc).__name__)
-    return ModelUnavailable("the openai server cannot be reached")

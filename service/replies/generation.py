@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -78,14 +79,54 @@ class Generation:
         return self.buffer.outcome
 
 
+class StreamGate:
+    """At most `limit` model calls at once (CHAT_LLM_MAX_STREAMS). Replies past it wait in line, visibly: a
+    warning when the limit is reached (at most once a minute), and `waiting`/`active` for the metrics."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+        self.waiting = 0
+        self._free = asyncio.Semaphore(limit)
+        self._warned_at = float("-inf")
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        if self._free.locked():
+            self.waiting += 1
+            self._warn()
+            try:
+                await self._free.acquire()
+            finally:
+                self.waiting -= 1
+        else:
+            await self._free.acquire()
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+            self._free.release()
+
+    def _warn(self) -> None:
+        now = time.monotonic()
+        if now - self._warned_at >= 60:
+            self._warned_at = now
+            logger.warning(
+                "the model stream limit is reached: replies wait for a free stream",
+                extra={"limit": self.limit, "waiting": self.waiting},
+            )
+
+
 class Producer:
     """Runs the provider for a generation: retries an unreachable provider before the first token, never after
     (text cannot be taken back); cleans every piece (see `text.py`) and stops a reply at `max_chars`."""
 
-    def __init__(self, provider: Provider, *, attempts: int, max_chars: int) -> None:
+    def __init__(self, provider: Provider, *, attempts: int, max_chars: int, gate: StreamGate | None = None) -> None:
         self._provider = provider
         self._attempts = attempts
         self._max_chars = max_chars
+        self.gate = gate or StreamGate(1024)
 
     async def run(self, generation: Generation) -> Completion:
         retrying = AsyncRetrying(
@@ -94,9 +135,10 @@ class Producer:
             wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.1),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
-                return await self._consume(generation)
+        async with self.gate.slot():
+            async for attempt in retrying:
+                with attempt:
+                    return await self._consume(generation)
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _consume(self, generation: Generation) -> Completion:

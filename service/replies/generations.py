@@ -31,7 +31,7 @@ from service.domain import (
 )
 from service.ports import Flush, UnitOfWorkFactory
 from service.replies.buffer import Outcome, ReplyBuffer
-from service.replies.generation import Generation, Producer, final_message
+from service.replies.generation import Generation, Producer, StreamGate, final_message
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +74,11 @@ class Generations:
 
     def in_conversation(self, conversation_id: str) -> list[Generation]:
         return [g for g in self._live.values() if g.message.conversation_id == conversation_id]
+
+    @property
+    def model_streams(self) -> StreamGate:
+        """The gate on concurrent model calls (for the metrics)."""
+        return self._producer.gate
 
     def new_lease(self, now: datetime) -> Lease:
         return Lease(self._replica_id, 1, now + self._lease)

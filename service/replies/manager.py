@@ -33,7 +33,7 @@ from service.domain import (
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Delta, Ended, read
-from service.replies.generation import Producer
+from service.replies.generation import Producer, StreamGate
 from service.replies.generations import ABANDONED_MESSAGE, Generations
 from service.replies.remote import RemoteFollower
 
@@ -50,6 +50,7 @@ class ReplyLimits:
     lease_seconds: float = 10.0
     provider_attempts: int = 3
     max_reply_chars: int = 100_000
+    max_model_streams: int = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +99,12 @@ class Replies:
         )
         self.generations = Generations(
             uow,
-            Producer(provider, attempts=limits.provider_attempts, max_chars=limits.max_reply_chars),
+            Producer(
+                provider,
+                attempts=limits.provider_attempts,
+                max_chars=limits.max_reply_chars,
+                gate=StreamGate(limits.max_model_streams),
+            ),
             replica_id=replica_id,
             clock=clock,
             flush_interval=limits.flush_interval,
@@ -170,13 +176,12 @@ class Replies:
         async with self._uow() as uow:
             conversation = await uow.conversations.get(conversation_id, for_update=True)
             check_owner(conversation, principal, "conversation")
-            await self._ensure_idle(uow, conversation_id, now)
+            await self._ensure_idle(uow, await uow.messages.recent(conversation_id, limit=1), now)
             request_id = new_id()
             user = _message(conversation_id, principal, Role.USER, content, now, request_id)
             later = now + timedelta(microseconds=1)
             assistant = _message(conversation_id, principal, Role.ASSISTANT, answer, later, request_id)
-            await uow.messages.add(user)
-            await uow.messages.add(assistant)
+            await uow.messages.add(user, assistant)
             await uow.conversations.touch(conversation_id, later)
             await uow.commit()
         return user, assistant
@@ -262,7 +267,10 @@ class Replies:
             raise Unavailable("the service is shutting down; retry on another replica")
         # Shielded: once the user message is committed the model must be called, even if the caller's deadline
         # passes (or it disconnects) in between — otherwise the reply is left STREAMING with nothing generating.
-        starting = asyncio.create_task(self._insert(principal, conversation_id, content, request_id or new_id(), steer))
+        inserting = self._insert(
+            principal, conversation_id, content, request_id or new_id(), steer, retry=bool(request_id)
+        )
+        starting = asyncio.create_task(inserting)
         self._starting.add(starting)
         starting.add_done_callback(self._started)
         try:
@@ -274,20 +282,29 @@ class Replies:
             return self._attach(existing, conversation_id, content)
 
     async def _insert(
-        self, principal: Principal, conversation_id: str, content: str | None, request_id: str, steer: str
+        self,
+        principal: Principal,
+        conversation_id: str,
+        content: str | None,
+        request_id: str,
+        steer: str,
+        *,
+        retry: bool,
     ) -> _Reply:
+        """One transaction, on the first-token path: lock the conversation, (for a request id the client chose)
+        look for an earlier attempt, read the history, insert both messages in one statement, touch, commit."""
         now = self._clock()
         async with self._uow() as uow:
             conversation = await uow.conversations.get(conversation_id, for_update=True)
             check_owner(conversation, principal, "conversation")
             assert conversation is not None
             # Looked up under the conversation's lock: a concurrent retry with this request_id that got the lock
-            # first has committed its messages by now, and this one attaches to them.
-            existing = await uow.messages.find_by_request(principal.user_id, request_id)
+            # first has committed its messages by now, and this one attaches to them. A request id made here is new.
+            existing = await uow.messages.find_by_request(principal.user_id, request_id) if retry else ()
             if existing:
                 return self._attach(existing, conversation_id, content)
-            await self._ensure_idle(uow, conversation_id, now)
             history = await uow.messages.recent(conversation_id, limit=self._limits.history_max_messages)
+            await self._ensure_idle(uow, history, now)
             user = (
                 _message(conversation_id, principal, Role.USER, content, now, request_id)
                 if content is not None
@@ -308,9 +325,7 @@ class Replies:
                 request_id=request_id,
             )
             lease = self.generations.new_lease(now)
-            if user is not None:
-                await uow.messages.add(user)
-            await uow.messages.add(assistant, lease=lease)
+            await uow.messages.add(*([user] if user is not None else []), assistant, lease=lease)
             await uow.conversations.touch(conversation_id, later)
             await uow.commit()
         # The user message is committed: only now is the model called.
@@ -323,8 +338,10 @@ class Replies:
         if not task.cancelled():
             task.exception()  # retrieved here: its caller may have gone (the error is theirs, not a crash)
 
-    async def _ensure_idle(self, uow: UnitOfWork, conversation_id: str, now: datetime) -> None:
-        in_flight = await uow.messages.streaming_in(conversation_id)
+    async def _ensure_idle(self, uow: UnitOfWork, newest: Sequence[Message], now: datetime) -> None:
+        """Refuse a second reply while one generates. A reply in flight is always the conversation's newest
+        message (nothing is added while one generates), so the newest messages just read show it."""
+        in_flight = next((m for m in reversed(newest) if m.status is MessageStatus.STREAMING), None)
         if in_flight is None:
             return
         ended = await uow.messages.mark_abandoned(

@@ -87,15 +87,21 @@ class SqlMessages:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add(self, message: Message, *, lease: Lease | None = None) -> None:
-        row = _message_row(message)
-        if lease is not None:
-            row.update(lease_owner=lease.owner, lease_epoch=lease.epoch, lease_expires_at=lease.expires_at)
+    async def add(self, *added: Message, lease: Lease | None = None) -> None:
+        rows = [_message_row(message) for message in added]
+        for row, message in zip(rows, added, strict=True):
+            held = lease if message.status is MessageStatus.STREAMING else None
+            row.update(
+                lease_owner=held.owner if held else None,
+                lease_epoch=held.epoch if held else 0,
+                lease_expires_at=held.expires_at if held else None,
+            )
         try:
-            await self._conn.execute(messages.insert().values(**row))
+            # One statement (a multi-row INSERT), one round trip, however many messages.
+            await self._conn.execute(messages.insert(), rows)
         except IntegrityError as exc:
             # The transaction is spoilt (Postgres): the caller retries its read in a new unit of work.
-            raise DuplicateRequest(message.request_id) from exc
+            raise DuplicateRequest(added[0].request_id) from exc
 
     async def get(self, message_id: str) -> Message | None:
         row = (await self._conn.execute(messages.select().where(messages.c.id == message_id))).first()
@@ -130,12 +136,6 @@ class SqlMessages:
         c = messages.c
         query = messages.select().where(c.owner == owner, c.request_id == request_id).order_by(c.seq)
         return [_message(r) for r in await self._conn.execute(query)]
-
-    async def streaming_in(self, conversation_id: str) -> Message | None:
-        c = messages.c
-        query = messages.select().where(c.conversation_id == conversation_id, c.status == STREAMING).limit(1)
-        row = (await self._conn.execute(query)).first()
-        return _message(row) if row else None
 
     async def flush(self, batch: Sequence[Flush]) -> None:
         c = messages.c
