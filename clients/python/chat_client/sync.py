@@ -105,9 +105,21 @@ class _Loop:
         return self.submit(coroutine).result()
 
     def stop(self) -> None:
+        self.run(self._settle())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+    async def _settle(self) -> None:
+        """End what still runs on the loop, as asyncio.run does before it closes one: grpc's own tasks for
+        calls that were cancelled or broken (a resumed reply stream leaves one) would otherwise be destroyed
+        pending, and say so on stderr."""
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
 
 
 class SyncChatClient:
