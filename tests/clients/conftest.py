@@ -78,9 +78,9 @@ def brisk_server(sqlite_url: str) -> Iterator[ThreadedServer]:
 
 
 @contextlib.asynccontextmanager
-async def proxy_to(target: str) -> AsyncIterator[tuple[BreakingProxy, str]]:
+async def proxy_to(target: str, *, latency: float = 0.0) -> AsyncIterator[tuple[BreakingProxy, str]]:
     host, _, port = target.rpartition(":")
-    breaking = BreakingProxy(host, int(port))
+    breaking = BreakingProxy(host, int(port), latency=latency)
     address = await breaking.start()
     try:
         yield breaking, address

@@ -10,12 +10,13 @@ import pytest
 
 from chat.v1 import chat_pb2 as pb
 from chat_client import ChatClient
-from tests.clients.conftest import COACH, FinishedRpcs
+from tests.clients.conftest import COACH, FinishedRpcs, proxy_to
 from tests.clients.terminal import TerminalSession, chat_env, run_chat
 from tests.integration.harness import Replica, running_replica, settings_for
 
 PROMPT = "you> "
 LIMIT = "the session reached its turn or time limit"
+ENDED_BY_CLIENT = "you ended it"
 
 
 @pytest.fixture
@@ -136,3 +137,11 @@ async def test_a_line_typed_after_the_session_ended_is_not_sent(
         late == f"\nnot sent: the session ended meanwhile\n{closing_words(stored)}\ncoaching session ended: {LIMIT}\n"
     )
     assert "error" not in session.screen
+
+
+async def test_coach_over_a_slow_network(server: Replica, tmp_path: Path) -> None:
+    async with proxy_to(server.address, latency=0.3) as (_, address):
+        env = chat_env(address, await server.key("alice"), tmp_path)
+        code, _, err = await run_chat("coach", "english_buddy", env=env, stdin="Hi, I goed to school.\n/end\n")
+    assert code == 0, err
+    assert f"coaching session ended: {ENDED_BY_CLIENT}" in err

@@ -24,12 +24,18 @@ DEFAULT_TIMEOUT = 30.0
 # SendMessage waits for a whole reply; a slow local model may take minutes.
 DEFAULT_REPLY_TIMEOUT = 600.0
 
+# The longest a connection attempt (TCP, TLS, the server's HTTP/2 SETTINGS) may take: room for a distant or
+# busy server, yet a silent address fails in seconds, not gRPC's default 20.
+CONNECT_TIMEOUT_MS = 5000
+
 # gRPC's default reconnect backoff starts at 1 s after a failed connection attempt; calls made meanwhile fail
-# at once. Our own retries space themselves out, so the channel may try again sooner.
+# at once. Our own retries space themselves out, so the channel may try again sooner. gRPC reads
+# `min_reconnect_backoff_ms` as the connect timeout (its "min connect timeout"), not as a backoff: at 100 ms it
+# failed every connection slower than that to set up, and a Coach stream, which is never retried, with it.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
 )
 
 EXPORT_FORMATS = {
