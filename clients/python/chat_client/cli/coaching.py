@@ -1,9 +1,10 @@
 """`chat coach PERSONA` and `/coach`: a coaching session in the terminal over the Coach stream.
 
 The server decides when a session ends. When the coach has used its turns (or its time), it says its closing
-words without waiting for the learner, so the terminal does not ask for another line then; a line typed while
-the session ended anyway (its time ran out) is not sent. The closing words stream as deltas: `session_ended`
-repeats them as its summary, shown only when they were not streamed."""
+words without waiting for the learner, so the terminal does not ask for another line then. A line typed while
+the session ended anyway (its time ran out) goes unanswered, and the terminal says so; it is not sent when the
+coach has already spoken. The closing words stream as deltas: `session_ended` repeats them as its summary,
+shown only when they were not streamed."""
 
 from __future__ import annotations
 
@@ -74,6 +75,7 @@ class _Coaching:
         self.read = read
         self.progress = _Progress()
         self.streamed = ""  # the text of the reply being streamed
+        self.unanswered = False  # the learner's last line has had no answer yet
 
     def run(self) -> int:
         for response in self.session:
@@ -101,10 +103,12 @@ class _Coaching:
             self.term.note(f"coaching session {verb} with {started.session.persona}; type /end to finish")
         elif kind == "wrap_up_confirmation":
             self.term.line(self.term.style(response.wrap_up_confirmation.prompt, "cyan"))
+            self.unanswered = False
         elif kind == "turn_completed":
             self.term.line()
             self.progress.turn_completed(response.turn_completed)
             failures.report_reply(self.term, response.turn_completed.message)
+            self.unanswered = False
         self.streamed = ""
 
     def _ended(self, ended: Any) -> None:
@@ -112,7 +116,10 @@ class _Coaching:
             self.term.write(ended.summary)
         self.term.line()
         failures.report_reply(self.term, ended.message)
-        self.term.note(f"coaching session ended: {WHY_IT_ENDED.get(ended.reason, 'it is over')}")
+        why = WHY_IT_ENDED.get(ended.reason, "it is over")
+        if self.unanswered and ended.reason == pb.END_REASON_LIMIT_REACHED:
+            why += " (your last line was not answered)"  # the limit passed first: the coach took no more turns
+        self.term.note(f"coaching session ended: {why}")
         for _ in self.session:  # session_ended is the last response: read the stream's end, its status
             pass
 
@@ -123,7 +130,12 @@ class _Coaching:
                 text = self.read(PROMPT).strip()
             except EOFError:
                 text = "/end"
-        # The session can end while the learner types (its time runs out): then there is no one to send to.
-        sent = not self.session.ready() and (self.session.end() if text == "/end" else self.session.say(text))
-        if not sent:
-            self.term.note("not sent: the session ended meanwhile")
+        self.unanswered = True
+        # The session can end while the learner types (its time runs out): the coach then speaks first, and
+        # there is no one to send the line to. (If gRPC does not know yet, the write goes nowhere, harmlessly.)
+        if self.session.ready():
+            return
+        if text == "/end":
+            self.session.end()
+        else:
+            self.session.say(text)
