@@ -20,11 +20,13 @@ from chat_client.errors import Unimplemented
 from chat_client.sync import SyncChatClient, SyncCoachSession
 
 PROMPT = "you> "
+# By enum name: `chat` must still import with stubs that lack coaching (see chat_client.coaching).
 WHY_IT_ENDED = {
-    pb.END_REASON_USER_REQUESTED: "you asked to finish",
-    pb.END_REASON_LIMIT_REACHED: "the session reached its turn or time limit",
-    pb.END_REASON_CLIENT_ENDED: "you ended it",
+    "END_REASON_USER_REQUESTED": "you asked to finish",
+    "END_REASON_LIMIT_REACHED": "the session reached its turn or time limit",
+    "END_REASON_CLIENT_ENDED": "you ended it",
 }
+CLOSING_STAGES = ("COACHING_STAGE_WRAPPING_UP", "COACHING_STAGE_ENDED")
 
 
 def coach(
@@ -43,6 +45,11 @@ def coach(
         raise
 
 
+def _name(enum: Any, number: int) -> str:
+    """The name of an enum value; "" for one newer than these stubs."""
+    return str(enum.Name(number)) if number in enum.values() else ""
+
+
 @dataclass
 class _Progress:
     """What the terminal knows of the session: enough to tell whether the coach waits for the learner."""
@@ -55,7 +62,7 @@ class _Progress:
     def started(self, session: Any) -> None:
         self.max_turns, self.turns_used = session.max_turns, session.turns_used
         self.time_left = session.time_left.ToTimedelta() if session.HasField("time_left") else None
-        self.closing = session.stage in (pb.COACHING_STAGE_WRAPPING_UP, pb.COACHING_STAGE_ENDED)
+        self.closing = _name(pb.CoachingStage, session.stage) in CLOSING_STAGES
 
     def turn_completed(self, completed: Any) -> None:
         self.turns_used = completed.turns_used
@@ -116,8 +123,9 @@ class _Coaching:
             self.term.write(ended.summary)
         self.term.line()
         failures.report_reply(self.term, ended.message)
-        why = WHY_IT_ENDED.get(ended.reason, "it is over")
-        if self.unanswered and ended.reason == pb.END_REASON_LIMIT_REACHED:
+        reason = _name(pb.EndReason, ended.reason)
+        why = WHY_IT_ENDED.get(reason, "it is over")
+        if self.unanswered and reason == "END_REASON_LIMIT_REACHED":
             why += " (your last line was not answered)"  # the limit passed first: the coach took no more turns
         self.term.note(f"coaching session ended: {why}")
         for _ in self.session:  # session_ended is the last response: read the stream's end, its status
