@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,8 @@ import pytest
 from chat_client import RetryPolicy
 from tests.clients.proxy import BreakingProxy
 from tests.integration.harness import Replica, running_replica, settings_for
+
+COACH = "/chat.v1.ChatService/Coach"
 
 # Short waits between attempts, so tests spend their time on behaviour, not on backoff.
 FAST_RETRY = RetryPolicy(attempts=8, initial_backoff=0.01, max_backoff=0.2)
@@ -75,9 +78,9 @@ def brisk_server(sqlite_url: str) -> Iterator[ThreadedServer]:
 
 
 @contextlib.asynccontextmanager
-async def proxy_to(target: str) -> AsyncIterator[tuple[BreakingProxy, str]]:
+async def proxy_to(target: str, *, latency: float = 0.0) -> AsyncIterator[tuple[BreakingProxy, str]]:
     host, _, port = target.rpartition(":")
-    breaking = BreakingProxy(host, int(port))
+    breaking = BreakingProxy(host, int(port), latency=latency)
     address = await breaking.start()
     try:
         yield breaking, address
@@ -89,3 +92,35 @@ async def proxy_to(target: str) -> AsyncIterator[tuple[BreakingProxy, str]]:
 async def proxy(slow_server: Replica) -> AsyncIterator[tuple[BreakingProxy, str]]:
     async with proxy_to(slow_server.address) as running:
         yield running
+
+
+class FinishedRpcs(logging.Handler):
+    """Sees the server's access log: `wait(method)` returns once the server has finished an RPC of `method`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.finished: list[str] = []
+        self.changed = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.finished.append(getattr(record, "method", ""))
+        self.changed.set()
+
+    async def wait(self, method: str, limit: float = 20) -> None:
+        async with asyncio.timeout(limit):
+            while method not in self.finished:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def finished_rpcs() -> Iterator[FinishedRpcs]:
+    access = logging.getLogger("service.access")
+    handler, level = FinishedRpcs(), access.level
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)

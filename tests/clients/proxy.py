@@ -8,10 +8,13 @@ import asyncio
 
 class BreakingProxy:
     """Forwards every connection to `target`. `break_all()` resets the open connections (new ones are still
-    accepted); `cut_next_after(n)` resets the next connection once it has sent `n` bytes to the client."""
+    accepted); `cut_next_after(n)` resets the next connection once it has sent `n` bytes to the client.
+    `latency` (seconds) holds each new connection that long before anything goes through: a distant or busy
+    server, slow to complete the connection's handshake."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, *, latency: float = 0.0) -> None:
         self._target = (target_host, target_port)
+        self.latency = latency
         self._server: asyncio.Server | None = None
         self._transports: set[asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -56,6 +59,7 @@ class BreakingProxy:
         self.connections += 1
         budget, self._cut_next = self._cut_next, None
         try:
+            await asyncio.sleep(self.latency)  # the network's delay itself, not a wait for an event
             server_reader, server_writer = await asyncio.open_connection(*self._target)
         except OSError:
             client_writer.transport.abort()

@@ -209,6 +209,7 @@ async def test_ask_resumes_on_its_own_when_the_connection_breaks(
     breaking.break_all()
     code, out, err = await asking
     assert code == 0, err
+    assert err.count("\n") == 1, err  # the status line only: nothing was left running when chat exited
     assert breaking.connections >= 2
     conversation_id = err.strip().rsplit(" ", 1)[-1]
     reply = (await messages_of(slow_server, conversation_id))[-1]

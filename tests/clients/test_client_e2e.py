@@ -22,6 +22,7 @@ from chat_client import (
     Unauthenticated,
     Unavailable,
 )
+from chat_client.retry import NO_RETRY
 from tests.clients.conftest import FAST_RETRY, ThreadedServer, proxy_to
 from tests.clients.proxy import BreakingProxy
 from tests.e2e.process import free_port
@@ -103,6 +104,16 @@ async def test_an_unreachable_server_is_unavailable_after_retries(server: Replic
     async with ChatClient(f"127.0.0.1:{free_port()}", api_key="k", retry=FAST_RETRY) as client:
         with pytest.raises(Unavailable):
             await client.list_conversations()
+
+
+async def test_a_slow_connection_handshake_is_waited_for(server: Replica) -> None:
+    # Nothing goes through for 300 ms: a distant or busy server. Without retries to mask it, the first
+    # connection attempt itself must last that long (streams such as Coach are never retried).
+    async with (
+        proxy_to(server.address, latency=0.3) as (_, address),
+        ChatClient(address, api_key=await server.key("alice"), retry=NO_RETRY) as client,
+    ):
+        assert [m.name for m in (await client.list_models()).models] == ["fake-echo"]
 
 
 async def test_a_reply_broken_mid_stream_by_the_network_is_resumed(

@@ -17,19 +17,25 @@ from chat.v1 import chat_pb2_grpc
 from chat_client.coaching import CoachSession, open_coach_session
 from chat_client.errors import Unimplemented, from_rpc_error
 from chat_client.replies import ReplyStream
-from chat_client.retry import RETRYABLE, RetryPolicy
+from chat_client.retry import RetryPolicy, retryable
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 # SendMessage waits for a whole reply; a slow local model may take minutes.
 DEFAULT_REPLY_TIMEOUT = 600.0
 
+# The longest a connection attempt (TCP, TLS, the server's HTTP/2 SETTINGS) may take: room for a distant or
+# busy server, yet a silent address fails in seconds, not gRPC's default 20.
+CONNECT_TIMEOUT_MS = 5000
+
 # gRPC's default reconnect backoff starts at 1 s after a failed connection attempt; calls made meanwhile fail
-# at once. Our own retries space themselves out, so the channel may try again sooner.
+# at once. Our own retries space themselves out, so the channel may try again sooner. gRPC reads
+# `min_reconnect_backoff_ms` as the connect timeout (its "min connect timeout"), not as a backoff: at 100 ms it
+# failed every connection slower than that to set up, and a Coach stream, which is never retried, with it.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.min_reconnect_backoff_ms", CONNECT_TIMEOUT_MS),
 )
 
 EXPORT_FORMATS = {
@@ -44,8 +50,9 @@ class ChatClient:
 
     `api_key` or `jwt` is sent as `authorization: Bearer ...`. `tls=True` uses the system roots, or
     `root_certificates` (PEM). `timeout` is the default deadline of unary calls (seconds; None: none).
-    Calls that are safe to repeat are retried on UNAVAILABLE as `retry` says; StreamReply and SendMessage
-    carry a `request_id` (generated when not given), so their retries never add a second message.
+    Calls that are safe to repeat are retried on UNAVAILABLE as `retry` says, unless the server reports its model
+    provider down (ModelUnavailable); StreamReply and SendMessage carry a `request_id` (generated when not
+    given), so their retries never add a second message.
     """
 
     def __init__(
@@ -220,9 +227,10 @@ class ChatClient:
                 return
             except grpc.RpcError as error:
                 failures += 1
+                failure = from_rpc_error(error)
                 # Restarting is only safe before the caller has seen any bytes.
-                if received or error.code() not in RETRYABLE or self.retry.gives_up(failures):
-                    raise from_rpc_error(error) from error
+                if received or not retryable(failure) or self.retry.gives_up(failures):
+                    raise failure from error
                 await asyncio.sleep(self.retry.delay(failures))
 
     # ------------------------------------------------------------------------------- models, coaching
@@ -271,7 +279,7 @@ class ChatClient:
                 return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
             except grpc.RpcError as error:
                 failures += 1
-                code = error.code()
-                if not idempotent or code not in RETRYABLE or self.retry.gives_up(failures):
-                    raise from_rpc_error(error) from error
+                failure = from_rpc_error(error)
+                if not idempotent or not retryable(failure) or self.retry.gives_up(failures):
+                    raise failure from error
                 await asyncio.sleep(self.retry.delay(failures))

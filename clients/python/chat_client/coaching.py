@@ -5,6 +5,7 @@ using it then raises Unimplemented, as a server without Coach does."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,17 +23,23 @@ def _message_type(name: str) -> Any:
 
 
 class CoachSession:
-    """One Coach stream. Iterate over it for `chat.v1.CoachResponse`s; `say` sends a learner turn."""
+    """One Coach stream. Iterate over it for `chat.v1.CoachResponse`s; `say` sends a learner turn.
+
+    The server may end the stream on its own (a turn or time limit): `say` and `end` then send nothing and
+    return False. That is not an error; the stream's last responses (the closing words, `session_ended`) and its
+    status are still to be read, and reading is where a failure is raised."""
 
     def __init__(self, call: Any) -> None:
         self._call = call
 
-    async def say(self, text: str) -> None:
+    async def say(self, text: str) -> bool:
+        """Send a learner turn; False when the server had already finished the stream."""
         turn = _message_type("CoachUserTurn")(text=text)
-        await self._write(_message_type("CoachRequest")(user_turn=turn))
+        return await self._send(_message_type("CoachRequest")(user_turn=turn))
 
-    async def end(self) -> None:
-        await self._write(_message_type("CoachRequest")(end=_message_type("CoachEnd")()))
+    async def end(self) -> bool:
+        """Ask the coach to end the session now; False when the server had already finished the stream."""
+        return await self._send(_message_type("CoachRequest")(end=_message_type("CoachEnd")()))
 
     async def close(self) -> None:
         self._call.cancel()
@@ -52,6 +59,16 @@ class CoachSession:
             await self._call.write(request)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
+
+    async def _send(self, request: Any) -> bool:
+        # gRPC fails a write once the server has sent its status (INTERNAL "Internal error from Core" if it
+        # has not been read yet, InvalidStateError if it has). The status itself says how the stream ended,
+        # and reading delivers it after the responses sent before it.
+        try:
+            await self._call.write(request)
+        except (grpc.RpcError, asyncio.InvalidStateError):
+            return False
+        return True
 
 
 async def open_coach_session(

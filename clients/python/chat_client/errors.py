@@ -75,6 +75,15 @@ class Unavailable(ChatError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class ModelUnavailable(Unavailable):
+    """The server answered, but its model provider cannot be reached or failed (`reason` says which); unlike a
+    plain Unavailable, chat-service itself is up."""
+
+
+# The ErrorInfo reasons chat-service gives a model provider's failures (its service/domain.py).
+MODEL_REASONS = frozenset({"MODEL_UNAVAILABLE", "MODEL_FAILED"})
+
+
 class DeadlineExceeded(ChatError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -145,7 +154,10 @@ def from_rpc_error(error: grpc.RpcError) -> ChatError:
     except ValueError:  # details that contradict the code: keep the code, drop the details
         status = None
     found = _details(status)
-    return ERRORS.get(code, ChatError)(
+    kind = ERRORS.get(code, ChatError)
+    if kind is Unavailable and found.reason in MODEL_REASONS:
+        kind = ModelUnavailable
+    return kind(
         message,
         code=code,
         violations=tuple(found.violations),

@@ -4,7 +4,10 @@ ResumeReply from the last offset it delivered, so the caller sees every characte
 One case cannot be mended: a server that crashed keeps only the text it had flushed (at most one flush
 interval is lost), and the reply ends INTERRUPTED. If the caller already saw more than that, ResumeReply from
 its offset is OUT_OF_RANGE; the stream then fetches the final state and ends with it, so `message.content`
-is the stored (shorter) text, a prefix of `text`."""
+is the stored (shorter) text, a prefix of `text`.
+
+A reply whose model fails ends the same way: the server ends the stream with UNAVAILABLE (ModelUnavailable's
+reasons), the stream resumes once, and ends with the stored FAILED message, whose `error_message` says why."""
 
 from __future__ import annotations
 

@@ -7,9 +7,17 @@ from dataclasses import dataclass
 
 import grpc
 
+from chat_client.errors import ChatError, ModelUnavailable
+
 # Only UNAVAILABLE means "the request did not get through / the server went away": retrying anything else
 # would repeat a refusal (or, for a non-idempotent call, maybe the work).
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def retryable(error: ChatError) -> bool:
+    """Whether a failed call may be tried again: UNAVAILABLE, unless chat-service answered that its model
+    provider is down. The call got through then; repeating it at once only delays that answer."""
+    return error.code in RETRYABLE and not isinstance(error, ModelUnavailable)
 
 
 @dataclass(frozen=True)

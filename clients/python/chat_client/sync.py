@@ -40,6 +40,13 @@ class SyncIterator(Iterator[T]):
             raise StopIteration
         return item
 
+    def ready(self) -> bool:
+        """Whether the next item (or the end, or an error) has arrived, so that `next()` will not wait. Starts
+        reading it in the background if no read is under way."""
+        if self._pending is None:
+            self._pending = self._runner.submit(self._next())
+        return self._pending.done()
+
     async def _next(self) -> T:
         # A coroutine may not raise StopIteration: the end travels as a sentinel.
         return await anext(self._source, _END)
@@ -68,17 +75,18 @@ class SyncReplyStream(SyncIterator[pb.ReplyEvent]):
 
 
 class SyncCoachSession(SyncIterator[Any]):
-    """A CoachSession, blocking: iterate for CoachResponses; `say` and `end` send."""
+    """A CoachSession, blocking: iterate for CoachResponses; `say` and `end` send (False: the server had already
+    finished the stream; read on for its ending)."""
 
     def __init__(self, runner: _Loop, session: CoachSession) -> None:
         super().__init__(runner, aiter(session))
         self.session = session
 
-    def say(self, text: str) -> None:
-        self._runner.run(self.session.say(text))
+    def say(self, text: str) -> bool:
+        return self._runner.run(self.session.say(text))
 
-    def end(self) -> None:
-        self._runner.run(self.session.end())
+    def end(self) -> bool:
+        return self._runner.run(self.session.end())
 
     def cancel(self) -> None:
         self._runner.run(self.session.close())
@@ -97,9 +105,21 @@ class _Loop:
         return self.submit(coroutine).result()
 
     def stop(self) -> None:
+        self.run(self._settle())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
         self.loop.close()
+
+    async def _settle(self) -> None:
+        """End what still runs on the loop, as asyncio.run does before it closes one: grpc's own tasks for
+        calls that were cancelled or broken (a resumed reply stream leaves one) would otherwise be destroyed
+        pending, and say so on stderr."""
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self.loop.shutdown_asyncgens()
 
 
 class SyncChatClient:

@@ -1,4 +1,5 @@
-"""`chat`: the terminal client. No command starts an interactive conversation; see `chat --help`."""
+"""`chat`: the terminal client. No command starts an interactive conversation; see `chat --help`. Exit
+statuses: see `failures`."""
 
 from __future__ import annotations
 
@@ -8,14 +9,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from chat_client import config
-from chat_client.cli import commands
+from chat_client.cli import commands, failures
 from chat_client.cli.exporting import ExportError
 from chat_client.cli.interactive import Session
 from chat_client.cli.terminal import Terminal
-from chat_client.errors import ChatError, Unauthenticated, Unavailable
+from chat_client.errors import ChatError, ModelUnavailable
 from chat_client.sync import SyncChatClient
-
-EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
 Command = Callable[[SyncChatClient, Terminal, argparse.Namespace], int]
 
@@ -25,7 +24,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="chat",
         description="Talk to chat-service from a terminal. Without a command: an interactive conversation.",
         epilog="Settings: flags, then CHAT_ADDRESS / CHAT_API_KEY / CHAT_JWT / CHAT_TLS / CHAT_CA_FILE, "
-        "then the config file (CHAT_CONFIG, default ~/.config/chat/config.toml).",
+        "then the config file (CHAT_CONFIG, default ~/.config/chat/config.toml). "
+        "Exit status: 0 done, 1 the server refused or failed the request, 2 bad usage, 3 chat-service "
+        "unreachable, 4 no or refused credentials, 5 the model provider is unavailable or failed the reply, "
+        "130 interrupted.",
     )
     parser.add_argument("--address", help="host:port of the server (CHAT_ADDRESS, default 127.0.0.1:50051)")
     parser.add_argument("--api-key", help="API key (CHAT_API_KEY)")
@@ -95,42 +97,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         client_arguments = settings.client_arguments()
     except (config.ConfigError, OSError) as error:
         term.error(str(error))
-        return EXIT_USAGE
+        return failures.EXIT_USAGE
     if not (settings.api_key or settings.jwt):
         term.error("no credentials: pass --api-key, set CHAT_API_KEY, or put api_key in the config file")
-        return EXIT_AUTH
+        return failures.EXIT_AUTH
     try:
         with SyncChatClient(**client_arguments) as client:
             return _dispatch(client, term, args)
-    except Unavailable as error:
-        term.error(
-            f"cannot reach chat-service at {settings.address} ({error.message}). Is it running? "
-            "Set --address or CHAT_ADDRESS."
-        )
-        return EXIT_UNREACHABLE
-    except Unauthenticated as error:
-        term.error(f"the server refused the credentials ({error.message}). Check --api-key or CHAT_API_KEY.")
-        return EXIT_AUTH
     except ChatError as error:
-        term.error(str(error))
-        for violation in error.violations:
-            term.error(f"  {violation.field}: {violation.description}")
-        if error.retry_delay is not None:
-            term.note(f"try again in {error.retry_delay:.1f}s")
-        return EXIT_ERROR
+        return failures.report(term, error, settings.address)
     except ExportError as error:
         term.error(str(error))
-        return EXIT_USAGE
+        return failures.EXIT_USAGE
     except KeyboardInterrupt:
         term.line()
-        return EXIT_INTERRUPTED
+        return failures.EXIT_INTERRUPTED
 
 
 def _dispatch(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
     run: Command | None = getattr(args, "run", None)
     if run is not None:
         return int(run(client, term, args))
-    client.list_models()  # fails early, with a clear message, when the server is unreachable or the key wrong
+    try:
+        client.list_models()  # fails early, with a clear message, when the server is unreachable or the key wrong
+    except ModelUnavailable as error:
+        failures.report(term, error, client.client.address)  # history, search, export... work without it
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401  (line editing and history for input())
     return Session(client, term, model=args.model, persona=args.persona).run()

@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 from chat.v1 import chat_pb2 as pb
-from chat_client.cli import coaching, exporting
+from chat_client.cli import coaching, exporting, failures
 from chat_client.cli.replying import STATUS_NAMES, show_reply
 from chat_client.cli.terminal import Terminal, as_dict
 from chat_client.sync import SyncChatClient
@@ -32,7 +32,7 @@ def ask(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int
         term.json({"conversation_id": conversation_id, "message": as_dict(message), "resumes": stream.stream.resumes})
     else:
         term.note(f"{stats.describe()} · conversation {conversation_id}")
-    return 0 if message.status == pb.MESSAGE_STATUS_COMPLETED else 1
+    return failures.report_reply(term, message)
 
 
 def conversations(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
@@ -64,6 +64,8 @@ def history(client: SyncChatClient, term: Terminal, args: argparse.Namespace) ->
 def show_message(term: Terminal, message: pb.Message) -> None:
     role = ROLE_NAMES.get(message.role, "?")
     status = STATUS_NAMES.get(message.status, "")
+    if message.error_message:  # why a reply failed or was interrupted
+        status = f"{status}: {message.error_message}"
     suffix = "" if status == "completed" else f" [{status}]"
     heading = f"{role} · {when(message)}{suffix}"
     term.line(term.style(heading, "bold", "green" if role == "user" else "blue"))

@@ -7,11 +7,11 @@ import shlex
 from collections.abc import Callable
 
 from chat.v1 import chat_pb2 as pb
-from chat_client.cli import coaching, exporting
+from chat_client.cli import coaching, exporting, failures
 from chat_client.cli.commands import show_message, when
 from chat_client.cli.replying import show_reply
 from chat_client.cli.terminal import Terminal
-from chat_client.errors import ChatError, Unauthenticated, Unavailable
+from chat_client.errors import ChatError
 from chat_client.sync import SyncChatClient
 
 HELP = """\
@@ -24,6 +24,9 @@ HELP = """\
 /coach PERSONA          a coaching session
 /help                   this list
 /quit                   leave (or Ctrl-D)"""
+
+# Nothing else would work either: leave with that status. Other failures are reported and the session goes on.
+_LEAVE_ON = (failures.EXIT_UNREACHABLE, failures.EXIT_AUTH)
 
 
 class Session:
@@ -64,12 +67,10 @@ class Session:
                 continue
             try:
                 self.command(line[1:]) if line.startswith("/") else self.say(line)
-            except (Unavailable, Unauthenticated):
-                raise
             except ChatError as error:
-                self.term.error(str(error))
-                for violation in error.violations:
-                    self.term.error(f"  {violation.field}: {violation.description}")
+                status = failures.report(self.term, error, self.client.client.address)
+                if status in _LEAVE_ON:
+                    return status
             except (exporting.ExportError, OSError) as error:
                 self.term.error(str(error))
             except KeyboardInterrupt:
@@ -93,8 +94,9 @@ class Session:
             title = self.title or " ".join(text.split())[:60]
             self.conversation = self.client.create_conversation(title=title, model=self.model, persona=self.persona)
         stream = self.client.stream_reply(self.conversation.conversation_id, text)
-        _, stats = show_reply(self.term, stream)
+        message, stats = show_reply(self.term, stream)
         self.term.note(stats.describe())
+        failures.report_reply(self.term, message)
 
     def new(self, args: list[str]) -> None:
         self.conversation, self.title = None, " ".join(args)

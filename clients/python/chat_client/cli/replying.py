@@ -80,10 +80,10 @@ def show_reply(term: Terminal, stream: SyncReplyStream, *, echo: bool = True) ->
                     cancel_sent = _cancel(stream)
     finally:
         spinner.stop()
+        if echo and stream.stream.text and not stream.stream.text.endswith("\n"):
+            term.line()  # also when the stream failed: the error goes on a line of its own
     message = stream.stream.message
     assert message is not None
-    if echo and stream.stream.text and not stream.stream.text.endswith("\n"):
-        term.line()
     return message, stats_of(message, stream.stream.text, started, first, time.monotonic())
 
 
