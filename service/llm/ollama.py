@@ -76,7 +76,7 @@ class OllamaProvider:
         try:
             listing = orjson.loads(answer.body)["models"]
             return [_model_info(model) for model in listing if model.get("model") or model.get("name")]
-        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # a JSONDecodeError is a ValueError
             raise ModelFailed("the ollama server sent a malformed model list") from exc
 
     async def aclose(self) -> None:

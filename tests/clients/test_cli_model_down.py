@@ -65,7 +65,7 @@ async def test_models_when_the_provider_answers_nonsense(sqlite_url: str, tmp_pa
     ):
         code, _, err = await run_chat("models", env=await env_for(replica, tmp_path))
     assert code == EXIT_MODEL, err
-    assert "the model provider is unavailable: the ollama server sent a malformed reply" in err
+    assert "the model provider is unavailable: the ollama server sent a malformed model list" in err
     # Asked once: chat-service answered, so the client does not repeat the call as it would a lost one.
     assert [r.path for r in ollama.requests] == ["/api/tags"]
 

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from chat.v1 import chat_pb2 as pb
-from chat_client.errors import ChatError, Internal, Unavailable, from_rpc_error
+from chat_client.errors import ChatError, Internal, ModelUnavailable, Unavailable, from_rpc_error
 from chat_client.retry import RETRYABLE, RetryPolicy
 
 
@@ -92,6 +92,12 @@ class ReplyStream:
                         return
                 raise _Broken
             except (grpc.RpcError, _Broken) as error:
+                if isinstance(error, grpc.RpcError) and isinstance(failure := from_rpc_error(error), ModelUnavailable):
+                    # The reply itself failed (the model did): every reader of it gets this same status, so
+                    # resuming cannot mend it (only a new request can). `message` is the reply as stored: FAILED,
+                    # with the text it had and the reason.
+                    self.message = self._failed(failure)
+                    raise failure from error
                 code = error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
                 lost_text = code == grpc.StatusCode.OUT_OF_RANGE and self.resumes > 0
                 if lost_text and self._resume_from is None:
@@ -104,6 +110,16 @@ class ReplyStream:
                     raise Unavailable("the reply stream ended before the reply did") from None
                 self.resumes += 1
                 await asyncio.sleep(self._retry.delay(failures))
+
+    def _failed(self, failure: ChatError) -> pb.Message | None:
+        if self.started is None:
+            return None
+        message = pb.Message()
+        message.CopyFrom(self.started.assistant_message)
+        message.status = pb.MESSAGE_STATUS_FAILED
+        message.content = self.text if self.offset == len(self.text) else message.content
+        message.error_message = failure.message
+        return message
 
     async def _open(self) -> AsyncIterator[pb.ReplyEvent]:
         if not self.message_id:

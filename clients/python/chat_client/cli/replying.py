@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from chat.v1 import chat_pb2 as pb
 from chat_client.cli.terminal import Terminal
-from chat_client.errors import ChatError
+from chat_client.errors import ChatError, ModelUnavailable
 from chat_client.sync import SyncReplyStream
 
 STATUS_NAMES = {
@@ -71,6 +71,10 @@ def show_reply(term: Terminal, stream: SyncReplyStream, *, echo: bool = True) ->
                         if echo:
                             term.write(event.delta.text)
                 break
+            except ModelUnavailable:
+                if stream.stream.message is None:
+                    raise  # the model failed before the reply started: the caller's error map says so
+                break  # the reply failed: its stored state (FAILED, with the reason) ends it
             except KeyboardInterrupt:
                 spinner.stop()
                 if cancel_wanted:
