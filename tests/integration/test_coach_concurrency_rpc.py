@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,9 @@ from tests.integration.stage_log import StageLog, Stored, illegal_moves, stage_l
 
 pytestmark = pytest.mark.timeout(120)
 
+# grpcio's aio client replaces the server's status with this when a request write loses the race with the end
+# of the call (grpc/grpc#36066): the server's own statuses are read from its access log instead.
+CLIENT_WRITE_RACE = (grpc.StatusCode.INTERNAL, "Internal error from Core")
 AMBIGUOUS = "I think I'll head off soon"  # the text rules cannot tell: the model is asked
 GATE_TIMEOUT = 10.0
 
@@ -291,6 +295,8 @@ async def interleave(replica: Replica, log: StageLog, script: list[Action]) -> N
     assert illegal_moves(history) == [], history
     for stream in streams:
         for error in stream.errors:  # the only refusal: a turn on a session that is ending or has ended
+            if (error.code(), error.details()) == CLIENT_WRITE_RACE:
+                continue
             assert error.code() is grpc.StatusCode.FAILED_PRECONDITION, error.details()
             assert error_info(error).metadata["stage"] in ("wrapping_up", "ended"), error.details()
         if "session_ended" in stream.seen:
@@ -303,8 +309,33 @@ async def interleave(replica: Replica, log: StageLog, script: list[Action]) -> N
         assert not asked[-1]
 
 
+class CoachStatuses(logging.Handler):
+    """The status of every Coach call as the server logged it (the access log)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.codes: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "rpc" and str(record.__dict__.get("method")).endswith("/Coach"):
+            self.codes.add(str(record.__dict__.get("code")))
+
+
+@pytest.fixture
+def coach_statuses() -> Iterator[CoachStatuses]:
+    handler, access = CoachStatuses(), logging.getLogger("service.access")
+    level = access.level
+    access.setLevel(logging.INFO)
+    access.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(level)
+
+
 async def test_any_interleaving_of_two_streams_keeps_the_stage_history_legal(
-    database_url: str, log: StageLog
+    database_url: str, log: StageLog, coach_statuses: CoachStatuses
 ) -> None:
     # Hypothesis drives the examples from a worker thread; each runs on this loop, next to the server.
     loop = asyncio.get_running_loop()
@@ -320,3 +351,6 @@ async def test_any_interleaving_of_two_streams_keeps_the_stage_history_legal(
                 raise AssertionError(f"{error.code()}: {error.details()}") from None
 
         await asyncio.to_thread(check)
+    # As the server ended the streams (also those whose client saw its own write race): done, refused
+    # (FAILED_PRECONDITION, checked above where the client saw it), or dropped by the client.
+    assert coach_statuses.codes <= {"OK", "FAILED_PRECONDITION", "CANCELLED"}, coach_statuses.codes
