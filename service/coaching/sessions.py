@@ -192,11 +192,15 @@ class Coaching:
                 assert isinstance(event, Turn)
                 text = event.text
                 question = await self._when_idle(
-                    principal, session, lambda: self._replies.record(principal, session.conversation_id, text, CONFIRMATION)
+                    principal,
+                    session,
+                    lambda: self._replies.record(principal, session.conversation_id, text, CONFIRMATION),
                 )
             else:
                 begin = self._begin_reply if step.action is Action.REPLY else self._begin_closing
-                started, events = await self._when_idle(principal, session, lambda: begin(principal, session, event, said))
+                started, events = await self._when_idle(
+                    principal, session, lambda: begin(principal, session, event, said)
+                )
         if step.action is Action.CONFIRM:
             yield WrapUpConfirmation(CONFIRMATION, question[1])
             return
@@ -285,9 +289,7 @@ class Coaching:
             pass
         return True
 
-    async def _when_idle(
-        self, principal: Principal, session: CoachingSession, begin: Callable[[], Awaitable[T]]
-    ) -> T:
+    async def _when_idle(self, principal: Principal, session: CoachingSession, begin: Callable[[], Awaitable[T]]) -> T:
         """`begin()`, again after waiting when a reply started in the conversation meanwhile (on another
         replica, or not from a coaching stream) made it refuse."""
         for attempt in range(1, START_ATTEMPTS + 1):
