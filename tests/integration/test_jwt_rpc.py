@@ -181,7 +181,7 @@ async def strict_replica(database_url: str) -> AsyncIterator[Replica]:
 
 
 async def test_a_jwt_expiring_mid_stream_ends_the_coach_stream_at_the_next_turn(strict_replica: Replica) -> None:
-    exp = int(time.time()) + 3
+    exp = int(time.time()) + 4
     call = CoachCall(strict_replica.stub, bearer(jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")))
     await call.begin(persona="english_buddy")
 
