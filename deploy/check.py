@@ -7,11 +7,12 @@ Sections:
               in the runtime stage, `chat-service serve` entrypoint, HEALTHCHECK through `chat-service health`.
   compose     compose.yaml against the Compose Specification schema (bundled with check-jsonschema), then
               the wiring: migrate before the service, volumes, stop grace vs. the shutdown settings, the
-              collector configuration and where the service exports to.
+              collector configuration and where the service exports to, the same model as the k8s base.
   k8s         the kustomize base rendered (kubectl kustomize, or its `resources` read directly) and every
               object validated against the Kubernetes OpenAPI schemas for the oldest and newest versions
               targeted (bundled with kubernetes-validate, strict: unknown fields fail), then the wiring:
-              probes on the served port, termination grace vs. the shutdown settings, selectors, the Job.
+              probes on the served port, termination grace vs. the shutdown settings, selectors, the Job,
+              egress to every URL the settings name, and deploy/README.md quoting the base's numbers.
   install     the Dockerfile's builder stage run for real, without Docker: ARG/ENV/WORKDIR/COPY/RUN
               interpreted in a temporary root (absolute ENV paths and WORKDIRs land under it; RUN steps that
               call apt-get are left to the image), then the runtime stage's ENTRYPOINT + CMD served on a
@@ -321,6 +322,31 @@ def check_compose(deploy: Path = DEPLOY) -> Problems:
             f" = {budget:g} s, or replies are SIGKILLed mid-shutdown"
         )
     problems += _check_collector(deploy, services, env)
+    problems += _check_model_agrees(deploy, services)
+    return problems
+
+
+def _interpolated(value: Any) -> str:
+    """A compose value as it is when the variable is unset: `${CHAT_DEFAULT_MODEL:-llama3.2}` is `llama3.2`."""
+    match = re.fullmatch(r"\$\{\w+:?-([^}]*)\}", str(value))
+    return match.group(1) if match else str(value)
+
+
+def _check_model_agrees(deploy: Path, services: dict[str, Any]) -> Problems:
+    """The compose stack and the Kubernetes base serve the same model from the same kind of provider, and
+    compose pulls the model it serves (two defaults drift apart silently otherwise)."""
+    config = (yaml.safe_load((deploy / "k8s" / "base" / "configmap.yaml").read_text()) or {}).get("data") or {}
+    env = _compose_env(services["chat-service"])
+    problems: Problems = []
+    for name in ("CHAT_LLM_PROVIDER", "CHAT_DEFAULT_MODEL"):
+        ours, theirs = _interpolated(env.get(name, "")), str(config.get(name, ""))
+        if ours != theirs:
+            problems.append(f"compose.yaml: chat-service {name} is {ours!r}, the k8s ConfigMap's is {theirs!r}")
+    pull = services.get("ollama-pull")
+    if pull is not None:
+        pulled = _interpolated((pull.get("entrypoint") or [""])[-1])
+        if pulled != _interpolated(env.get("CHAT_DEFAULT_MODEL", "")):
+            problems.append(f"compose.yaml: ollama-pull pulls {pulled!r}, not the model chat-service serves")
     return problems
 
 
@@ -395,7 +421,8 @@ def check_k8s(deploy: Path = DEPLOY) -> Problems:
                 problems.append(f"k8s {ident} (Kubernetes {version}): no schema: {error}")
     if problems:
         return problems
-    return _check_k8s_wiring(objects)
+    problems = _check_k8s_wiring(objects)
+    return problems or _check_guide(deploy / "README.md", objects)
 
 
 def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
@@ -492,9 +519,11 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
     for pdb in by_kind["PodDisruptionBudget"]:
         if not _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels):
             problems.append(f"k8s PDB {pdb['metadata']['name']}: its selector matches no Deployment pod")
+    secrets = {k: v for s in by_kind["Secret"] for k, v in (s.get("stringData") or {}).items()}
     for policy in by_kind["NetworkPolicy"]:
         if not _matches(policy["spec"]["podSelector"].get("matchLabels") or {}, pod_labels):
             problems.append(f"k8s NetworkPolicy {policy['metadata']['name']}: does not select the Deployment pods")
+        problems += _check_egress(policy, {**config, **secrets})
         allowed = {p.get("port") for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])}
         if allowed and not allowed & ports:
             problems.append(f"k8s NetworkPolicy {policy['metadata']['name']}: lets in no port the pods serve")
@@ -504,6 +533,60 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
             problems.append(f"k8s Job {job['metadata']['name']}: must run `migrate`")
         if job_container.get("image") != container.get("image"):
             problems.append(f"k8s Job {job['metadata']['name']}: image differs from the Deployment's")
+    return problems
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443, "grpc": 80, "postgresql": 5432, "postgres": 5432}
+
+
+def _check_egress(policy: dict[str, Any], settings: dict[str, Any]) -> Problems:
+    """Every server a setting names (a URL: the model server, Postgres, the OTLP collector) must be reachable
+    through the policy's egress: a port left out fails only at run time, as a timeout."""
+    rules = policy["spec"].get("egress") or []
+    if "Egress" not in (policy["spec"].get("policyTypes") or []) or any("ports" not in rule for rule in rules):
+        return []  # egress unrestricted, or a rule without ports: every port is open
+    allowed = {p.get("port") for rule in rules for p in rule["ports"] if p.get("protocol", "TCP") == "TCP"}
+    problems: Problems = []
+    for name, value in sorted(settings.items()):
+        match = re.fullmatch(r"([a-z]+)(?:\+\w+)?://(?:[^@/]*@)?([^:/?#]+)(?::(\d+))?(?:[/?#].*)?", str(value))
+        if not match:
+            continue
+        scheme, host, port = match.groups()
+        number = int(port) if port else DEFAULT_PORTS.get(scheme)
+        if number is not None and number not in allowed:
+            problems.append(
+                f"k8s NetworkPolicy {policy['metadata']['name']}: egress does not allow TCP {number}, which"
+                f" {name} needs ({host}:{number})"
+            )
+    return problems
+
+
+def _check_guide(guide: Path, objects: list[dict[str, Any]]) -> Problems:
+    """deploy/README.md quotes the base's numbers: its configuration table (the `here` column) and its
+    connection sum must be the ConfigMap's and the HPA's."""
+    config = {k: str(v) for o in objects if o["kind"] == "ConfigMap" for k, v in (o.get("data") or {}).items()}
+    text = guide.read_text()
+    problems: Problems = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 2 or not cells[0].startswith("`CHAT_"):
+            continue
+        names, values = re.findall(r"`(CHAT_\w+)`", cells[0]), re.findall(r"`([^`]*)`", cells[1])
+        if len(names) != len(values) or re.sub(r"`[^`]*`|[,\s]", "", cells[1]):
+            continue  # not literal values ("Secret", "default `10`"): nothing to compare
+        for name, value in zip(names, values, strict=True):
+            if name in config and config[name] != value:
+                problems.append(f"deploy/README.md: {name} is `{value}` in its table, {config[name]!r} in ConfigMap")
+    hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    surge = deployment["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
+    pool = int(config.get("CHAT_DATABASE_POOL_SIZE", 10))
+    needed = (hpa["spec"]["maxReplicas"] + surge) * (pool + 1) + 1
+    usable = int(hpa["metadata"]["annotations"][MAX_CONNECTIONS_ANNOTATION]) - POSTGRES_RESERVED_CONNECTIONS
+    times = "\N{MULTIPLICATION SIGN}"  # as the guide writes it
+    stated = f"({hpa['spec']['maxReplicas']} + {surge}) {times} ({pool} + 1) + 1 = {needed} of {usable}"
+    if stated not in text:
+        problems.append(f"deploy/README.md: Sizing must state the base's connection sum: {stated}")
     return problems
 
 

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
 from service.settings import Settings
+from service.startup import CannotStart
 from service.storage import migrate
 from service.storage.database import Database
 from service.storage.notifications import notifications_for
@@ -91,11 +93,7 @@ def build(
     """Every long-lived object, built once. Tests pass their own provider; nothing is built at import."""
     database = Database(settings.database_url, pool_size=settings.database_pool_size)
     notifications = notifications_for(settings.database_url)
-    metrics_endpoint = (
-        telemetry.MetricsEndpoint(settings.listen.rpartition(":")[0], settings.metrics_port)
-        if settings.metrics_port
-        else None
-    )
+    metrics_endpoint = _metrics_endpoint(settings) if settings.metrics_port else None
     metrics = telemetry.Metrics(metrics_endpoint.meter()) if metrics_endpoint else telemetry.noop_metrics()
     telemetry.instrument_libraries(database.engine.sync_engine)
     provider = telemetry.TracedProvider(provider or llm.build_provider(settings), metrics)
@@ -109,6 +107,7 @@ def build(
         flush_interval=settings.flush_interval_ms / 1000,
         lease_seconds=settings.lease_seconds,
         provider_attempts=settings.llm_retry_attempts,
+        max_reply_chars=settings.max_reply_chars,
     )
     uow = database.unit_of_work
     replies = Replies(
@@ -142,7 +141,7 @@ def build(
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
-    metrics.observe_flushes(lambda: replies.flusher.commits)
+    metrics.observe_flushes(lambda: replies.generations.commits)
     transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
     coaching = Coaching(
         SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),
@@ -194,23 +193,33 @@ class App:
         self.port = 0
 
     async def start(self, address: str | None = None) -> int:
+        """Check the database and take the port before starting anything (a failure then leaves nothing to
+        undo), then serve. Raises `CannotStart` when the database or the port is not usable."""
         settings = self.deps.settings
         if settings.should_migrate:
             await asyncio.to_thread(migrate.upgrade, settings.database_url)
+        else:
+            await migrate.check(settings.database_url)
+        self.port = self._listen(address or settings.listen)
         await self.deps.notifications.start()
         await self.deps.replies.start()
-        credentials = server_credentials(settings)
-        address = address or settings.listen
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
-        if not self.port:
-            raise OSError(f"cannot listen on {address}")
         await self.server.start()
         for service_name in ("", CHAT_SERVICE):
             await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
         return self.port
+
+    def _listen(self, address: str) -> int:
+        credentials = server_credentials(self.deps.settings)
+        try:
+            if credentials is None:
+                port = self.server.add_insecure_port(address)
+            else:
+                port = self.server.add_secure_port(address, credentials)
+        except RuntimeError as error:  # grpc says only "Failed to bind"; the operating system says why
+            raise cannot_listen(address) from error
+        if not port:
+            raise cannot_listen(address)
+        return port
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING first (serving on for the drain period, so load balancers notice), then no new
@@ -278,15 +287,60 @@ def _connection_age_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def _metrics_endpoint(settings: Settings) -> telemetry.MetricsEndpoint:
+    host = settings.listen.rpartition(":")[0]
+    try:
+        return telemetry.MetricsEndpoint(host, settings.metrics_port)
+    except OSError as error:
+        raise CannotStart(
+            f"cannot serve /metrics on {host}:{settings.metrics_port}: {error.strerror or error}",
+            "choose another CHAT_METRICS_PORT, or stop the process using it",
+        ) from error
+
+
+def cannot_listen(address: str) -> CannotStart:
+    return CannotStart(
+        f"cannot listen on {address}: {_bind_failure(address)}",
+        "choose another host:port with --listen or CHAT_LISTEN, or stop the process using it",
+    )
+
+
+def _bind_failure(address: str) -> str:
+    """Why `address` cannot be bound, in the operating system's words (asked again with a plain socket)."""
+    host, _, port = address.rpartition(":")
+    try:
+        found = socket.getaddrinfo(host.strip("[]") or None, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, ValueError) as error:
+        return f"the host does not resolve ({error})"
+    for family, kind, proto, _, where in found:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            try:
+                probe.bind(where)
+            except OSError as error:
+                return error.strerror or str(error)
+    return "gRPC could not bind it"
+
+
 async def serve(settings: Settings, *, on_listening: Callable[[str], None] = print) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully. Raises `CannotStart` (having released
+    whatever it had opened) when the database or a port is not usable."""
     shutdown_tracing = telemetry.configure_tracing()
-    app = App(build(settings))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    port = await app.start()
+    try:
+        app = App(build(settings))
+        try:
+            port = await app.start()
+        except BaseException:
+            await app.deps.replies.close(0)
+            await app.deps.aclose()
+            raise
+    except BaseException:
+        shutdown_tracing()
+        raise
     host = settings.listen.rpartition(":")[0]
     logger.info(
         "serving",

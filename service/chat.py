@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from datetime import datetime
+from typing import TypeVar
 
 from service.domain import (
     Conversation,
@@ -27,13 +29,16 @@ from service.domain import (
 from service.export import ExportFormat, writer_for
 from service.pagination import PageTokens, page_size
 from service.personas import PersonaCatalog
-from service.ports import Provider, UnitOfWork, UnitOfWorkFactory
+from service.ports import Provider, RowsPage, UnitOfWork, UnitOfWorkFactory
 from service.replies import Replies
 
 logger = logging.getLogger(__name__)
 
 TITLE_MAX = 200
 DEFAULT_TITLE = "New conversation"
+# Text one response may carry: a page stops early rather than exceed what a default gRPC client accepts (4 MB);
+# a character is at most 4 bytes of UTF-8, and a single message is far below this (CHAT_MAX_REPLY_CHARS).
+RESPONSE_TEXT_CHARS = 750_000
 UPDATABLE = frozenset({"title", "model", "persona", "system_prompt"})
 EXPORT_PAGE_SIZE = 100
 
@@ -47,7 +52,12 @@ class ConversationFields:
 
 
 class ModelCatalog:
-    """The provider's models, cached briefly: checking a name must not cost a provider round trip each time."""
+    """The models conversations may use: the provider's, cached briefly (checking a name must not cost a
+    provider round trip each time), and always the configured default model, under its configured name.
+
+    Servers name their models their own way (llama.cpp server lists its file name, vLLM its served name,
+    Ollama adds a `:latest` tag), so the default is offered and accepted as configured whatever the listing
+    says; a server that does not know it says so when a reply asks for it (FAILED_PRECONDITION)."""
 
     def __init__(self, provider: Provider, *, default_model: str, ttl: float = 30.0) -> None:
         self._provider = provider
@@ -56,20 +66,39 @@ class ModelCatalog:
         self._cached: tuple[float, Sequence[ModelInfo]] | None = None
 
     async def models(self) -> Sequence[ModelInfo]:
-        if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
-            self._cached = (time.monotonic(), await self._provider.list_models())
-        return self._cached[1]
+        """The provider's models, with the entry for the default model named as configured (added if the
+        provider does not list it under any of its names)."""
+        listed = await self._listed()
+        if any(m.name == self.default_model for m in listed):
+            return listed
+        tagged = next((m for m in listed if _same_model(m.name, self.default_model)), None)
+        if tagged is None:
+            return [*listed, ModelInfo(name=self.default_model, provider=self._provider.name)]
+        named = dataclasses.replace(tagged, name=self.default_model)
+        return [named if m is tagged else m for m in listed]
 
     async def check(self, name: str) -> None:
         """Raise ModelNotFound for a name the provider does not offer. An unreachable provider is not a
         reason to refuse a conversation: the reply will report it."""
+        if name == self.default_model:
+            return
         try:
-            names = {m.name for m in await self.models()}
+            listed = await self._listed()
         except Unavailable:
             logger.warning("could not list models to check %r; accepting it", name)
             return
-        if name not in names and f"{name}:latest" not in names:
+        if not any(_same_model(m.name, name) for m in listed):
             raise ModelNotFound(name)
+
+    async def _listed(self) -> Sequence[ModelInfo]:
+        if self._cached is None or time.monotonic() - self._cached[0] > self._ttl:
+            self._cached = (time.monotonic(), await self._provider.list_models())
+        return self._cached[1]
+
+
+def _same_model(listed: str, name: str) -> bool:
+    """Whether a listed model answers to `name`: the same, or `name` without its implicit `:latest` tag."""
+    return listed in (name, f"{name}:latest")
 
 
 class Conversations:
@@ -166,7 +195,7 @@ class Conversations:
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
             await _owned(uow, principal, conversation_id)
-            rows = await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
+            rows = await _bounded(functools.partial(_page_of, uow, conversation_id, after), limit)
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
 
     async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
@@ -176,7 +205,12 @@ class Conversations:
         scope = "search:" + principal.user_id + "\x00" + " ".join(terms)
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
-            rows = await uow.messages.search(principal.user_id, terms, limit=limit, after=after)
+            messages = uow.messages
+            rows = await _bounded(
+                lambda n: messages.search(principal.user_id, terms, limit=n, after=after),
+                limit,
+                size=lambda hit: len(hit.message.content) + len(hit.snippet),
+            )
         return Page(rows.items, self._tokens.encode(scope, rows.cursor))
 
     async def export(
@@ -201,7 +235,7 @@ class Conversations:
         after: str | None = None
         while True:
             async with self._uow() as uow:
-                rows = await uow.messages.list_by_conversation(conversation_id, limit=EXPORT_PAGE_SIZE, after=after)
+                rows = await _bounded(functools.partial(_page_of, uow, conversation_id, after), EXPORT_PAGE_SIZE)
             yield writer.messages(rows.items)
             if rows.cursor is None:
                 break
@@ -238,6 +272,33 @@ class Conversations:
         if "model" in names and fields.model:
             await self._models.check(fields.model)
         return fields
+
+
+T = TypeVar("T")
+
+
+async def _page_of(uow: UnitOfWork, conversation_id: str, after: str | None, limit: int) -> RowsPage[Message]:
+    return await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
+
+
+async def _bounded(
+    fetch: Callable[[int], Awaitable[RowsPage[T]]],
+    limit: int,
+    *,
+    size: Callable[[T], int] = lambda message: len(message.content),  # type: ignore[attr-defined]
+) -> RowsPage[T]:
+    """A page of at most `limit` items whose text fits one response (RESPONSE_TEXT_CHARS), but never empty: when
+    the first fetch is too big, fetch again only as many as fit (the storage's cursor stays exact)."""
+    page = await fetch(limit)
+    total, fitting = 0, 0
+    for item in page.items:
+        total += size(item)
+        if total > RESPONSE_TEXT_CHARS:
+            break
+        fitting += 1
+    if fitting == len(page.items):
+        return page
+    return await fetch(max(fitting, 1))
 
 
 async def _owned(

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from service import logs
 from service.personas import PersonaConfigError
 from service.settings import Settings
+from service.startup import CannotStart
+
+logger = logging.getLogger(__name__)
+SEE_CONFIGURATION = "fix the flag or the CHAT_* variable (README.md, Configuration, lists them all)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,41 +76,77 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # gRPC's native core writes its own plain-text lines to stderr (a failed bind, for one), which would break
+    # the one-JSON-object-per-line log; we report what matters ourselves. Set GRPC_VERBOSITY to see them.
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
     except ValidationError as error:
-        print(f"chat-service: invalid configuration:\n{error}", file=sys.stderr)
-        return 2
+        logs.configure()
+        return _fail(f"invalid configuration: {_violations(error)}", SEE_CONFIGURATION, code=2)
     logs.configure(settings.log_level)
     try:
         if args.command == "serve":
             return _serve(settings, demo_key=args.demo_key)
         if args.command == "migrate":
-            from service.storage import migrate
-
-            migrate.upgrade(settings.database_url)
-            print(f"migrated {settings.database_url.split('@')[-1]} to {migrate.current_head()}")
-            return 0
+            return _migrate(settings)
         if args.command == "health":
             return _health(settings.listen, service=args.service, timeout=args.timeout)
         return asyncio.run(_keys(settings, args))
     except KeyboardInterrupt:
         return 130
     except PersonaConfigError as error:
-        print(f"chat-service: invalid personas file: {error}", file=sys.stderr)
-        return 2
+        return _fail(
+            f"invalid personas file: {error}", "fix CHAT_PERSONAS_FILE (service/personas.toml shows the format)", code=2
+        )
+    except CannotStart as error:
+        return _fail(error.problem, error.hint)
+
+
+def _fail(problem: str, hint: str, *, code: int = 1) -> int:
+    """Why this command cannot go on and what to do, as one log line (stderr carries only JSON lines)."""
+    logger.error(problem, extra={"hint": hint})
+    return code
+
+
+def _violations(error: ValidationError) -> str:
+    """Each invalid setting by the name an operator sets it with (`CHAT_LISTEN: must be host:port`)."""
+    return "; ".join(_violation(e) for e in error.errors())
+
+
+def _violation(error: ErrorDetails) -> str:
+    message = error["msg"].removeprefix("Value error, ")
+    if not error["loc"]:  # a rule over several settings: its message names them
+        return message
+    return f"CHAT_{'_'.join(str(part) for part in error['loc']).upper()}: {message}"
 
 
 def _serve(settings: Settings, *, demo_key: bool) -> int:
     from service import app
+    from service.domain import DomainError
 
     if demo_key:
         if not settings.is_sqlite:
-            print("chat-service: --demo-key is for the embedded SQLite database only", file=sys.stderr)
-            return 2
+            hint = "leave it out; create keys with `chat-service keys create --user NAME`"
+            return _fail("--demo-key is for the embedded SQLite database only", hint, code=2)
         asyncio.run(_print_demo_key(settings))
-    asyncio.run(app.serve(settings, on_listening=lambda line: print(line, flush=True)))
+    try:
+        asyncio.run(app.serve(settings, on_listening=lambda line: print(line, flush=True)))
+    except DomainError as error:  # raised while starting: a model that cannot load, a database gone away
+        return _fail(f"cannot start: {error.message}", SEE_CONFIGURATION)
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    """Create the Postgres database when it is missing (saying so), then bring its schema to the newest."""
+    from service.storage import migrate
+
+    where = migrate.describe(settings.database_url)
+    if asyncio.run(migrate.ensure_database(settings.database_url)):
+        print(f"created the {where}", flush=True)
+    migrate.upgrade(settings.database_url)
+    print(f"migrated the {where} to {migrate.current_head()}")
     return 0
 
 
@@ -144,12 +185,14 @@ async def _with_keys(settings: Settings) -> Any:
 
     if settings.should_migrate:
         await asyncio.to_thread(migrate.upgrade, settings.database_url)
+    else:
+        await migrate.check(settings.database_url)
     database = Database(settings.database_url, pool_size=1)
     return database, ApiKeys(database.unit_of_work, PageTokens(page_token_secret(settings)), clock=utc_now)
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
-    from service.domain import DomainError
+    from service.domain import DomainError, Unavailable
 
     database, keys = await _with_keys(settings)
     try:
@@ -175,8 +218,8 @@ async def _keys(settings: Settings, args: argparse.Namespace) -> int:
             print(f"revoked key {args.key_id}")
         return 0
     except DomainError as error:
-        print(f"chat-service: {error.message}", file=sys.stderr)
-        return 1
+        retry = isinstance(error, Unavailable)
+        return _fail(error.message, "retry when the database is back" if retry else "see `chat-service keys --help`")
     finally:
         await database.dispose()
 

@@ -54,6 +54,7 @@ class Conversation:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    estimated: bool = False  # the provider did not count them: `estimate_tokens` and text pieces did
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +72,17 @@ class Message:
     usage: Usage = field(default_factory=Usage)
     finish_reason: FinishReason = FinishReason.NONE
     error_message: str = ""
+    error_reason: str = ""  # a FAILED reply's error reason (`DomainError.reason`), so every reader gets one status
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A replica's claim on a reply in flight. Every write a generation makes is fenced by (owner, epoch): the
+    epoch only grows, so a replica that lost the lease (paused, cut off, judged dead) can never write again."""
+
+    owner: str
+    epoch: int
+    expires_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +248,15 @@ class ModelNotFound(FailedPrecondition):
 
 class DeadlineExceeded(DomainError):
     reason = "DEADLINE_EXCEEDED"
+
+
+def reply_error(message: Message) -> DomainError:
+    """The error every reader of a FAILED reply gets — live, resumed, attached by a retry, on any replica — made
+    from what is stored, so one reply is never an error to one reader and a success to the next."""
+    if message.error_reason == ModelNotFound.reason:
+        return ModelNotFound(message.model)
+    kind = ModelUnavailable if message.error_reason == ModelUnavailable.reason else ModelFailed
+    return kind(message.error_message or "the reply failed", metadata={"messageId": message.id})
 
 
 class DuplicateRequest(Exception):

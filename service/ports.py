@@ -9,7 +9,7 @@ from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
 from service.coaching.state import CoachingSession
-from service.domain import ApiKey, Completion, Conversation, Message, ModelInfo, Prompt, SearchHit
+from service.domain import ApiKey, Completion, Conversation, Lease, Message, ModelInfo, Prompt, SearchHit
 
 T = TypeVar("T")
 
@@ -39,13 +39,21 @@ class Provider(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Flush:
-    """Progress of one reply in flight, written by the batched flusher."""
+    """Progress of one reply in flight, written by the batched flusher under the lease it holds."""
 
     message_id: str
     content: str
-    lease_owner: str
-    lease_expires_at: datetime
+    lease: Lease  # written only while the row is STREAMING under exactly this owner and epoch
+    renewed_until: datetime
     update_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """A STREAMING reply's lease as stored, and whether someone asked to cancel it."""
+
+    epoch: int
+    cancel_requested: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +87,9 @@ class ConversationRepository(Protocol):
 
 
 class MessageRepository(Protocol):
-    async def add(self, message: Message, *, lease: tuple[str, datetime] | None = None) -> None:
-        """Insert, with a lease (owner, expiry) for a STREAMING reply. Raises `DuplicateRequest` when
-        (owner, request_id, role) already exists; the unit of work must then be abandoned."""
+    async def add(self, message: Message, *, lease: Lease | None = None) -> None:
+        """Insert, with a lease for a STREAMING reply. Raises `DuplicateRequest` when (owner, request_id, role)
+        already exists; the unit of work must then be abandoned."""
         ...
 
     async def get(self, message_id: str) -> Message | None: ...
@@ -107,15 +115,17 @@ class MessageRepository(Protocol):
         ...
 
     async def flush(self, batch: Sequence[Flush]) -> None:
-        """Write the partial content and renew the lease of replies in flight (one statement, many rows)."""
+        """Write the partial content and renew the lease of replies in flight (one statement, many rows). Rows
+        no longer STREAMING under the flush's lease (owner and epoch) are left untouched: fenced."""
         ...
 
-    async def owned_streaming(self, lease_owner: str) -> dict[str, bool]:
-        """STREAMING replies leased by `lease_owner`: message id -> cancel requested."""
+    async def leased(self, lease_owner: str) -> dict[str, Held]:
+        """STREAMING replies leased by `lease_owner`, by message id."""
         ...
 
-    async def finish(self, message: Message) -> None:
-        """Write a reply's final state (content, status, usage, finish reason, error) and clear its lease."""
+    async def finish(self, message: Message, lease: Lease) -> bool:
+        """Write a reply's final state (content, status, usage, finish reason, error) and clear its lease, only
+        if the row is still STREAMING under `lease` (owner and epoch). False: fenced, nothing written."""
         ...
 
     async def request_cancel(self, message_id: str) -> None:
@@ -136,7 +146,8 @@ class MessageRepository(Protocol):
         lease_owner: str | None = None,
     ) -> Sequence[str]:
         """Atomically end STREAMING replies whose lease expired before `now` (or that `lease_owner` held),
-        optionally only `message_id`. Returns the ids this call changed, so each is ended exactly once."""
+        optionally only `message_id`, moving their lease epoch on. Returns the ids this call changed, so each is
+        ended exactly once."""
         ...
 
 

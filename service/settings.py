@@ -54,7 +54,10 @@ class Settings(BaseSettings):
     default_model: str = Field("", description="model for new conversations; default per provider")
     llm_timeout_seconds: float = Field(60.0, gt=0, description="provider connect/read timeout")
     llm_retry_attempts: int = Field(3, ge=1, description="tries before the first token when unreachable")
-    max_reply_tokens: int = Field(512, gt=0, description="token limit per reply")
+    max_reply_tokens: int = Field(512, gt=0, description="token limit per reply (asked of the model)")
+    max_reply_chars: int = Field(
+        100_000, gt=0, le=100_000, description="hard limit on a reply's length, whatever the model does"
+    )
     history_token_budget: int = Field(3072, gt=0, description="tokens of history sent to the model")
     history_max_messages: int = Field(200, gt=0, description="newest messages considered for history")
     local_model_path: Path | None = Field(

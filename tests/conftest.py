@@ -82,3 +82,16 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         url = request.getfixturevalue("postgres_database")
         await _truncate(url)
         yield url
+
+
+NO_SKIPS = os.environ.get("CHAT_TEST_NO_SKIPS", "") not in ("", "0", "false")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """CI (`CHAT_TEST_NO_SKIPS=1`, set by .ci/run) counts a skipped test as a failure: a check that did not run
+    is not a check that passed."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if NO_SKIPS and skipped and exitstatus == pytest.ExitCode.OK:
+        reporter.write_line(f"CHAT_TEST_NO_SKIPS: {len(skipped)} test(s) skipped; failing the run", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -22,6 +22,7 @@ from service.domain import (
     Conversation,
     DuplicateRequest,
     FinishReason,
+    Lease,
     Message,
     MessageStatus,
     ModelFailed,
@@ -33,7 +34,7 @@ from service.domain import (
     Unavailable,
     Usage,
 )
-from service.ports import Clock, Flush, Provider, RowsPage, UnitOfWorkFactory
+from service.ports import Clock, Flush, Held, Provider, RowsPage, UnitOfWorkFactory
 
 T = TypeVar("T")
 
@@ -49,6 +50,7 @@ class MessageRow:
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None
     cancel_requested: bool = False
+    lease_epoch: int = 0
 
 
 @dataclass
@@ -155,6 +157,9 @@ class FakeUnitOfWork:
     ) -> None:
         self._tx = None  # leaving without commit discards the changes
         self._storage._lock.release()
+        # Like returning a connection to a real pool (a reset round trip): leaving a unit of work is a point
+        # where the caller can be cancelled, after its commit.
+        await asyncio.sleep(0)
 
     async def commit(self) -> None:
         assert self._tx is not None, "commit outside `async with`"
@@ -236,15 +241,19 @@ class FakeMessages:
         self._rows()[row.message.id] = updated
         return updated
 
-    async def add(self, message: Message, *, lease: tuple[str, datetime] | None = None) -> None:
+    async def add(self, message: Message, *, lease: Lease | None = None) -> None:
         state = self._tx.state
         if message.id in state.messages or any(_same_request(r.message, message) for r in state.messages.values()):
             self._tx.aborted = True
             raise DuplicateRequest(message.request_id)
         if message.conversation_id not in state.conversations:
             raise LookupError(f"foreign key: no conversation {message.conversation_id}")
-        owner, expires = lease if lease is not None else (None, None)
-        state.messages[message.id] = MessageRow(message, state.next_seq, owner, expires)
+        if lease is None:
+            state.messages[message.id] = MessageRow(message, state.next_seq)
+        else:
+            state.messages[message.id] = MessageRow(
+                message, state.next_seq, lease.owner, lease.expires_at, lease_epoch=lease.epoch
+            )
         state.next_seq += 1
 
     async def get(self, message_id: str) -> Message | None:
@@ -292,27 +301,32 @@ class FakeMessages:
                 return row.message
         return None
 
+    def _held(self, message_id: str, lease: Lease) -> MessageRow | None:
+        """The row, if it is STREAMING under exactly `lease` (owner and epoch): the fence of every write."""
+        row = self._rows().get(message_id)
+        if row is None or row.message.status is not MessageStatus.STREAMING:
+            return None
+        return row if (row.lease_owner, row.lease_epoch) == (lease.owner, lease.epoch) else None
+
     async def flush(self, batch: Sequence[Flush]) -> None:
         for item in batch:
-            row = self._rows().get(item.message_id)
-            if row is None or row.message.status is not MessageStatus.STREAMING:
+            row = self._held(item.message_id, item.lease)
+            if row is None:
                 continue
             row = self._set(row, content=item.content, update_time=item.update_time)
-            self._rows()[row.message.id] = dataclasses.replace(
-                row, lease_owner=item.lease_owner, lease_expires_at=item.lease_expires_at
-            )
+            self._rows()[row.message.id] = dataclasses.replace(row, lease_expires_at=item.renewed_until)
 
-    async def owned_streaming(self, lease_owner: str) -> dict[str, bool]:
+    async def leased(self, lease_owner: str) -> dict[str, Held]:
         return {
-            r.message.id: r.cancel_requested
+            r.message.id: Held(r.lease_epoch, r.cancel_requested)
             for r in _by_seq(self._rows().values())
             if r.message.status is MessageStatus.STREAMING and r.lease_owner == lease_owner
         }
 
-    async def finish(self, message: Message) -> None:
-        row = self._rows().get(message.id)
+    async def finish(self, message: Message, lease: Lease) -> bool:
+        row = self._held(message.id, lease)
         if row is None:
-            return
+            return False
         row = self._set(
             row,
             content=message.content,
@@ -320,10 +334,12 @@ class FakeMessages:
             usage=message.usage,
             finish_reason=message.finish_reason,
             error_message=message.error_message,
+            error_reason=message.error_reason,
             update_time=message.update_time,
         )
         self._rows()[message.id] = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
         self._tx.state.endings.append((message.id, message.status))
+        return True
 
     async def request_cancel(self, message_id: str) -> None:
         row = self._rows().get(message_id)
@@ -357,7 +373,9 @@ class FakeMessages:
             if not (claimed or row.lease_expires_at is None):
                 continue
             row = self._set(row, status=MessageStatus(status), error_message=error_message, update_time=now)
-            self._rows()[row.message.id] = dataclasses.replace(row, lease_owner=None, lease_expires_at=None)
+            self._rows()[row.message.id] = dataclasses.replace(
+                row, lease_owner=None, lease_expires_at=None, lease_epoch=row.lease_epoch + 1
+            )
             self._tx.state.endings.append((row.message.id, MessageStatus(status)))
             changed.append(row.message.id)
         return changed

@@ -79,9 +79,11 @@ class OllamaProvider:
 def _completion(final: ollama.ChatResponse, prompt: Prompt, pieces: int) -> Completion:
     prompt_tokens = final.prompt_eval_count
     completion_tokens = final.eval_count
+    # Ollama may leave the counts out of its final chunk: estimate what is missing, and say so.
     usage = Usage(
         prompt_tokens=estimate_prompt_tokens(prompt.turns) if prompt_tokens is None else prompt_tokens,
         completion_tokens=pieces if completion_tokens is None else completion_tokens,
+        estimated=prompt_tokens is None or completion_tokens is None,
     )
     return Completion(finish_reason(final.done_reason), usage)
 

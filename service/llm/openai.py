@@ -55,7 +55,8 @@ class _Reply:
         # Some servers omit `[DONE]`; a finish reason also shows the reply ended on purpose.
         if not self.done and self.reason is None:
             raise ModelFailed("the openai server ended the reply before it was complete")
-        usage = self.usage or Usage(estimate_prompt_tokens(prompt.turns), self.pieces)
+        # Servers that ignore `stream_options.include_usage` send no counts: ours are estimates, and say so.
+        usage = self.usage or Usage(estimate_prompt_tokens(prompt.turns), self.pieces, estimated=True)
         return Completion(finish_reason(self.reason), usage)
 
 

@@ -1,12 +1,12 @@
-"""One reply being generated: a task owned by the server, not by the RPC that asked for it."""
+"""One reply being generated: its state, and the producer that feeds its buffer from the model."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -15,6 +15,7 @@ from service.domain import (
     Completion,
     DomainError,
     FinishReason,
+    Lease,
     Message,
     MessageStatus,
     ModelFailed,
@@ -24,6 +25,7 @@ from service.domain import (
 )
 from service.ports import Provider
 from service.replies.buffer import Outcome, ReplyBuffer
+from service.replies.text import TextCleaner
 
 logger = logging.getLogger(__name__)
 
@@ -31,18 +33,21 @@ STOP_MESSAGES = {
     MessageStatus.CANCELLED: "",
     MessageStatus.INTERRUPTED: "the service stopped while the reply was being generated",
 }
+ERROR_MESSAGE_CHARS = 500  # the stored column's size
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)
 class Generation:
-    """Mutable state of a reply in flight. `message` is the row as inserted (status STREAMING)."""
+    """Mutable state of a reply in flight. `message` is the row as inserted (status STREAMING); `lease` is the
+    claim every write is fenced by."""
 
     message: Message
     prompt: Prompt
     buffer: ReplyBuffer
-    lease_expires_at: datetime
+    lease: Lease
     flushed_length: int = 0
     stop_status: MessageStatus | None = None
+    fenced: bool = False  # another replica ended or took the reply: this one must not write it again
     first_token_at: float | None = None  # time.perf_counter() of the first text piece
     producer: asyncio.Task[Completion] | None = None
     task: asyncio.Task[None] | None = None
@@ -52,10 +57,19 @@ class Generation:
         return self.message.id
 
     def stop(self, status: MessageStatus) -> None:
-        """Ask the generation to end with `status` (CANCELLED or INTERRUPTED); idempotent."""
-        if self.stop_status is None and self.producer is not None and not self.producer.done():
+        """Ask the generation to end with `status` (CANCELLED or INTERRUPTED); idempotent, and effective even
+        before the model was called."""
+        if self.stop_status is None and self.buffer.outcome is None:
             self.stop_status = status
-            self.producer.cancel()
+            if self.producer is not None:
+                self.producer.cancel()
+
+    def fence(self) -> None:
+        """The lease is lost: stop at once and write nothing more."""
+        if not self.fenced and self.buffer.outcome is None:
+            self.fenced = True
+            if self.producer is not None:
+                self.producer.cancel()
 
     async def ended(self) -> Outcome:
         assert self.task is not None
@@ -65,12 +79,13 @@ class Generation:
 
 
 class Producer:
-    """Runs the provider for a generation: retries an unreachable provider before the first token, never
-    after (text cannot be taken back), and appends every piece to the buffer."""
+    """Runs the provider for a generation: retries an unreachable provider before the first token, never after
+    (text cannot be taken back); cleans every piece (see `text.py`) and stops a reply at `max_chars`."""
 
-    def __init__(self, provider: Provider, *, attempts: int) -> None:
+    def __init__(self, provider: Provider, *, attempts: int, max_chars: int) -> None:
         self._provider = provider
         self._attempts = attempts
+        self._max_chars = max_chars
 
     async def run(self, generation: Generation) -> Completion:
         retrying = AsyncRetrying(
@@ -85,67 +100,64 @@ class Producer:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _consume(self, generation: Generation) -> Completion:
-        buffer = generation.buffer
+        buffer, cleaner, room = generation.buffer, TextCleaner(), self._max_chars
         completion: Completion | None = None
         try:
-            async for item in self._provider.stream(generation.prompt):
-                if type(item) is str:
+            async with contextlib.aclosing(self._provider.stream(generation.prompt)) as items:  # type: ignore[type-var]
+                async for item in items:
+                    if type(item) is not str:
+                        assert isinstance(item, Completion)
+                        completion = item
+                        continue
                     if generation.first_token_at is None:
                         generation.first_token_at = time.perf_counter()
-                    buffer.append(item)
-                else:
-                    assert isinstance(item, Completion)
-                    completion = item
+                    text = cleaner.feed(item)
+                    if buffer.length + len(text) > room:
+                        buffer.append(text[: room - buffer.length])
+                        return _cut(buffer.length)
+                    if text:
+                        buffer.append(text)
         except ModelUnavailable as error:
             if buffer.length:  # the provider broke after text flowed: not retryable
                 raise ModelFailed("the model provider failed while generating the reply") from error
             raise
-        return completion or Completion(FinishReason.STOP, Usage(completion_tokens=len(buffer.text.split())))
+        if tail := cleaner.finish():
+            buffer.append(tail[: room - buffer.length])
+        counted = Usage(completion_tokens=len(buffer.text.split()), estimated=True)
+        return completion or Completion(FinishReason.STOP, counted)
+
+
+def _cut(length: int) -> Completion:
+    """The end of a reply stopped at the size limit: the model would have written on."""
+    logger.warning("a reply reached the size limit (%d characters) and was cut there", length)
+    return Completion(FinishReason.LENGTH, Usage(completion_tokens=length // 4, estimated=True))
 
 
 def final_message(
     generation: Generation, *, completion: Completion | None, error: DomainError | None, now: datetime
 ) -> Message:
     """The row to store when a generation ends, from how it ended."""
+    reason = ""
     if error is not None:
-        status, reason, usage, note = MessageStatus.FAILED, FinishReason.NONE, Usage(), error.message
+        status, finish, usage, note, reason = (
+            MessageStatus.FAILED,
+            FinishReason.NONE,
+            Usage(),
+            error.message,
+            error.reason,
+        )
     elif completion is None:
         status = generation.stop_status or MessageStatus.INTERRUPTED
-        reason, usage, note = FinishReason.NONE, Usage(), STOP_MESSAGES[status]
+        finish, usage, note = FinishReason.NONE, Usage(), STOP_MESSAGES[status]
     else:
-        status, reason, usage, note = MessageStatus.COMPLETED, completion.finish_reason, completion.usage, ""
+        status, finish, usage, note = MessageStatus.COMPLETED, completion.finish_reason, completion.usage, ""
     return dataclasses.replace(
         generation.message,
         content=generation.buffer.text,
         status=status,
-        finish_reason=reason,
+        finish_reason=finish,
         usage=usage,
-        error_message=note,
+        error_message=note[:ERROR_MESSAGE_CHARS],
+        error_reason=reason,
         update_time=now,
     )
-
-
-async def drive(
-    generation: Generation,
-    producer: Producer,
-    *,
-    persist: Callable[[Message], Awaitable[None]],
-    clock: Callable[[], datetime],
-) -> None:
-    """The generation task: produce, then store the final state, then release every reader."""
-    generation.producer = asyncio.create_task(producer.run(generation), name=f"produce-{generation.id}")
-    completion: Completion | None = None
-    error: DomainError | None = None
-    try:
-        completion = await asyncio.shield(generation.producer)
-    except asyncio.CancelledError:
-        if not generation.producer.cancelled():
-            raise  # the drive task itself was cancelled (hard shutdown): nothing more to do
-    except DomainError as exc:
-        error = exc
-    except Exception:
-        logger.exception("generation %s failed unexpectedly", generation.id)
-        error = ModelFailed("the reply failed unexpectedly")
-    final = final_message(generation, completion=completion, error=error, now=clock())
-    await persist(final)
-    generation.buffer.close(Outcome(final, error))

@@ -28,12 +28,13 @@ from service.domain import (
     estimate_tokens,
     history_window,
     new_id,
+    reply_error,
 )
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, UnitOfWork, UnitOfWorkFactory
-from service.replies.buffer import Delta, Ended, ReplyBuffer, read
-from service.replies.flusher import ABANDONED_MESSAGE, Flusher
-from service.replies.generation import Generation, Producer, drive
+from service.replies.buffer import Delta, Ended, read
+from service.replies.generation import Producer
+from service.replies.generations import ABANDONED_MESSAGE, Generations
 from service.replies.remote import RemoteFollower
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ReplyLimits:
     flush_interval: float = 0.25
     lease_seconds: float = 10.0
     provider_attempts: int = 3
+    max_reply_chars: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +88,6 @@ class Replies:
         self._replica_id = replica_id
         self._clock = clock
         self._limits = limits
-        self._producer = Producer(provider, attempts=limits.provider_attempts)
-        self._live: dict[str, Generation] = {}
         self._closing = False
         self._remote = RemoteFollower(
             uow,
@@ -96,16 +96,17 @@ class Replies:
             lease_seconds=limits.lease_seconds,
             notifications=notifications,
         )
-        self.flusher = Flusher(
-            self._live,
+        self.generations = Generations(
             uow,
+            Producer(provider, attempts=limits.provider_attempts, max_chars=limits.max_reply_chars),
             replica_id=replica_id,
-            interval=limits.flush_interval,
-            lease=limits.lease_seconds,
             clock=clock,
-            on_flushed=self._remote.publish,
+            flush_interval=limits.flush_interval,
+            lease_seconds=limits.lease_seconds,
+            on_changed=self._remote.publish,
         )
         self._flusher_task: asyncio.Task[None] | None = None
+        self._starting: set[asyncio.Task[_Reply]] = set()
 
     # ------------------------------------------------------------------------------------------ lifecycle
 
@@ -121,25 +122,21 @@ class Replies:
             await uow.commit()
         if orphans:
             logger.warning("marked %d replies left by a previous run INTERRUPTED", len(orphans))
-        self._flusher_task = asyncio.create_task(self.flusher.run(), name="reply-flusher")
+        self._flusher_task = asyncio.create_task(self.generations.run_flusher(), name="reply-flusher")
 
     async def close(self, grace: float) -> None:
         """Refuse new replies, let those in flight finish within `grace` seconds, end the rest INTERRUPTED."""
         self._closing = True
-        generations = list(self._live.values())
-        if generations:
-            _done, pending = await asyncio.wait([g.task for g in generations if g.task], timeout=grace)
-            for generation in generations:
-                generation.stop(MessageStatus.INTERRUPTED)
-            if pending:
-                await asyncio.wait(pending, timeout=max(grace, 5.0))
+        if self._starting:  # replies being started (committed, not yet launched) are in flight too
+            await asyncio.wait(self._starting, timeout=grace)
+        await self.generations.close(grace)
         if self._flusher_task:
             self._flusher_task.cancel()
             await asyncio.gather(self._flusher_task, return_exceptions=True)
 
     @property
     def in_flight(self) -> int:
-        return len(self._live)
+        return len(self.generations)
 
     # ------------------------------------------------------------------------------------------ use cases
 
@@ -221,7 +218,7 @@ class Replies:
         message_id = check_id("message_id", message_id)
         async with self._uow() as uow:
             message = await self._owned_reply(uow, principal, message_id)
-            if message.status is MessageStatus.STREAMING and message.id not in self._live:
+            if message.status is MessageStatus.STREAMING and self.generations.get(message.id) is None:
                 await uow.messages.request_cancel(message.id)
                 await uow.commit()
         if message.status is MessageStatus.CANCELLED:
@@ -231,7 +228,7 @@ class Replies:
                 f"the reply is not generating (it is {message.status.value})",
                 metadata={"status": message.status.value},
             )
-        generation = self._live.get(message.id)
+        generation = self.generations.get(message.id)
         if generation is not None:
             generation.stop(MessageStatus.CANCELLED)
             final = (await generation.ended()).message
@@ -246,7 +243,7 @@ class Replies:
 
     async def stop_conversation(self, conversation_id: str) -> None:
         """Stop this replica's replies in a conversation (it is being deleted) and wait until they are stored."""
-        generations = [g for g in self._live.values() if g.message.conversation_id == conversation_id]
+        generations = self.generations.in_conversation(conversation_id)
         for generation in generations:
             generation.stop(MessageStatus.CANCELLED)
         for generation in generations:
@@ -263,8 +260,13 @@ class Replies:
         request_id = check_request_id(request_id)
         if self._closing:
             raise Unavailable("the service is shutting down; retry on another replica")
+        # Shielded: once the user message is committed the model must be called, even if the caller's deadline
+        # passes (or it disconnects) in between — otherwise the reply is left STREAMING with nothing generating.
+        starting = asyncio.create_task(self._insert(principal, conversation_id, content, request_id or new_id(), steer))
+        self._starting.add(starting)
+        starting.add_done_callback(self._started)
         try:
-            return await self._insert(principal, conversation_id, content, request_id or new_id(), steer)
+            return await asyncio.shield(starting)
         except DuplicateRequest:
             # A concurrent retry with the same request_id won the insert: attach to its reply.
             async with self._uow() as uow:
@@ -276,12 +278,14 @@ class Replies:
     ) -> _Reply:
         now = self._clock()
         async with self._uow() as uow:
-            existing = await uow.messages.find_by_request(principal.user_id, request_id)
-            if existing:
-                return self._attach(existing, conversation_id, content)
             conversation = await uow.conversations.get(conversation_id, for_update=True)
             check_owner(conversation, principal, "conversation")
             assert conversation is not None
+            # Looked up under the conversation's lock: a concurrent retry with this request_id that got the lock
+            # first has committed its messages by now, and this one attaches to them.
+            existing = await uow.messages.find_by_request(principal.user_id, request_id)
+            if existing:
+                return self._attach(existing, conversation_id, content)
             await self._ensure_idle(uow, conversation_id, now)
             history = await uow.messages.recent(conversation_id, limit=self._limits.history_max_messages)
             user = (
@@ -303,16 +307,21 @@ class Replies:
                 model=conversation.model,
                 request_id=request_id,
             )
-            lease_expires = now + timedelta(seconds=self._limits.lease_seconds)
+            lease = self.generations.new_lease(now)
             if user is not None:
                 await uow.messages.add(user)
-            await uow.messages.add(assistant, lease=(self._replica_id, lease_expires))
+            await uow.messages.add(assistant, lease=lease)
             await uow.conversations.touch(conversation_id, later)
             await uow.commit()
         # The user message is committed: only now is the model called.
         asked = [*history, user] if user is not None else list(history)
-        self._launch(assistant, self._prompt(conversation, asked, steer), lease_expires)
+        self.generations.launch(assistant, self._prompt(conversation, asked, steer), lease)
         return _Reply(user, assistant)
+
+    def _started(self, task: asyncio.Task[_Reply]) -> None:
+        self._starting.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved here: its caller may have gone (the error is theirs, not a crash)
 
     async def _ensure_idle(self, uow: UnitOfWork, conversation_id: str, now: datetime) -> None:
         in_flight = await uow.messages.streaming_in(conversation_id)
@@ -351,35 +360,8 @@ class Replies:
             window = (*window, ChatTurn(Role.SYSTEM, steer))
         return Prompt(conversation.model, window, self._limits.max_reply_tokens, conversation.id)
 
-    def _launch(self, message: Message, prompt: Prompt, lease_expires: datetime) -> Generation:
-        generation = Generation(message, prompt, ReplyBuffer(), lease_expires)
-        self._live[message.id] = generation
-        generation.task = asyncio.create_task(self._drive(generation), name=f"generation-{message.id}")
-        return generation
-
-    async def _drive(self, generation: Generation) -> None:
-        try:
-            await drive(generation, self._producer, persist=self._persist_final, clock=self._clock)
-        finally:
-            del self._live[generation.id]
-            self._remote.publish([generation.id])
-
-    async def _persist_final(self, message: Message) -> None:
-        delay = 0.1
-        while True:
-            try:
-                async with self._uow() as uow:
-                    await uow.messages.finish(message)
-                    await uow.commit()
-                return
-            except Unavailable:
-                # Keep the text: the database will come back. Readers wait for the stored final state.
-                logger.warning("storing the end of reply %s failed; retrying in %.1fs", message.id, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def _follow(self, message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
-        generation = self._live.get(message.id)
+        generation = self.generations.get(message.id)
         if generation is not None:
             events = read(generation.buffer, offset)
         elif message.status.is_final:
@@ -401,6 +383,8 @@ class Replies:
 async def _replay(message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
     if offset < len(message.content):
         yield Delta(message.content[offset:], offset)
+    if message.status is MessageStatus.FAILED:
+        raise reply_error(message)  # the same status the live readers got
     yield Ended(message)
 
 

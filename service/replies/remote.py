@@ -14,10 +14,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 
-from service.domain import Message, MessageStatus, NotFound, OutOfRange
+from service.domain import Message, MessageStatus, NotFound, OutOfRange, reply_error
 from service.ports import Notifications, UnitOfWorkFactory
 from service.replies.buffer import Delta, Ended
-from service.replies.flusher import ABANDONED_MESSAGE
+from service.replies.generations import ABANDONED_MESSAGE
 
 CHANNEL = "chat_reply"
 _IDS_PER_NOTIFICATION = 150  # 37 bytes an id: well under Postgres's payload limit
@@ -82,6 +82,8 @@ class RemoteFollower:
                             f"offset {offset} is past the end of the reply ({length} characters)",
                             metadata={"offset": str(offset), "length": str(length)},
                         )
+                    if state.status is MessageStatus.FAILED:
+                        raise reply_error(state)  # the status its live readers got
                     yield Ended(state)
                     return
 

@@ -10,7 +10,17 @@ from chat.v1 import admin_pb2
 from chat.v1 import chat_pb2 as pb
 from service.auth import KEY_PREFIX
 from service.chat import ConversationFields
-from service.domain import ApiKey, Conversation, FinishReason, Message, MessageStatus, ModelInfo, Role, SearchHit
+from service.domain import (
+    ApiKey,
+    Conversation,
+    FinishReason,
+    Message,
+    MessageStatus,
+    ModelInfo,
+    Role,
+    SearchHit,
+    Usage,
+)
 from service.export import MEDIA_TYPES, ExportFormat
 from service.replies import Delta, Ended, ReplyEvent, Started
 
@@ -56,13 +66,17 @@ def message(m: Message) -> pb.Message:
         content=m.content,
         status=STATUSES[m.status],
         model=m.model,
-        usage=pb.Usage(prompt_tokens=m.usage.prompt_tokens, completion_tokens=m.usage.completion_tokens),
+        usage=usage(m.usage),
         finish_reason=FINISH_REASONS[m.finish_reason],
         create_time=timestamp(m.create_time),
         update_time=timestamp(m.update_time),
         request_id=m.request_id,
         error_message=m.error_message,
     )
+
+
+def usage(u: Usage) -> pb.Usage:
+    return pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens, estimated=u.estimated)
 
 
 def model(info: ModelInfo, *, default_model: str) -> pb.Model:

@@ -15,13 +15,14 @@ from service.domain import (
     Conversation,
     DuplicateRequest,
     FinishReason,
+    Lease,
     Message,
     MessageStatus,
     Role,
     SearchHit,
     Usage,
 )
-from service.ports import Flush, RowsPage
+from service.ports import Flush, Held, RowsPage
 from service.storage.search import search_postgres, search_sqlite
 from service.storage.tables import api_keys, conversations, messages
 
@@ -86,10 +87,10 @@ class SqlMessages:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
 
-    async def add(self, message: Message, *, lease: tuple[str, datetime] | None = None) -> None:
+    async def add(self, message: Message, *, lease: Lease | None = None) -> None:
         row = _message_row(message)
         if lease is not None:
-            row["lease_owner"], row["lease_expires_at"] = lease
+            row.update(lease_owner=lease.owner, lease_epoch=lease.epoch, lease_expires_at=lease.expires_at)
         try:
             await self._conn.execute(messages.insert().values(**row))
         except IntegrityError as exc:
@@ -140,10 +141,14 @@ class SqlMessages:
         c = messages.c
         statement = (
             messages.update()
-            .where(c.id == sa.bindparam("b_id"), c.status == STREAMING)
+            .where(
+                c.id == sa.bindparam("b_id"),
+                c.status == STREAMING,
+                c.lease_owner == sa.bindparam("b_owner"),
+                c.lease_epoch == sa.bindparam("b_epoch"),
+            )
             .values(
                 content=sa.bindparam("b_content"),
-                lease_owner=sa.bindparam("b_owner"),
                 lease_expires_at=sa.bindparam("b_expires"),
                 update_time=sa.bindparam("b_time"),
             )
@@ -151,9 +156,10 @@ class SqlMessages:
         params = [
             {
                 "b_id": f.message_id,
+                "b_owner": f.lease.owner,
+                "b_epoch": f.lease.epoch,
                 "b_content": f.content,
-                "b_owner": f.lease_owner,
-                "b_expires": f.lease_expires_at,
+                "b_expires": f.renewed_until,
                 "b_time": f.update_time,
             }
             for f in batch
@@ -161,28 +167,35 @@ class SqlMessages:
         # One executemany: a single round trip for every reply in flight.
         await self._conn.execute(statement, params)
 
-    async def owned_streaming(self, lease_owner: str) -> dict[str, bool]:
+    async def leased(self, lease_owner: str) -> dict[str, Held]:
         c = messages.c
-        query = sa.select(c.id, c.cancel_requested).where(c.status == STREAMING, c.lease_owner == lease_owner)
-        return {row.id: bool(row.cancel_requested) for row in await self._conn.execute(query)}
+        query = sa.select(c.id, c.lease_epoch, c.cancel_requested).where(
+            c.status == STREAMING, c.lease_owner == lease_owner
+        )
+        return {row.id: Held(row.lease_epoch, bool(row.cancel_requested)) for row in await self._conn.execute(query)}
 
-    async def finish(self, message: Message) -> None:
+    async def finish(self, message: Message, lease: Lease) -> bool:
         c = messages.c
-        await self._conn.execute(
+        result = await self._conn.execute(
             messages.update()
-            .where(c.id == message.id)
+            .where(
+                c.id == message.id, c.status == STREAMING, c.lease_owner == lease.owner, c.lease_epoch == lease.epoch
+            )
             .values(
                 content=message.content,
                 status=message.status.value,
                 prompt_tokens=message.usage.prompt_tokens,
                 completion_tokens=message.usage.completion_tokens,
+                usage_estimated=message.usage.estimated,
                 finish_reason=message.finish_reason.value,
                 error_message=message.error_message,
+                error_reason=message.error_reason,
                 update_time=message.update_time,
                 lease_owner=None,
                 lease_expires_at=None,
             )
         )
+        return bool(result.rowcount)
 
     async def request_cancel(self, message_id: str) -> None:
         c = messages.c
@@ -222,6 +235,7 @@ class SqlMessages:
                 update_time=now,
                 lease_owner=None,
                 lease_expires_at=None,
+                lease_epoch=c.lease_epoch + 1,
             )
             .returning(c.id)
         )
@@ -310,8 +324,10 @@ def _message_row(m: Message) -> dict[str, Any]:
         "request_id": m.request_id or None,
         "prompt_tokens": m.usage.prompt_tokens,
         "completion_tokens": m.usage.completion_tokens,
+        "usage_estimated": m.usage.estimated,
         "finish_reason": m.finish_reason.value,
         "error_message": m.error_message,
+        "error_reason": m.error_reason,
         "create_time": m.create_time,
         "update_time": m.update_time,
     }
@@ -329,9 +345,10 @@ def _message(row: Any) -> Message:
         update_time=_utc(row.update_time),
         model=row.model,
         request_id=row.request_id or "",
-        usage=Usage(row.prompt_tokens, row.completion_tokens),
+        usage=Usage(row.prompt_tokens, row.completion_tokens, estimated=bool(row.usage_estimated)),
         finish_reason=FinishReason(row.finish_reason),
         error_message=row.error_message,
+        error_reason=row.error_reason,
     )
 
 

@@ -66,13 +66,18 @@ messages = sa.Table(
     sa.Column("request_id", sa.String(64)),
     sa.Column("prompt_tokens", sa.Integer, nullable=False, server_default="0"),
     sa.Column("completion_tokens", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("usage_estimated", sa.Boolean, nullable=False, server_default=sa.false()),  # not the provider's
     sa.Column("finish_reason", sa.String(16), nullable=False, server_default=""),
     sa.Column("error_message", sa.String(500), nullable=False, server_default=""),
+    sa.Column("error_reason", sa.String(32), nullable=False, server_default=""),
     sa.Column("create_time", Time, nullable=False),
     sa.Column("update_time", Time, nullable=False),
     # The replica generating a STREAMING reply, and until when its claim holds (renewed on each flush).
     sa.Column("lease_owner", sa.String(200)),
     sa.Column("lease_expires_at", Time),
+    # Moves on whenever the lease changes hands or the reply is ended by someone else: every write a generation
+    # makes is conditional on (lease_owner, lease_epoch), so a replica that lost the lease writes nothing.
+    sa.Column("lease_epoch", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
     # AIP-155 idempotency: one user message (and one reply) per (owner, request_id).

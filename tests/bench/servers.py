@@ -189,6 +189,37 @@ def naive_servicer(engine: AsyncEngine, every: int) -> chat_pb2_grpc.ChatService
     return chat_servicer(CreateConversation=create, StreamReply=stream)
 
 
+# --- the unary baseline: raw grpc.aio + asyncpg running the SQL the service runs
+
+
+def rawsql_servicer(pool: Any) -> chat_pb2_grpc.ChatServiceServicer:
+    insert = (
+        "INSERT INTO conversations (id, owner, title, model, persona, system_prompt, create_time, update_time) "
+        "VALUES ($1, $2, $3, $4, '', '', $5, $5)"
+    )
+    select = (
+        "SELECT id, owner, title, model, persona, system_prompt, create_time, update_time "
+        "FROM conversations WHERE id = $1"
+    )
+
+    async def create(request: pb.CreateConversationRequest, _context: Any) -> pb.CreateConversationResponse:
+        conversation_id, when = str(uuid.uuid4()), now()
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(insert, conversation_id, "bench", request.title or "New conversation", MODEL, when)
+        return pb.CreateConversationResponse(
+            conversation=pb.Conversation(conversation_id=conversation_id, title=request.title, model=MODEL)
+        )
+
+    async def get(request: pb.GetConversationRequest, _context: Any) -> pb.GetConversationResponse:
+        async with pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(select, request.conversation_id)
+        return pb.GetConversationResponse(
+            conversation=pb.Conversation(conversation_id=row["id"], title=row["title"], model=row["model"])
+        )
+
+    return chat_servicer(CreateConversation=create, GetConversation=get)
+
+
 # --- running one
 
 
@@ -224,7 +255,14 @@ async def run(kind: str, database_url: str, every: int) -> None:
         return
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     engine = None
-    if kind == "raw":
+    pool = None
+    if kind == "rawsql":
+        import asyncpg
+
+        dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
+        pool = await asyncpg.create_pool(dsn, min_size=10, max_size=10)
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(rawsql_servicer(pool), server)
+    elif kind == "raw":
         chat_pb2_grpc.add_ChatServiceServicer_to_server(raw_servicer(), server)
         server.add_generic_rpc_handlers((stats_handler(None),))
     else:
@@ -240,6 +278,8 @@ async def run(kind: str, database_url: str, every: int) -> None:
     await server.stop(1.0)
     if engine is not None:
         await engine.dispose()
+    if pool is not None:
+        await pool.close()
 
 
 class RequestPaced(ClockProvider):
@@ -258,7 +298,7 @@ class RequestPaced(ClockProvider):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["raw", "service", "naive"])
+    parser.add_argument("kind", choices=["raw", "service", "naive", "rawsql"])
     parser.add_argument("--database", default="")
     parser.add_argument("--every", type=int, default=1)
     args = parser.parse_args()

@@ -1,4 +1,5 @@
-"""A TCP proxy on 127.0.0.1 that can break connections: the way a flaky network looks to a client."""
+"""A TCP proxy on 127.0.0.1 that can break and stall connections: the way a flaky network looks to a client (or
+to a replica, between it and its database)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ class BreakingProxy:
         self._transports: set[asyncio.BaseTransport] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._cut_next: int | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.connections = 0
         self.breaks = 0
         self.bytes_to_client = 0
@@ -26,6 +29,13 @@ class BreakingProxy:
 
     def cut_next_after(self, n_bytes: int) -> None:
         self._cut_next = n_bytes
+
+    def stall(self) -> None:
+        """A partition: connections stay open but nothing gets through, either way, until `flow()`."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def break_all(self) -> None:
         self.breaks += 1
@@ -75,6 +85,7 @@ class BreakingProxy:
                 data = await reader.read(65536)
                 if not data:
                     break
+                await self._flowing.wait()
                 if budget is not None and len(data) >= budget:
                     data = data[:budget]
                     budget = 0

@@ -5,6 +5,7 @@ The install section (a real pip install and a served replica, about a minute) ru
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -97,6 +98,24 @@ K8S_BREAKAGES: dict[str, tuple[str, str, str, str]] = {
         "livenessProbe tolerates 30 s of NOT_SERVING",
     ),
     "job does not migrate": ("job-migrate.yaml", 'args: ["migrate"]', 'args: ["serve"]', "must run `migrate`"),
+    "model server on a port the policy blocks": (
+        "configmap.yaml",
+        "CHAT_LLM_URL: http://ollama:11434",
+        "CHAT_LLM_URL: http://models:9000/v1",
+        "egress does not allow TCP 9000, which CHAT_LLM_URL needs (models:9000)",
+    ),
+    "postgres behind a pooler on a port the policy blocks": (
+        "secret.yaml",
+        "@postgres:5432/chat",
+        "@pgbouncer:6432/chat",
+        "egress does not allow TCP 6432, which CHAT_DATABASE_URL needs (pgbouncer:6432)",
+    ),
+    "the guide's connection sum is stale": (
+        "hpa.yaml",
+        "maxReplicas: 9",
+        "maxReplicas: 8",
+        "Sizing must state the base's connection sum: (8 + 1) \N{MULTIPLICATION SIGN} (8 + 1) + 1 = 82 of 97",
+    ),
 }
 
 
@@ -105,6 +124,31 @@ def test_broken_manifest_fails(deploy: Path, name: str) -> None:
     file, old, new, fragment = K8S_BREAKAGES[name]
     edit(deploy / "k8s" / "base" / file, old, new)
     only(check.check_k8s(deploy), fragment)
+
+
+def test_the_guide_quotes_the_configmap(deploy: Path) -> None:
+    edit(deploy / "README.md", "| `CHAT_DATABASE_POOL_SIZE` | `8` |", "| `CHAT_DATABASE_POOL_SIZE` | `4` |")
+    only(check.check_k8s(deploy), "CHAT_DATABASE_POOL_SIZE is `4` in its table, '8' in ConfigMap")
+
+
+def _guide_overlay() -> str:
+    """The guide's example overlay that changes the NetworkPolicy's ports."""
+    blocks = re.findall(r"```yaml\n(.*?)```", (DEPLOY / "README.md").read_text(), flags=re.S)
+    [block] = [b for b in blocks if "kind: NetworkPolicy" in b]
+    return block
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed here")
+def test_the_guides_networkpolicy_patch_lets_out_another_port(deploy: Path) -> None:
+    overlay = deploy / "k8s" / "overlays" / "prod"
+    overlay.mkdir(parents=True)
+    header = "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [../../base]\n"
+    (overlay / "kustomization.yaml").write_text(header + _guide_overlay())
+
+    [policy] = [o for o in check.render_kustomization(overlay) if o["kind"] == "NetworkPolicy"]
+
+    assert [p["port"] for p in policy["spec"]["egress"][1]["ports"]] == [5432, 9000, 4317]
+    assert check._check_egress(policy, {"CHAT_LLM_URL": "http://models:9000/v1"}) == []
 
 
 def _objects(items: list[dict[str, object]]) -> list[dict[str, object]]:
@@ -168,6 +212,18 @@ COMPOSE_BREAKAGES: dict[str, tuple[Callable[[Path], None], str]] = {
     "misspelt setting": (
         lambda d: edit(d / "compose.yaml", "CHAT_LLM_URL:", "CHAT_LLM_ULR:"),
         "CHAT_LLM_ULR is not a setting",
+    ),
+    "another model than the k8s base": (
+        lambda d: edit(
+            d / "compose.yaml",
+            "CHAT_DEFAULT_MODEL: ${CHAT_DEFAULT_MODEL:-llama3.2}",
+            "CHAT_DEFAULT_MODEL: ${CHAT_DEFAULT_MODEL:-llama3.2:1b}",
+        ),
+        "chat-service CHAT_DEFAULT_MODEL is 'llama3.2:1b', the k8s ConfigMap's is 'llama3.2'",
+    ),
+    "pulling another model than it serves": (
+        lambda d: edit(d / "compose.yaml", '"pull", "${CHAT_DEFAULT_MODEL:-llama3.2}"', '"pull", "qwen2.5:0.5b"'),
+        "ollama-pull pulls 'qwen2.5:0.5b', not the model chat-service serves",
     ),
 }
 

@@ -28,31 +28,6 @@ pytestmark = pytest.mark.e2e
 ServerFactory = Callable[..., Server]
 
 
-@pytest.fixture
-def servers(tmp_path: Path) -> Iterator[ServerFactory]:
-    """Start `chat-service serve` processes (fake model unless told otherwise); all killed at the end."""
-    started: list[Server] = []
-
-    def start(database_url: str, **env: str) -> Server:
-        values = {
-            "CHAT_DATABASE_URL": database_url,
-            "CHAT_LISTEN": f"127.0.0.1:{free_port()}",
-            "CHAT_LLM_PROVIDER": "fake",
-            "CHAT_FAKE_TOKENS_PER_SECOND": "40",
-            "CHAT_FAKE_REPLY_TOKENS": "200",
-            "CHAT_AUTO_MIGRATE": "true",
-            **env,
-        }
-        server = Server(env=values, log=tmp_path / f"server-{len(started)}.log")
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
 class Client:
     """A stub on a channel to one server, authenticated with a key minted through the CLI."""
 

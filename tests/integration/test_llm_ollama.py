@@ -129,7 +129,17 @@ async def test_estimates_usage_when_the_server_reports_none(provider: OllamaProv
 
     items = await collect(provider, prompt())
 
-    assert items[-1] == Completion(FinishReason.STOP, Usage(estimate_prompt_tokens(TURNS), completion_tokens=4))
+    assert items[-1] == Completion(
+        FinishReason.STOP, Usage(estimate_prompt_tokens(TURNS), completion_tokens=4, estimated=True)
+    )
+
+
+async def test_usage_from_the_server_is_not_estimated(provider: OllamaProvider, server: OllamaServer) -> None:
+    server.enqueue(ChatScript(prompt_eval_count=31, eval_count=7))
+
+    items = await collect(provider, prompt())
+
+    assert items[-1] == Completion(FinishReason.STOP, Usage(prompt_tokens=31, completion_tokens=7, estimated=False))
 
 
 async def test_lists_the_models_from_tags(provider: OllamaProvider) -> None:

@@ -135,7 +135,18 @@ async def test_estimates_usage_when_the_server_reports_none(provider: OpenAIProv
 
     items = await collect(provider, prompt())
 
-    assert items[-1] == Completion(FinishReason.STOP, Usage(estimate_prompt_tokens(TURNS), completion_tokens=4))
+    assert items[-1] == Completion(
+        FinishReason.STOP, Usage(estimate_prompt_tokens(TURNS), completion_tokens=4, estimated=True)
+    )
+
+
+async def test_usage_from_the_server_is_not_estimated(provider: OpenAIProvider, server: OpenAIServer) -> None:
+    server.enqueue(CompletionScript(prompt_tokens=31))
+
+    items = await collect(provider, prompt())
+
+    assert server.chat_requests[-1]["stream_options"] == {"include_usage": True}
+    assert items[-1] == Completion(FinishReason.STOP, Usage(prompt_tokens=31, completion_tokens=4, estimated=False))
 
 
 async def test_a_finish_reason_without_done_ends_the_reply(provider: OpenAIProvider, server: OpenAIServer) -> None:

@@ -23,6 +23,7 @@ from service.llm.fake import scripted_tokens
 from service.storage import tables
 from service.storage.database import Database
 from tests.integration.harness import Replica, running_replica, settings_for
+from tests.integration.rpc_errors import error_info
 from tests.wire.ollama_server import ChatScript, OllamaServer
 
 TERMINAL_WITHIN = 15  # seconds: a stream that has not ended by then has lost its terminal event
@@ -115,11 +116,23 @@ async def test_a_failing_generation_ends_every_stream_with_an_error(database_url
             assert_terminal(last, error)
             assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
             assert text == "one two"
-        late = await resume(replica, message.message_id)  # joining after the failure: the stored outcome
-        _, last, error = await ending(late)
-        assert error is None and last is not None
-        assert last.completed.message.status == pb.MESSAGE_STATUS_FAILED
-        assert last.completed.message.content == "one two"
+        # Joining after the failure (a resume, or a retry with the same request_id) gets the same ending as the
+        # live readers: the text, then the same non-OK status — never OK + completed{FAILED} (finding F11).
+        late = await resume(replica, message.message_id)
+        retried = replica.stub.StreamReply(
+            pb.StreamReplyRequest(
+                conversation_id=message.conversation_id, content="fail half way", request_id=message.request_id
+            ),
+            metadata=await replica.auth("alice"),
+        )
+        for text, last, error in await asyncio.gather(ending(late), ending(retried)):
+            assert last is None or not last.HasField("completed")
+            assert error is not None and error.code() == grpc.StatusCode.UNAVAILABLE
+            assert error_info(error).reason == "MODEL_FAILED"
+            assert error.details() == "the model provider failed while generating the reply"
+            assert text == "one two"
+        stored = (await (await resume(replica, message.message_id)).read()).event.started.assistant_message
+        assert (stored.status, stored.content) == (pb.MESSAGE_STATUS_FAILED, "one two")
 
 
 # --- a cancel reaches a resumed stream

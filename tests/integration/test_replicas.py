@@ -85,11 +85,11 @@ async def test_a_reply_whose_owner_died_is_interrupted_exactly_once(replicas: tu
     call, started = await start_on(a, "owner dies")
     message_id = started.assistant_message.message_id
     await call.read()
-    await asyncio.sleep(0.2)  # some text flushed
-    # Simulate the owner dying: its generation and flusher stop without a word to the database.
     replies = a.app.deps.replies
+    await replies.generations.tick()  # some text flushed
+    # Simulate the owner dying: its generation and flusher stop without a word to the database.
     replies._flusher_task.cancel()  # type: ignore[union-attr]
-    for generation in list(replies._live.values()):
+    for generation in list(replies.generations._live.values()):
         generation.task.cancel()  # type: ignore[union-attr]
         generation.producer.cancel()  # type: ignore[union-attr]
     call.cancel()

@@ -1,7 +1,8 @@
-"""A bad personas file stops `chat-service serve` at start-up with a clear error, not a traceback."""
+"""A bad personas file stops `chat-service serve` at start-up with one clear log line, not a traceback."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,9 @@ def test_serve_refuses_a_bad_personas_file(
     status = cli.main(["serve", "--listen", "127.0.0.1:0"])
 
     assert status == 2
-    error = capsys.readouterr().err
-    assert error.startswith("chat-service: invalid personas file: ")
-    assert "persona 'coach': 'description' must be a non-empty string" in error
-    assert "Traceback" not in error
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr
+    [error] = [line for line in map(json.loads, stderr.splitlines()) if line["level"] == "error"]
+    assert error["event"].startswith("invalid personas file: ")
+    assert error["event"].endswith("persona 'coach': 'description' must be a non-empty string")
+    assert "CHAT_PERSONAS_FILE" in error["hint"]

@@ -451,8 +451,22 @@ async def test_models_page_in_name_order(make_service: MakeService) -> None:
     second = await conversations.models(2, first.next_page_token)
 
     assert [m.name for m in first.items] == ["alpha", "bravo"]
-    assert [m.name for m in second.items] == ["charlie"]
+    assert [m.name for m in second.items] == ["charlie", MODEL_NAME]  # the default model is always offered
     assert second.next_page_token == ""
+
+
+async def test_the_default_model_is_offered_and_accepted_when_the_provider_does_not_list_it(
+    make_service: MakeService,
+) -> None:
+    conversations = make_service(ScriptedProvider(models=["model.gguf"])).conversations
+
+    page = await conversations.models(0, "")
+    conversation = await create(conversations, model=MODEL_NAME)
+
+    assert [(m.name, m.provider) for m in page.items] == [(MODEL_NAME, "scripted"), ("model.gguf", "scripted")]
+    assert conversation.model == MODEL_NAME
+    with pytest.raises(ModelNotFound):
+        await create(conversations, model="model")  # any other name must be one the provider lists
 
 
 async def test_models_of_the_fake_provider(conversations: Conversations) -> None:

@@ -16,6 +16,7 @@ from service.domain import (
     FailedPrecondition,
     FinishReason,
     InvalidArgument,
+    Lease,
     Message,
     MessageStatus,
     ModelFailed,
@@ -25,6 +26,7 @@ from service.domain import (
     OutOfRange,
     PermissionDenied,
     Principal,
+    Prompt,
     Role,
     Unavailable,
     new_id,
@@ -32,8 +34,8 @@ from service.domain import (
 from service.personas import PersonaCatalog
 from service.ports import Flush, Provider
 from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyLimits, Started
-from service.replies.flusher import ABANDONED_MESSAGE
 from service.replies.generation import STOP_MESSAGES
+from service.replies.generations import ABANDONED_MESSAGE
 from service.storage.notifications import LocalNotifications
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
 
@@ -129,7 +131,7 @@ def message_in(
     )
 
 
-async def add_messages(storage: FakeStorage, *messages: Message, lease: tuple[str, datetime] | None = None) -> None:
+async def add_messages(storage: FakeStorage, *messages: Message, lease: Lease | None = None) -> None:
     async with storage.unit_of_work() as uow:
         for message in messages:
             await uow.messages.add(message, lease=lease if message.status is MessageStatus.STREAMING else None)
@@ -151,7 +153,7 @@ async def add_reply_in_flight(
     reply = message_in(
         conversation, Role.ASSISTANT, content, clock(), status=MessageStatus.STREAMING, request_id=request_id
     )
-    await add_messages(storage, user, reply, lease=(lease_owner, lease_expires_at))
+    await add_messages(storage, user, reply, lease=Lease(lease_owner, 1, lease_expires_at))
     return reply
 
 
@@ -430,7 +432,7 @@ async def test_cancel_reaches_a_reply_generated_by_another_replica(
 
     cancelling = asyncio.ensure_future(other.cancel(ALICE, assistant.id))
     await stored_state(storage, lambda: storage.row(assistant.id).cancel_requested)  # type: ignore[union-attr]
-    await generating.flusher.tick()  # the generating replica learns of the request on its next flush
+    await generating.generations.tick()  # the generating replica learns of the request on its next flush
 
     cancelled = await bounded(cancelling)
     assert (cancelled.status, cancelled.content) == (MessageStatus.CANCELLED, "ab")
@@ -772,18 +774,18 @@ async def test_the_flusher_writes_grown_text_and_renews_leases_only_when_due(
     await wait_for(provider.held)
 
     grown_at = clock.advance(1)
-    await replies.flusher.tick()
+    await replies.generations.tick()
     row = storage.row(assistant.id)
     assert row is not None
     assert (row.message.content, row.message.update_time) == ("abcd", grown_at)
     assert (row.lease_owner, row.lease_expires_at) == (REPLICA, grown_at + timedelta(seconds=10))
 
     clock.advance(4)  # idle, and the lease has more than half of its time left: nothing to write
-    await replies.flusher.tick()
+    await replies.generations.tick()
     assert storage.row(assistant.id) == row
 
     renewed_at = clock.advance(1.5)  # idle, but the lease is now within half of its term: renew it
-    await replies.flusher.tick()
+    await replies.generations.tick()
     row = storage.row(assistant.id)
     assert row is not None
     assert (row.message.content, row.message.update_time) == ("abcd", renewed_at)
@@ -802,7 +804,7 @@ async def test_the_flusher_leaves_a_reply_that_has_not_grown_alone(
     before = storage.row(assistant.id)
 
     clock.advance(1)
-    await replies.flusher.tick()
+    await replies.generations.tick()
 
     assert storage.row(assistant.id) == before
 
@@ -819,7 +821,7 @@ async def test_the_flusher_stops_a_reply_whose_cancellation_was_requested(
         await uow.messages.request_cancel(assistant.id)
         await uow.commit()
 
-    await replies.flusher.tick()
+    await replies.generations.tick()
 
     final = await final_state(replies, assistant.id)
     assert (final.status, final.content) == (MessageStatus.CANCELLED, "ab")
@@ -838,7 +840,7 @@ async def test_the_flusher_stops_a_reply_whose_row_vanished(
         await uow.conversations.delete(conversation.id)
         await uow.commit()
 
-    await replies.flusher.tick()
+    await replies.generations.tick()
 
     _, final = await bounded(sending)
     assert (final.status, final.content) == (MessageStatus.CANCELLED, "ab")
@@ -857,7 +859,7 @@ async def test_the_flusher_does_not_touch_other_replicas_replies(
     before = storage.row(theirs.id)
 
     clock.advance(5)
-    await replies.flusher.tick()
+    await replies.generations.tick()
 
     assert storage.row(theirs.id) == before
 
@@ -870,7 +872,7 @@ async def test_the_flushers_sweep_interrupts_replies_whose_lease_expired(
     stale = await add_reply_in_flight(storage, clock, conversation, lease_expires_at=clock() + timedelta(seconds=1))
 
     clock.advance(2)
-    await replies.flusher.tick(sweep=True)
+    await replies.generations.tick(sweep=True)
 
     abandoned = storage.message(stale.id)
     assert abandoned is not None
@@ -912,13 +914,13 @@ async def test_a_follower_sees_the_text_another_replica_flushes_and_its_end(
     assert await next_event(events) == Delta("par", 0)
 
     async with storage.unit_of_work() as uow:
-        await uow.messages.flush([Flush(reply.id, "partial", "replica-b", expires, clock())])
+        await uow.messages.flush([Flush(reply.id, "partial", Lease("replica-b", 1, expires), expires, clock())])
         await uow.commit()
     assert await next_event(events) == Delta("tial", 3)
 
     final = dataclasses.replace(reply, content="partial text", status=MessageStatus.COMPLETED)
     async with storage.unit_of_work() as uow:
-        await uow.messages.finish(final)
+        assert await uow.messages.finish(final, Lease("replica-b", 1, expires))
         await uow.commit()
     assert await collect(events) == [Delta(" text", 7), Ended(final)]
 
@@ -1008,3 +1010,172 @@ async def test_the_history_reads_at_most_the_configured_number_of_messages(
     await replies.send(ALICE, conversation.id, "last", "", background=False)
 
     assert [t.content for t in provider.prompts[0].turns] == ["m3", "m4", "last"]
+
+
+# ---------------------------------------------------------------------------------------------- fencing
+
+
+async def paused_reply(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> tuple[Replies, ScriptedProvider, Message, asyncio.Task[list[ReplyEvent]]]:
+    """A reply on replica A that wrote "ab" and flushed it, then A stopped (its flusher, and the model, held):
+    a stop-the-world pause, or a partition from the database."""
+    provider = ScriptedProvider(["ab", "cd", "ef"], pause_after=1)
+    here = make_replies(provider, replica_id="replica-a")
+    conversation = await add_conversation(storage, clock)
+    events = here.stream(ALICE, conversation.id, "hi", "")
+    started = await next_event(events)
+    assert isinstance(started, Started)
+    reading = asyncio.ensure_future(collect(events))
+    await wait_for(provider.held)
+    await here.generations.tick()  # flushed; no tick runs by itself here, as if A were paused from now on
+    return here, provider, started.assistant_message, reading
+
+
+async def test_a_paused_replica_that_lost_its_lease_writes_nothing_when_it_resumes(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """Finding "fencing": a paused replica came back and overwrote a reply another replica had ended."""
+    here, provider, reply, reading = await paused_reply(make_replies, storage, clock)
+    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b")
+    clock.advance(11)  # past the 10 s lease
+    await sweeper.generations.tick(sweep=True)
+    interrupted = storage.message(reply.id)
+    assert interrupted is not None
+    assert (interrupted.status, interrupted.content) == (MessageStatus.INTERRUPTED, "ab")
+
+    provider.release.set()  # A resumes: its model finishes the reply, and A tries to store it
+    events = await bounded(reading)
+
+    assert storage.message(reply.id) == interrupted  # untouched: a terminal state is final
+    assert storage.state.endings == [(reply.id, MessageStatus.INTERRUPTED)]
+    assert ended(events) == interrupted  # A's own reader ends with what is stored, not with A's version
+    assert here.in_flight == 0
+
+
+async def test_a_resumed_replica_learns_of_its_lost_lease_on_its_next_flush_and_stops(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    here, provider, reply, reading = await paused_reply(make_replies, storage, clock)
+    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b")
+    clock.advance(11)
+    await sweeper.generations.tick(sweep=True)
+    interrupted = storage.message(reply.id)
+
+    await here.generations.tick()  # A's first flush after the pause is refused: fenced
+
+    events = await bounded(reading)
+    assert ended(events) == interrupted
+    assert storage.state.endings == [(reply.id, MessageStatus.INTERRUPTED)]
+    assert provider.release.is_set() is False  # the model was stopped, not waited for
+
+
+async def test_a_replica_with_a_valid_lease_survives_a_pause_shorter_than_the_lease(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    _, provider, reply, reading = await paused_reply(make_replies, storage, clock)
+    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b")
+    clock.advance(5)
+    await sweeper.generations.tick(sweep=True)
+
+    provider.release.set()
+    events = await bounded(reading)
+
+    assert ended(events).status is MessageStatus.COMPLETED
+    assert storage.message(reply.id) == ended(events)
+    assert text_of(events) == "abcdef"
+
+
+async def test_a_failed_reply_is_the_same_error_for_live_readers_late_readers_and_retries(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """Finding F11: a model failure was UNAVAILABLE live but OK + completed{FAILED} on a retry."""
+    replies = make_replies(ScriptedProvider(["one", " two", " three"], fail_after=2))
+    conversation = await add_conversation(storage, clock)
+    live: list[ReplyEvent] = []
+    with pytest.raises(ModelFailed) as live_error:
+        await collect(replies.stream(ALICE, conversation.id, "hi", "req-1"), into=live)
+    reply = live[0]
+    assert isinstance(reply, Started)
+
+    late: list[ReplyEvent] = []
+    with pytest.raises(ModelFailed) as late_error:
+        await collect(replies.resume(ALICE, reply.assistant_message.id, 0), into=late)
+    retried: list[ReplyEvent] = []
+    with pytest.raises(ModelFailed) as retry_error:
+        await collect(replies.stream(ALICE, conversation.id, "hi", "req-1"), into=retried)
+    with pytest.raises(ModelFailed):
+        await replies.send(ALICE, conversation.id, "hi", "req-1", background=False)
+
+    assert text_of(live) == text_of(late) == text_of(retried) == "one two"
+    assert live_error.value.message == late_error.value.message == retry_error.value.message
+    assert late_error.value.reason == retry_error.value.reason == "MODEL_FAILED"
+    stored = storage.message(reply.assistant_message.id)
+    assert stored is not None
+    assert (stored.status, stored.error_reason) == (MessageStatus.FAILED, "MODEL_FAILED")
+
+
+async def test_model_text_the_database_cannot_store_is_cleaned_before_anyone_sees_it(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """Finding F4: NUL and an emoji split into two surrogate escapes (across two pieces) killed the reply."""
+    replies = make_replies(ScriptedProvider(["nul\x00 ", "\ud83d", "\ude00", " lone \udc00"]))
+    conversation = await add_conversation(storage, clock)
+
+    events = await collect(replies.stream(ALICE, conversation.id, "hi", ""))
+
+    assert text_of(events) == "nul\ufffd 😀 lone \ufffd"
+    assert ended(events).content == text_of(events)
+    assert ended(events).status is MessageStatus.COMPLETED
+
+
+async def test_a_reply_longer_than_the_limit_is_cut_there_and_completes(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """Finding F15: nothing bounded a reply's size."""
+    replies = make_replies(ScriptedProvider(["x" * 40] * 10), max_reply_chars=100)
+    conversation = await add_conversation(storage, clock)
+
+    events = await collect(replies.stream(ALICE, conversation.id, "hi", ""))
+
+    assert text_of(events) == "x" * 100
+    assert (ended(events).status, ended(events).finish_reason) == (MessageStatus.COMPLETED, FinishReason.LENGTH)
+
+
+async def test_a_cancel_that_arrives_before_the_model_is_called_still_cancels(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    provider = ScriptedProvider()
+    replies = make_replies(provider)
+    conversation = await add_conversation(storage, clock)
+    reply = await add_reply_in_flight(
+        storage, clock, conversation, lease_owner=REPLICA, lease_expires_at=clock() + timedelta(seconds=10)
+    )
+    prompt = Prompt(MODEL, (ChatTurn(Role.USER, "question"),), 16)
+    generation = replies.generations.launch(reply, prompt, Lease(REPLICA, 1, clock() + timedelta(seconds=10)))
+
+    generation.stop(MessageStatus.CANCELLED)  # before its task first ran
+
+    outcome = await bounded(generation.ended())
+    assert outcome.message.status is MessageStatus.CANCELLED
+    assert provider.calls == 0
+    assert storage.message(reply.id) == outcome.message
+
+
+async def test_a_caller_cancelled_right_after_the_commit_still_gets_its_reply_generated(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """Finding F13: a deadline that expired between the commit of the user message and the start of the reply
+    left an assistant row STREAMING with nothing generating it."""
+    replies = make_replies(ScriptedProvider())
+    conversation = await add_conversation(storage, clock)
+    sending = asyncio.ensure_future(replies.send(ALICE, conversation.id, "hi", "req-13", background=False))
+
+    await stored_state(storage, lambda: len(storage.messages_in(conversation.id)) == 2)  # just committed
+    sending.cancel()  # the caller's deadline, as the unit of work is being left
+
+    await stored_state(storage, lambda: all(m.status.is_final for m in storage.messages_in(conversation.id)))
+    _, reply = storage.messages_in(conversation.id)
+    assert (reply.status, reply.content) == (MessageStatus.COMPLETED, "Hello, wörld 🙂")
+    with pytest.raises(asyncio.CancelledError):
+        await sending

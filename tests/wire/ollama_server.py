@@ -54,6 +54,8 @@ class ChatScript:
     error_after: int | None = None  # send an `{"error": error}` line after this many pieces (status 200)
     drop_after: int | None = None  # close the connection after this many pieces
     end_after: int | None = None  # end the stream cleanly after this many pieces, without `done: true`
+    garbage_after: int | None = None  # send a line that is not JSON after this many pieces
+    stall_after: int | None = None  # send nothing more after this many pieces, until the client gives up
 
 
 @dataclass(frozen=True)
@@ -170,8 +172,9 @@ class OllamaServer:
 
 
 async def _stream(exchange: Exchange, model: str, pieces: Sequence[str], script: ChatScript) -> bool:
-    """Send the pieces as the script says; False when the stream is over without a final chunk."""
-    for index, piece in enumerate(pieces):
+    """Send the pieces as the script says; False when the stream is over without a final chunk. An `*_after`
+    equal to the number of pieces acts after the last one."""
+    for index in range(len(pieces) + 1):
         if index == script.drop_after:
             await exchange.drop()
             return False
@@ -182,9 +185,18 @@ async def _stream(exchange: Exchange, model: str, pieces: Sequence[str], script:
         if index == script.end_after:
             await exchange.end_stream()
             return False
+        if index == script.garbage_after:
+            await exchange.send_chunk(b'{"model": "x", "message": {"content": "unterminated\n')
+            await exchange.end_stream()
+            return False
+        if index == script.stall_after:
+            await exchange.pause(3600.0)  # returns when the client goes away
+            return False
+        if index == len(pieces):
+            return True
         if not await exchange.pause(script.delay):
             return False
-        chunk = {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": piece}}
+        chunk = {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": pieces[index]}}
         if not await _send(exchange, {**chunk, "done": False}):
             return False
     return True

@@ -198,7 +198,8 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListModels(self, request, context):
-        """Lists the models the configured LLM provider offers.
+        """Lists the models the configured LLM provider offers, always including the server's default model under
+        its configured name (marked `default`), whatever name the provider lists it by.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,251 @@
+"""Every reply this replica generates, and every write they make.
+
+A generation is a task owned by the server, not by the RPC that asked for it. This class starts them, stops
+them, and is the only writer of their rows:
+- the flusher: one transaction per tick for every reply in flight — partial text of replies that grew (never
+  per token), lease renewal, and a read-back of which replies someone asked to cancel or took away;
+- the final write, retried through database outages.
+Both are fenced by the reply's lease (owner + epoch). A replica that lost a lease (paused past it, cut off from
+the database, judged dead by a sweeper) finds out on its next write, stops generating, writes nothing, and
+hands its readers whatever is stored: a terminal state, once stored, never changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from service.domain import (
+    Completion,
+    DomainError,
+    Lease,
+    Message,
+    MessageStatus,
+    ModelFailed,
+    Prompt,
+    Unavailable,
+    reply_error,
+)
+from service.ports import Flush, UnitOfWorkFactory
+from service.replies.buffer import Outcome, ReplyBuffer
+from service.replies.generation import Generation, Producer, final_message
+
+logger = logging.getLogger(__name__)
+
+ABANDONED_MESSAGE = "the replica generating this reply stopped responding"
+UNSTORABLE_MESSAGE = "the reply could not be stored in full"
+_MAX_BACKOFF = 5.0
+
+
+class Generations:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        producer: Producer,
+        *,
+        replica_id: str,
+        clock: Callable[[], datetime],
+        flush_interval: float,
+        lease_seconds: float,
+        on_changed: Callable[[Sequence[str]], None] = lambda ids: None,
+    ) -> None:
+        self._uow = uow
+        self._producer = producer
+        self._replica_id = replica_id
+        self._clock = clock
+        self._interval = flush_interval
+        self._lease = timedelta(seconds=lease_seconds)
+        self._on_changed = on_changed
+        self._sweep_every = max(1, round(lease_seconds / 2 / flush_interval))
+        self._live: dict[str, Generation] = {}
+        self.writes = 0  # rows flushed, for the benchmarks
+        self.commits = 0  # flush transactions
+
+    # ------------------------------------------------------------------------------------------ registry
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def get(self, message_id: str) -> Generation | None:
+        return self._live.get(message_id)
+
+    def in_conversation(self, conversation_id: str) -> list[Generation]:
+        return [g for g in self._live.values() if g.message.conversation_id == conversation_id]
+
+    def new_lease(self, now: datetime) -> Lease:
+        return Lease(self._replica_id, 1, now + self._lease)
+
+    def launch(self, message: Message, prompt: Prompt, lease: Lease) -> Generation:
+        """Start generating `message` (inserted STREAMING under `lease`)."""
+        generation = Generation(message, prompt, ReplyBuffer(), lease)
+        self._live[message.id] = generation
+        generation.task = asyncio.create_task(self._drive(generation), name=f"generation-{message.id}")
+        return generation
+
+    async def close(self, grace: float) -> None:
+        """Let generations finish within `grace` seconds, then end the rest INTERRUPTED."""
+        tasks = [g.task for g in self._live.values() if g.task]
+        if not tasks:
+            return
+        _done, pending = await asyncio.wait(tasks, timeout=grace)
+        for generation in list(self._live.values()):
+            generation.stop(MessageStatus.INTERRUPTED)
+        if pending:
+            await asyncio.wait(pending, timeout=max(grace, 5.0))
+
+    # ------------------------------------------------------------------------------------------ one reply
+
+    async def _drive(self, generation: Generation) -> None:
+        """Produce, store the end (or, fenced, read what is stored), then release every reader."""
+        outcome: Outcome | None = None
+        try:
+            completion, error = await self._produce(generation)
+            if generation.fenced:
+                outcome = await self._stored_outcome(generation)
+            else:
+                final = final_message(generation, completion=completion, error=error, now=self._clock())
+                outcome = await self._finish(generation, final)
+        finally:
+            if outcome is None:  # the task itself was cancelled (a hard shutdown): readers must not hang
+                final = final_message(generation, completion=None, error=None, now=self._clock())
+                outcome = Outcome(final, Unavailable("the service stopped while the reply was being generated"))
+            self._live.pop(generation.id, None)
+            generation.buffer.close(outcome)
+            self._on_changed([generation.id])
+
+    async def _produce(self, generation: Generation) -> tuple[Completion | None, DomainError | None]:
+        if generation.stop_status is not None:  # stopped before the model was called
+            return None, None
+        generation.producer = asyncio.create_task(self._producer.run(generation), name=f"produce-{generation.id}")
+        try:
+            return await asyncio.shield(generation.producer), None
+        except asyncio.CancelledError:
+            if not generation.producer.cancelled():
+                raise  # the drive task itself was cancelled
+            return None, None
+        except DomainError as error:
+            return None, error
+        except Exception:
+            logger.exception("generation %s failed unexpectedly", generation.id)
+            return None, ModelFailed("the reply failed unexpectedly")
+
+    async def _finish(self, generation: Generation, final: Message) -> Outcome:
+        """Store the final state under the lease, retrying through database outages. A row the database refuses
+        (it should not happen: the text is cleaned and bounded) is stored FAILED with the text it last accepted,
+        then without text. Fenced: the outcome is what whoever took the reply stored."""
+        fallbacks = [
+            dataclasses.replace(
+                final,
+                content=final.content[: generation.flushed_length],
+                status=MessageStatus.FAILED,
+                error_message=UNSTORABLE_MESSAGE,
+                error_reason=ModelFailed.reason,
+            ),
+        ]
+        fallbacks.append(dataclasses.replace(fallbacks[0], content=""))
+        candidate, delay = final, 0.1
+        while True:
+            try:
+                async with self._uow() as uow:
+                    written = await uow.messages.finish(candidate, generation.lease)
+                    stored = None if written else await uow.messages.get(generation.id)
+                    await uow.commit()
+            except Unavailable:
+                # Keep the text: the database will come back. Readers wait for the stored final state.
+                logger.warning("storing the end of reply %s failed; retrying in %.1fs", generation.id, delay)
+            except Exception:
+                logger.exception("the database refused the end of reply %s", generation.id)
+                candidate = fallbacks.pop(0) if fallbacks else candidate
+            else:
+                if written:
+                    return _outcome(candidate)
+                generation.fenced = True
+                logger.warning("reply %s was ended or taken by another replica; not writing it", generation.id)
+                return _outcome(stored) if stored else _deleted(candidate)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF)
+
+    async def _stored_outcome(self, generation: Generation) -> Outcome:
+        delay = 0.1
+        while True:
+            try:
+                async with self._uow() as uow:
+                    stored = await uow.messages.get(generation.id)
+            except Unavailable:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _MAX_BACKOFF)
+                continue
+            final = final_message(generation, completion=None, error=None, now=self._clock())
+            return _outcome(stored) if stored else _deleted(final)
+
+    # ------------------------------------------------------------------------------------------ flushing
+
+    async def run_flusher(self) -> None:
+        """Tick until cancelled; a failing database slows the ticks down (exponential backoff) but never stops
+        them, and nothing is lost: unflushed text stays in the buffers."""
+        ticks, backoff = 0, self._interval
+        while True:
+            await asyncio.sleep(backoff)
+            ticks += 1
+            try:
+                await self.tick(sweep=ticks % self._sweep_every == 0)
+            except Unavailable:
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+                logger.warning("flush failed; retrying in %.2fs", backoff)
+            except Exception:
+                logger.exception("flush failed unexpectedly")
+                backoff = min(backoff * 2, _MAX_BACKOFF)
+            else:
+                backoff = self._interval
+
+    async def tick(self, *, sweep: bool = False) -> None:
+        """One flush transaction: write what grew, renew leases, learn of cancels and lost leases; with `sweep`,
+        end replies whose lease expired (their replica died) INTERRUPTED."""
+        now = self._clock()
+        renew_before, expires = now + self._lease / 2, now + self._lease
+        generations = [g for g in self._live.values() if g.buffer.outcome is None and not g.fenced]
+        due = [g for g in generations if g.buffer.length != g.flushed_length or g.lease.expires_at <= renew_before]
+        lengths = [g.buffer.length for g in due]
+        batch = [Flush(g.id, g.buffer.text, g.lease, expires, now) for g in due]
+        async with self._uow() as uow:
+            if batch:
+                await uow.messages.flush(batch)
+            held = await uow.messages.leased(self._replica_id) if generations else {}
+            abandoned = (
+                await uow.messages.mark_abandoned(
+                    now=now, status=MessageStatus.INTERRUPTED.value, error_message=ABANDONED_MESSAGE
+                )
+                if sweep
+                else []
+            )
+            await uow.commit()
+        self.commits += 1
+        self.writes += len(batch)
+        for generation, length in zip(due, lengths, strict=True):
+            state = held.get(generation.id)
+            if state is not None and state.epoch == generation.lease.epoch:
+                generation.flushed_length = length
+                generation.lease = dataclasses.replace(generation.lease, expires_at=expires)
+        for generation in generations:
+            state = held.get(generation.id)
+            if state is None or state.epoch != generation.lease.epoch:
+                generation.fence()  # ended by another replica, deleted, or taken over
+            elif state.cancel_requested:
+                generation.stop(MessageStatus.CANCELLED)
+        if abandoned:
+            logger.warning("marked %d abandoned replies INTERRUPTED", len(abandoned))
+        if batch or abandoned:
+            self._on_changed([f.message_id for f in batch] + list(abandoned))
+
+
+def _outcome(stored: Message) -> Outcome:
+    """What readers get for a stored final state: a FAILED reply is an error for every reader."""
+    return Outcome(stored, reply_error(stored) if stored.status is MessageStatus.FAILED else None)
+
+
+def _deleted(final: Message) -> Outcome:
+    """The row is gone (its conversation was deleted while it generated): readers see it CANCELLED."""
+    return Outcome(dataclasses.replace(final, status=MessageStatus.CANCELLED, error_message=""))
