@@ -2,10 +2,17 @@
 
 `sub` is the user; `exp` and `nbf` are checked when present (`exp` is required), `iss` and `aud` when
 configured. A `scope` claim (space-separated) or `scopes` list may grant `admin`.
+
+A verified token is remembered until its `exp` (plus the leeway): streams re-check their token at every
+message, and a token's verdict can only change with time (a JWT cannot be revoked), so a re-check is a
+lookup and a clock reading, not a signature verification.
 """
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +24,7 @@ from service.auth import KEY_PREFIX, SCOPES, check_user_id
 from service.domain import InvalidArgument, Principal, Unauthenticated
 
 SYMMETRIC = ("HS256",)
+REMEMBERED = 4096  # verified tokens kept (the least recently used are forgotten first)
 ASYMMETRIC = ("RS256", "ES256")
 
 
@@ -32,6 +40,7 @@ class JwtVerifier:
         issuer: str = "",
         audience: str = "",
         leeway: float = 30.0,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if sum(x is not None for x in (secret, public_key_pem, jwks_json)) != 1:
             raise ValueError("configure exactly one of a JWT secret, a public key or a JWKS file")
@@ -50,6 +59,9 @@ class JwtVerifier:
         self._issuer = issuer or None
         self._audience = audience or None
         self._leeway = leeway
+        self._clock = clock
+        # sha256(token) -> (principal, when it stops being valid): tokens may be kilobytes, digests are not.
+        self._verified: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     @classmethod
     def from_files(
@@ -75,6 +87,23 @@ class JwtVerifier:
         )
 
     def verify(self, token: str) -> Principal:
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            principal, until = known
+            if self._clock() < until:
+                self._verified.move_to_end(digest)
+                return principal
+            del self._verified[digest]
+            raise Unauthenticated("the bearer token is not a valid JWT")
+        principal, expires = self._decode(token)
+        self._verified[digest] = (principal, expires + self._leeway)
+        if len(self._verified) > REMEMBERED:
+            self._verified.popitem(last=False)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
+        """The token's principal and `exp`, verified against the key, the clock and the configured claims."""
         try:
             claims = jwt.decode(
                 token,
@@ -85,6 +114,7 @@ class JwtVerifier:
                 leeway=self._leeway,
                 options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
             )
+            expires = float(claims["exp"])
         except (jwt.PyJWTError, ValueError, TypeError):
             # The reason (expired, wrong audience, bad signature) is not told to an unauthenticated caller.
             raise Unauthenticated("the bearer token is not a valid JWT") from None
@@ -92,7 +122,7 @@ class JwtVerifier:
             user_id = check_user_id(str(claims["sub"]))
         except InvalidArgument:
             raise Unauthenticated("the JWT's `sub` is not a valid user id") from None
-        return Principal(user_id, _scopes(claims))
+        return Principal(user_id, _scopes(claims)), expires
 
     def _key_for(self, token: str) -> Any:
         if len(self._keys) == 1:

@@ -13,6 +13,7 @@ from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
     FailedPrecondition,
     InvalidArgument,
+    Message,
     NotFound,
     PermissionDenied,
     Principal,
@@ -81,12 +82,18 @@ class SessionStore:
             raise PermissionDenied("the coaching session belongs to another user")
         return session
 
-    async def save(self, session: CoachingSession, position: Position, *, turns: int = 0) -> CoachingSession:
-        """Write `position` (and count `turns` more) onto the stored session, under its row lock."""
+    async def claim(self, seen: CoachingSession, position: Position, *, turns: int = 0) -> CoachingSession | None:
+        """Compare-and-set: move the stored session to `position` (counting `turns` more) under its row lock,
+        only if it is still as `seen` (stage, end reason, turns: everything a decision reads that can change).
+        None when another stream moved it meanwhile: the caller decides again on the stored session."""
         async with self._uow() as uow:
-            current = await uow.coaching_sessions.get(session.id, for_update=True)
+            current = await uow.coaching_sessions.get(seen.id, for_update=True)
             if current is None:  # the conversation, and the session with it, was deleted meanwhile
                 raise NotFound("coaching session not found")
+            if _decided_by(current) != _decided_by(seen):
+                return None
+            if position == current.position and not turns:
+                return current  # nothing changes (joining a wrap-up under way): nothing to write
             updated = dataclasses.replace(
                 current,
                 stage=position.stage,
@@ -97,6 +104,11 @@ class SessionStore:
             await uow.coaching_sessions.update(updated)
             await uow.commit()
         return updated
+
+    async def reply_in_flight(self, session: CoachingSession) -> Message | None:
+        """The reply generating in the session's conversation, if any (at most one is)."""
+        async with self._uow() as uow:
+            return await uow.messages.streaming_in(session.conversation_id)
 
     async def model_of(self, session: CoachingSession) -> str:
         """The model of the session's conversation."""
@@ -137,3 +149,8 @@ class SessionStore:
         fields = ConversationFields(persona=persona.name)
         await self._conversations.update(principal, conversation.id, fields, ["persona"])
         return conversation.id
+
+
+def _decided_by(session: CoachingSession) -> tuple[Stage, EndReason, int]:
+    """What of a stored session can change under a decision (its limits, owner and start never do)."""
+    return session.stage, session.end_reason, session.turns_used

@@ -4,10 +4,11 @@ tracing -> access log -> auth -> rate limit -> errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, cast
 
 import grpc
 from opentelemetry import trace
@@ -66,7 +67,12 @@ def _map_stream(behavior: StreamBehavior) -> StreamBehavior:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Resolves `authorization: Bearer <token>` to a Principal in a contextvar; health and reflection are open."""
+    """Resolves `authorization: Bearer <token>` to a Principal in a contextvar; health and reflection are open.
+
+    A stream is authorised per message, not once per call: each message the client sends on it (a Coach
+    turn or end) and each response the server streams first re-checks the token, so a revoked key or an
+    expired JWT ends the stream UNAUTHENTICATED at its next message either way. The checks are cache
+    lookups (a key's verification is cached and dropped on revocation; a JWT's until its `exp`)."""
 
     def __init__(
         self,
@@ -80,12 +86,50 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if details.method.startswith(self._public):
             return await continuation(details)
         try:
-            principal = await self._authenticate(_bearer(_metadata(details, "authorization")))
+            token = _bearer(_metadata(details, "authorization"))
+            principal = await self._authenticate(token)
         except DomainError as error:
             handler = await continuation(details)
             return _refusing(handler, error) if handler else None
         principal_var.set(principal)
-        return await continuation(details)
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary:
+            return handler
+        return _per_message(handler, lambda: self._authenticate(token))
+
+
+def _per_message(handler: Handler, check: Callable[[], Awaitable[object]]) -> Handler:
+    """`handler`, calling `check` before each message the client streams and each response it streams."""
+
+    def unary(behavior: UnaryBehavior) -> UnaryBehavior:  # client streaming, one response
+        async def checked(requests: Any, context: Context) -> Any:
+            return await behavior(_each_checked(requests, check), context)
+
+        return checked
+
+    def stream(behavior: StreamBehavior) -> StreamBehavior:
+        async def checked(request: Any, context: Context) -> AsyncIterator[Any]:
+            if handler.stream_stream:
+                request = _each_checked(request, check)
+            responses = behavior(request, context)  # an async generator (see handlers.wrap): closed on abort
+            async with contextlib.aclosing(cast(AsyncGenerator[Any, None], responses)):
+                async for response in responses:
+                    try:
+                        await check()
+                    except DomainError as error:
+                        await errors.abort(context, error)
+                    yield response
+
+        return checked
+
+    return wrap(handler, unary, stream)
+
+
+async def _each_checked(requests: AsyncIterator[Any], check: Callable[[], Awaitable[object]]) -> AsyncIterator[Any]:
+    # Raised where the servicer reads the message: the error interceptor maps it like any other failure.
+    async for request in requests:
+        await check()
+        yield request
 
 
 def _bearer(header: str) -> str:
@@ -194,7 +238,10 @@ def _size(message: Any) -> int:
 
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):
     """Per-user request rate and concurrent streams (after auth, so the user is known): RESOURCE_EXHAUSTED
-    with a RetryInfo detail when over. Unauthenticated (public) methods are not limited."""
+    with a RetryInfo detail when over. Unauthenticated (public) methods are not limited.
+
+    A call is one request; so is each further message a client streams on it (a Coach turn or end): over
+    the limit, the stream ends RESOURCE_EXHAUSTED at that message, which is not taken."""
 
     def __init__(self, limiter: RateLimiter, metrics: Metrics) -> None:
         self._limiter = limiter
@@ -206,13 +253,26 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or principal is None:
             return handler
         user, limiter, rejections = principal.user_id, self._limiter, self._metrics.rate_limit_rejections
+
+        def take() -> None:
+            try:
+                limiter.check_request(user)
+            except ResourceExhausted:
+                rejections.add(1, {"chat.limit": "requests"})
+                raise
+
         try:
-            limiter.check_request(user)
+            take()
         except ResourceExhausted as error:
-            rejections.add(1, {"chat.limit": "requests"})
             return _refusing(handler, error)
-        if not (handler.unary_stream or handler.stream_stream):
+        if handler.unary_unary:
             return handler
+
+        def unary(behavior: UnaryBehavior) -> UnaryBehavior:  # client streaming, one response
+            async def limited(requests: Any, context: Context) -> Any:
+                return await behavior(_each_after_the_first(requests, take), context)
+
+            return limited
 
         def stream(behavior: StreamBehavior) -> StreamBehavior:
             async def limited(request: Any, context: Context) -> AsyncIterator[Any]:
@@ -221,6 +281,8 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
                 except ResourceExhausted as error:
                     rejections.add(1, {"chat.limit": "streams"})
                     await errors.abort(context, error)
+                if handler.stream_stream:
+                    request = _each_after_the_first(request, take)
                 try:
                     async for response in behavior(request, context):
                         yield response
@@ -229,4 +291,14 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):
 
             return limited
 
-        return wrap(handler, lambda behavior: behavior, stream)
+        return wrap(handler, unary, stream)
+
+
+async def _each_after_the_first(requests: AsyncIterator[Any], take: Callable[[], None]) -> AsyncIterator[Any]:
+    """The client's messages, taking a request for each but the first (the call's own request took it)."""
+    first = True
+    async for request in requests:
+        if not first:
+            take()  # raised where the servicer reads the message: mapped by the error interceptor
+        first = False
+        yield request

@@ -1,7 +1,14 @@
 """Full-text search over final messages, one statement per dialect: FTS5 on SQLite, tsvector on Postgres.
 
+A message's score depends on that message and the query alone, never on other messages: not on other
+users' (scores that move when someone else writes a word would tell that they did), nor on the user's own
+newer ones (a page walk would skip or repeat matches while they write). Postgres' `ts_rank_cd` is such a
+score. FTS5's bm25 is not (it weighs terms by how many rows of the whole table hold them), so SQLite uses
+bm25's term-frequency part without corpus statistics: the query's words found in the message (counted by
+FTS5's own tokenizer, through `highlight`), saturating, with the message's length against a fixed norm.
+
 Keyset pagination on (score, seq): the cursor is `repr(score)|seq`, exact because both databases compute
-a message's score for a query deterministically as a double.
+a message's score for a query deterministically as a double, and stable because the score never changes.
 """
 
 from __future__ import annotations
@@ -17,14 +24,24 @@ _COLUMNS = ", ".join(f"m.{column.name}" for column in messages.c)
 _MARK = "**"
 _KEYSET = "AND ({score} < :score OR ({score} = :score AND m.seq < :seq))"
 
+# bm25's term-frequency saturation (k1 = 1.2, b = 0.75) against a fixed typical length, not the table's.
+_K1, _B, _TYPICAL_CHARS = 1.2, 0.75, 200.0
+_MARK_COUNT = "(length({text}) - length(replace({text}, char(1), '')))"
+# Matches marked with char(1) by highlight(), less any char(1) the message itself holds.
+_FOUND = f"({_MARK_COUNT.format(text='marked')} - {_MARK_COUNT.format(text='content')})"
+_SQLITE_SCORE = f"{_FOUND} * {_K1 + 1} / ({_FOUND} + {_K1} * ({1 - _B} + {_B} * length(content) / {_TYPICAL_CHARS}))"
 _SQLITE_PAGE = """
 WITH hits AS MATERIALIZED (
-    SELECT rowid AS seq, -bm25(messages_fts) AS score FROM messages_fts WHERE messages_fts MATCH :match
+    SELECT m.seq AS seq, m.content AS content, highlight(messages_fts, 0, char(1), '') AS marked
+    FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid
+    WHERE messages_fts MATCH :match AND m.owner = :owner
+), scored AS MATERIALIZED (
+    SELECT seq, {score} AS score FROM hits
 )
-SELECT {columns}, c.title AS conversation_title, hits.score AS score
-FROM hits JOIN messages m ON m.seq = hits.seq JOIN conversations c ON c.id = m.conversation_id
-WHERE m.owner = :owner {keyset}
-ORDER BY hits.score DESC, m.seq DESC LIMIT :limit
+SELECT {columns}, c.title AS conversation_title, scored.score AS score
+FROM scored JOIN messages m ON m.seq = scored.seq JOIN conversations c ON c.id = m.conversation_id
+WHERE TRUE {keyset}
+ORDER BY scored.score DESC, m.seq DESC LIMIT :limit
 """
 
 _SQLITE_SNIPPETS = f"""
@@ -65,8 +82,8 @@ async def search_sqlite(
 ) -> list[tuple[Any, str]]:
     """Rows (message columns, conversation_title, score) with their snippets, best first."""
     match = " ".join(f'"{term}"' for term in terms)
-    keyset = _KEYSET.format(score="hits.score") if after is not None else ""
-    page = _typed(sa.text(_SQLITE_PAGE.format(columns=_COLUMNS, keyset=keyset)))
+    keyset = _KEYSET.format(score="scored.score") if after is not None else ""
+    page = _typed(sa.text(_SQLITE_PAGE.format(columns=_COLUMNS, score=_SQLITE_SCORE, keyset=keyset)))
     rows = list(await conn.execute(page, _params(after, owner=owner, match=match, limit=limit)))
     if not rows:
         return []

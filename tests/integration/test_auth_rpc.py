@@ -1,14 +1,21 @@
-"""Authentication, health and reflection over a real server."""
+"""Authentication, health and reflection over a real server; credentials re-checked on long-lived streams."""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from chat.v1 import admin_pb2, admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
-from tests.integration.harness import Replica
+from service.auth import REVOKED_CHANNEL
+from tests.conftest import _truncate
+from tests.integration.coach_stream import CoachCall, turn
+from tests.integration.harness import Replica, running_replica, settings_for
 
 
 @pytest.mark.parametrize(
@@ -60,3 +67,105 @@ async def test_health_and_reflection_need_no_credentials(replica: Replica) -> No
     responses = reflection.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     names = {s.name async for r in responses for s in r.list_services_response.service}
     assert {"chat.v1.ChatService", "grpc.health.v1.Health"} <= names
+
+
+# ---------------------------------------------------------------------------------------------- long-lived streams
+# A stream is authorised per message, not once per call: every message the client sends on it (a Coach turn
+# or end) and every event the server streams re-checks the credential.
+
+READ_WITHIN = 15.0
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def revoke(replica: Replica, key: str) -> None:
+    """Through AdminService, as an operator would."""
+    admin = admin_pb2_grpc.AdminServiceStub(replica.channel)
+    root = bearer(await replica.key("root", admin=True))
+    await admin.RevokeApiKey(admin_pb2.RevokeApiKeyRequest(key_id=key.split("_")[1]), metadata=root)
+
+
+async def reply_outcome(call: grpc.aio.UnaryStreamCall) -> tuple[bool, grpc.aio.AioRpcError | None]:
+    """Read a reply stream to its end: (whether it completed, its error)."""
+    completed = False
+    async with asyncio.timeout(READ_WITHIN):
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                completed = completed or response.event.HasField("completed")
+        except grpc.aio.AioRpcError as error:
+            return completed, error
+    return completed, None
+
+
+@pytest.fixture
+async def slow_replies(database_url: str) -> AsyncIterator[Replica]:
+    """Replies of ~10 s (500 tokens at 50 tokens/s): a revocation lands in the middle of one."""
+    settings = settings_for(database_url, fake_tokens_per_second=50, fake_reply_tokens=500)
+    async with running_replica(settings) as running:
+        yield running
+
+
+async def test_a_key_revoked_mid_stream_ends_the_coach_stream_at_the_next_turn(replica: Replica) -> None:
+    key = await replica.key("alice")
+    call = CoachCall(replica.stub, bearer(key))
+    await call.begin(persona="english_buddy")
+    await call.ask(turn("Hello!"), "turn_completed")
+
+    await revoke(replica, key)
+    await call.send(turn("Are you still there?"))
+    error = await call.error()
+
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_key_revoked_mid_reply_ends_reply_streams_at_the_next_event(slow_replies: Replica) -> None:
+    key = await slow_replies.key("alice")
+    conversation = await slow_replies.conversation("alice")
+    streamed = slow_replies.stub.StreamReply(
+        pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="a long story"),
+        metadata=bearer(key),
+    )
+    message_id = (await streamed.read()).event.started.assistant_message.message_id
+    resumed = slow_replies.stub.ResumeReply(pb.ResumeReplyRequest(message_id=message_id), metadata=bearer(key))
+    assert (await resumed.read()).event.HasField("started")
+    assert (await streamed.read()).event.HasField("delta")  # the reply is generating
+
+    await revoke(slow_replies, key)
+
+    for call in (streamed, resumed):
+        completed, error = await reply_outcome(call)
+        assert not completed
+        assert error is not None and error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+@pytest.fixture
+async def two_replicas(postgres_database: str) -> AsyncIterator[tuple[Replica, Replica]]:
+    await _truncate(postgres_database)
+    async with (
+        running_replica(settings_for(postgres_database, replica_id="a")) as a,
+        running_replica(settings_for(postgres_database, replica_id="b")) as b,
+    ):
+        yield a, b
+
+
+@pytest.mark.postgres
+async def test_a_key_revoked_on_another_replica_ends_a_coach_stream_at_the_next_turn(
+    two_replicas: tuple[Replica, Replica],
+) -> None:
+    a, b = two_replicas
+    key = await a.key("alice")
+    call = CoachCall(a.stub, bearer(key))
+    await call.begin(persona="english_buddy")
+    await call.ask(turn("Hello!"), "turn_completed")  # A verified the key and holds it in its cache
+    heard = asyncio.Event()
+    # Subscribed after A's own handler, so by the time this runs A has already forgotten the key.
+    a.app.deps.notifications.subscribe(REVOKED_CHANNEL, lambda _key_id: heard.set())
+
+    await revoke(b, key)
+    await asyncio.wait_for(heard.wait(), READ_WITHIN)
+    await call.send(turn("Are you still there?"))
+    error = await call.error()
+
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED

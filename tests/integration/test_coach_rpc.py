@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -361,7 +362,8 @@ async def test_a_conversation_with_other_instructions_is_refused(replica: Replic
 
 async def test_unauthenticated_coach_is_refused(replica: Replica) -> None:
     call = CoachCall(replica.stub, ())
-    await call.send(start(persona="english_buddy"))
+    with contextlib.suppress(grpc.aio.AioRpcError):  # the refusal may come before the request is written
+        await call.send(start(persona="english_buddy"))
 
     assert (await call.error()).code() is grpc.StatusCode.UNAUTHENTICATED
 

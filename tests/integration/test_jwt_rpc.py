@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from chat.v1 import admin_pb2, admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
+from tests.integration.coach_stream import CoachCall, turn
 from tests.integration.harness import Replica, running_replica, settings_for
 
 SECRET = "a-test-secret-" + "s" * 51  # 64 bytes: long enough for HS512 too
@@ -152,3 +154,61 @@ async def test_es256_with_a_jwks_file_picks_the_key_by_kid(database_url: str, tm
         assert await code_of(replica, swapped) == grpc.StatusCode.UNAUTHENTICATED
         unknown = jwt.encode(claims(), keys["k1"], algorithm="ES256", headers={"kid": "k3"})
         assert await code_of(replica, unknown) == grpc.StatusCode.UNAUTHENTICATED
+
+
+# ---------------------------------------------------------------------------------------------- long-lived streams
+
+
+async def past(exp: int) -> None:
+    """Wait for the clock to pass a token's `exp`: a time, not an event anything could signal."""
+    await asyncio.sleep(max(0.0, exp - time.time()) + 0.05)
+
+
+@pytest.fixture
+async def strict_replica(database_url: str) -> AsyncIterator[Replica]:
+    """No leeway: a token is refused from its `exp` on. Replies take ~10 s (500 tokens at 50 tokens/s)."""
+    settings = settings_for(
+        database_url,
+        jwt_secret=SECRET,
+        jwt_issuer=ISSUER,
+        jwt_audience=AUDIENCE,
+        jwt_leeway_seconds=0,
+        fake_tokens_per_second=50,
+        fake_reply_tokens=500,
+    )
+    async with running_replica(settings) as replica:
+        yield replica
+
+
+async def test_a_jwt_expiring_mid_stream_ends_the_coach_stream_at_the_next_turn(strict_replica: Replica) -> None:
+    exp = int(time.time()) + 4
+    call = CoachCall(strict_replica.stub, bearer(jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")))
+    await call.begin(persona="english_buddy")
+
+    await past(exp)
+    await call.send(turn("Are you still there?"))
+    error = await call.error()
+
+    assert error.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_jwt_expiring_mid_reply_ends_the_reply_stream(strict_replica: Replica) -> None:
+    exp = int(time.time()) + 3
+    token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
+    conversation = await strict_replica.stub.CreateConversation(pb.CreateConversationRequest(), metadata=bearer(token))
+    call = strict_replica.stub.StreamReply(
+        pb.StreamReplyRequest(conversation_id=conversation.conversation.conversation_id, content="a long story"),
+        metadata=bearer(token),
+    )
+    assert (await call.read()).event.HasField("started")
+
+    completed, error = False, None
+    async with asyncio.timeout(30):
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                completed = completed or response.event.HasField("completed")
+        except grpc.aio.AioRpcError as failure:
+            error = failure
+    assert time.time() >= exp
+    assert not completed  # the reply takes ~10 s; the token ran out after 3
+    assert error is not None and error.code() is grpc.StatusCode.UNAUTHENTICATED

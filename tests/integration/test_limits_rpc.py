@@ -10,6 +10,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from chat.v1 import chat_pb2 as pb
+from tests.integration.coach_stream import CoachCall, start, turn
 from tests.integration.harness import running_replica, settings_for
 
 
@@ -22,6 +23,12 @@ def retry_info(error: grpc.aio.AioRpcError) -> error_details_pb2.RetryInfo:
             detail.Unpack(info)
             return info
     raise AssertionError("no RetryInfo detail")
+
+
+async def read_all(call: grpc.aio.StreamStreamCall, kinds: list[str]) -> None:
+    async with asyncio.timeout(30):
+        async for response in call:
+            kinds.append(str(response.WhichOneof("response")))
 
 
 async def test_requests_over_the_per_minute_limit_are_refused_with_retry_info(database_url: str) -> None:
@@ -81,3 +88,38 @@ async def test_concurrent_streams_over_the_limit_are_refused(database_url: str) 
         )
         assert (await again.read()).event.HasField("started")
         again.cancel()
+
+
+async def test_each_coach_turn_takes_a_request_from_the_bucket(database_url: str) -> None:
+    """One long-lived stream is no way around the limit: every turn (or end) is a request, refused with
+    RESOURCE_EXHAUSTED and RetryInfo when over; the refused turn is not taken and the session can be rejoined."""
+    settings = settings_for(database_url, rate_limit_per_minute=5)
+    async with running_replica(settings) as replica:
+        call = CoachCall(replica.stub, await replica.auth("alice"))
+        session = (await call.begin(persona="english_buddy")).session  # the call (with its start): 1 request
+        for _ in range(4):
+            await call.ask(turn("One more question"), "turn_completed")
+
+        await call.send(turn("And another one"))
+        error = await call.error()
+
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert 0 < retry_info(error).retry_delay.ToTimedelta().total_seconds() <= 12
+        async with replica.app.deps.database.unit_of_work() as uow:
+            stored = await uow.coaching_sessions.get(session.session_id)
+        assert stored is not None and stored.turns_used == 4 and stored.stage.value == "active"
+
+
+async def test_a_pipelined_burst_of_turns_is_limited_too(database_url: str) -> None:
+    """60 turns written at once on one stream (as a script would): 4 answered, then RESOURCE_EXHAUSTED."""
+    settings = settings_for(database_url, rate_limit_per_minute=5)
+    async with running_replica(settings) as replica:
+        requests = [start(persona="english_buddy"), *(turn(f"question {i}") for i in range(60))]
+        call = replica.stub.Coach(iter(requests), metadata=await replica.auth("alice"))
+        kinds = []
+        with pytest.raises(grpc.aio.AioRpcError) as error:
+            await read_all(call, kinds)
+
+        assert kinds.count("turn_completed") == 4
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_info(error.value).retry_delay.ToTimedelta().total_seconds() > 0

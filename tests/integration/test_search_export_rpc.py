@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from chat.v1 import chat_pb2 as pb
 from tests.integration.harness import Replica
@@ -225,3 +227,77 @@ async def test_a_query_of_only_common_words_is_answered(replica: Replica) -> Non
     # Postgres drops English stop words (nothing left to match); SQLite's FTS5 keeps them. Neither is an error.
     expected = ["the and of"] if replica.app.deps.database.is_sqlite else []
     assert [r.message.content for r in found.results] == expected
+
+
+# ---------------------------------------------------------------------------------------------- isolation, stability
+# A user's search must not depend on anyone else's data: not the results, not the scores (scores that move
+# when another user writes a word tell whether they did), and a page walk must not skip or repeat a match
+# while others, or the same user, write.
+
+WORDS = ["zebra", "river", "otter", "bridge", "stripes", "the", "a", "near", "quokka", "old"]
+ALICE_SAYS = [
+    "the zebra crossed the wide river near the old bridge",
+    "zebra zebra zebra: stripes of a zebra",
+    "an otter and a zebra by the river",
+    "otter notes",
+    "Zebras!",
+]
+QUERIES = ["zebra", "zebra river", "otter", "stripes"]
+
+
+async def _results(replica: Replica, user: str, query: str) -> list[tuple[str, float, str]]:
+    found = await _search(replica, user, query, page_size=100)
+    return [(r.message.message_id, r.score, r.snippet) for r in found.results]
+
+
+async def test_alices_results_and_scores_do_not_depend_on_what_bob_writes(replica: Replica) -> None:
+    alice = await replica.conversation("alice")
+    for text in ALICE_SAYS:
+        await _say(replica, "alice", alice.conversation_id, text)
+    before = {query: await _results(replica, "alice", query) for query in QUERIES}
+    assert all(before.values())
+    bob = await replica.conversation("bob")
+    # Hypothesis drives the examples from a worker thread; each runs on this loop, next to the server.
+    loop = asyncio.get_running_loop()
+
+    async def example(texts: list[str]) -> None:
+        for text in texts:  # bob's writes accumulate across examples: more and more of the same words
+            await _say(replica, "bob", bob.conversation_id, text)
+        for query in QUERIES:
+            assert await _results(replica, "alice", query) == before[query], query
+
+    @settings(max_examples=15, deadline=None, database=None)
+    @given(texts=st.lists(st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map(" ".join), max_size=4))
+    def check(texts: list[str]) -> None:
+        asyncio.run_coroutine_threadsafe(example(texts), loop).result(timeout=60)
+
+    await asyncio.to_thread(check)
+
+
+async def test_a_page_walk_while_others_and_the_user_write_returns_every_match_once(replica: Replica) -> None:
+    alice = await replica.conversation("alice")
+    bob = await replica.conversation("bob")
+    originals = set()
+    for i in range(30):
+        sent = await _say(replica, "alice", alice.conversation_id, "quokka " * (1 + i % 4) + f"sighting {i}")
+        originals.add(sent.user_message.message_id)
+
+    seen: list[pb.SearchResult] = []
+    token = ""
+    for page_number in range(40):
+        page = await _search(replica, "alice", "quokka", page_size=4, page_token=token)
+        seen.extend(page.results)
+        token = page.next_page_token
+        if not token:
+            break
+        # Between pages: bob writes the word (many times), and alice writes new matches of her own.
+        for j in range(3):
+            await _say(replica, "bob", bob.conversation_id, "quokka " * (1 + j) + "bob was here")
+        await _say(replica, "alice", alice.conversation_id, f"quokka update {page_number}")
+    assert not token, "the walk did not end"
+
+    ids = [r.message.message_id for r in seen]
+    assert len(ids) == len(set(ids)), "a match came twice"
+    assert originals <= set(ids), f"{len(originals - set(ids))} of {len(originals)} matches were skipped"
+    order = [(r.score, r.message.create_time.ToNanoseconds()) for r in seen if r.message.message_id in originals]
+    assert order == sorted(order, reverse=True)  # best first, the newest first among equals

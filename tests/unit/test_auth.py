@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
+import jwt
 import pytest
 
 from service.auth import ApiKeys, hash_secret, parse_key
 from service.domain import ApiKey, InvalidArgument, NotFound, Principal, Unauthenticated
+from service.jwt_auth import JwtVerifier
 from service.pagination import PageTokens
 from tests.fakes import FakeClock, FakeStorage
 
@@ -286,3 +290,38 @@ async def test_the_cache_is_bypassed_while_not_trusted(storage: FakeStorage, clo
 
     with pytest.raises(Unauthenticated):
         await theirs.authenticate(token)
+
+
+# ---------------------------------------------------------------------------------------------- JWT re-checks
+
+
+class Seconds:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_jwt_is_refused_from_its_exp_plus_the_leeway() -> None:
+    clock = Seconds(time.time())  # the first verification is pyjwt's, on the real clock
+    verifier = JwtVerifier(secret="s" * 32, leeway=5, clock=clock)
+    token = jwt.encode({"sub": "ana", "exp": int(clock.now) + 60}, "s" * 32, algorithm="HS256")
+    clock.now = float(int(clock.now))
+
+    assert verifier.verify(token) == Principal("ana")
+    clock.now += 64.9  # remembered: no second verification, and still within exp + leeway
+    assert verifier.verify(token) == Principal("ana")
+    clock.now += 0.1
+    with pytest.raises(Unauthenticated):
+        verifier.verify(token)
+    with pytest.raises(Unauthenticated):  # forgotten: verified afresh, and expired on pyjwt's clock too
+        JwtVerifier(secret="s" * 32, leeway=0).verify(jwt.encode({"sub": "ana", "exp": 1}, "s" * 32))
+
+
+def test_a_token_that_fails_verification_is_not_remembered() -> None:
+    verifier = JwtVerifier(secret="s" * 32, leeway=0)
+    forged = jwt.encode({"sub": "ana", "exp": 4_000_000_000}, "another secret" + "x" * 20, algorithm="HS256")
+    for _ in range(2):
+        with pytest.raises(Unauthenticated):
+            verifier.verify(forged)

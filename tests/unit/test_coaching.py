@@ -22,11 +22,12 @@ from service.coaching.events import (
     UserTurn,
     WrapUpConfirmation,
 )
-from service.coaching.sessions import CONFIRMATION, Coaching
+from service.coaching.sessions import Coaching
 from service.coaching.state import Limits
+from service.coaching.steps import CONFIRMATION
 from service.coaching.store import SessionStore
 from service.coaching.voice import Voice
-from service.coaching.wrapup import EndReason, Stage
+from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
     Completion,
     FailedPrecondition,
@@ -136,19 +137,24 @@ class Judge(ScriptedProvider):
 
 
 @pytest.fixture
-def coaching(storage: FakeStorage, replies: Replies, provider: ScriptedProvider, clock: FakeClock) -> Coaching:
+def store(storage: FakeStorage, replies: Replies, provider: ScriptedProvider, clock: FakeClock) -> SessionStore:
     personas = PersonaCatalog.load()
-    tokens = PageTokens(b"secret")
     conversations = Conversations(
         storage.unit_of_work,
         replies,
         ModelCatalog(provider, default_model="scripted"),
         personas,
-        tokens,
+        PageTokens(b"secret"),
         clock=clock,
         max_prompt_bytes=1024,
     )
-    store = SessionStore(storage.unit_of_work, conversations, personas, clock=clock, default_limits=Limits())
+    return SessionStore(storage.unit_of_work, conversations, personas, clock=clock, default_limits=Limits())
+
+
+@pytest.fixture
+def coaching(store: SessionStore, replies: Replies, provider: ScriptedProvider, clock: FakeClock) -> Coaching:
+    personas = PersonaCatalog.load()
+    tokens = PageTokens(b"secret")
     voice = Voice(
         Unconfigured(NO_TRANSCRIBER), Unconfigured(NO_SYNTHESIZER), max_audio_bytes=1024, max_message_bytes=1024
     )
@@ -360,3 +366,33 @@ async def test_the_model_decides_ambiguous_turns(
     assert judge.questions == ["I think I'll head off soon"]
     assert isinstance(event, expected)
     await replies.close(0)
+
+
+# ---------------------------------------------------------------------------------------------- compare-and-set
+
+
+async def test_a_claim_stores_only_what_was_decided_on_the_stored_session(
+    coaching: Coaching, store: SessionStore
+) -> None:
+    session = (await begin(Learner(coaching), persona="english_buddy")).session
+    confirming = await store.claim(session, Position(Stage.CONFIRMING))
+    assert confirming is not None and confirming.stage is Stage.CONFIRMING
+
+    # Another stream decided on the ACTIVE session it read before: its decision is not stored.
+    assert await store.claim(session, Position(Stage.CONFIRMING)) is None
+    assert await store.claim(session, Position(), turns=1) is None
+    assert (await store.load(ALICE, session.id)).position == Position(Stage.CONFIRMING)
+
+    answered = await store.claim(confirming, Position(), turns=1)
+    assert answered is not None and (answered.stage, answered.turns_used) == (Stage.ACTIVE, 1)
+    assert await store.claim(confirming, Position(Stage.WRAPPING_UP, EndReason.USER_REQUESTED)) is None
+
+
+async def test_a_claim_that_changes_nothing_writes_nothing(coaching: Coaching, store: SessionStore) -> None:
+    session = (await begin(Learner(coaching), persona="english_buddy")).session
+    wrapping = await store.claim(session, Position(Stage.WRAPPING_UP, EndReason.CLIENT_ENDED))
+    assert wrapping is not None
+
+    joined = await store.claim(wrapping, wrapping.position)
+
+    assert joined == wrapping  # the same update_time: not written again
