@@ -11,13 +11,16 @@ from service.coaching.events import Start
 from service.coaching.state import CoachingSession, Limits
 from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
+    PERSONA_NAME_MAX,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Principal,
     check_id,
+    check_name,
     new_id,
+    shown,
 )
 from service.personas import Persona, PersonaCatalog
 from service.ports import UnitOfWorkFactory
@@ -109,9 +112,10 @@ class SessionStore:
     def _persona(self, name: str) -> Persona:
         if not name:
             raise InvalidArgument.field("start.persona", "is required to start a session (see ListPersonas)")
+        check_name("start.persona", name, max_chars=PERSONA_NAME_MAX)
         persona = self._personas.get(name)
         if persona is None:
-            raise InvalidArgument.field("start.persona", f"unknown persona {name!r}; see ListPersonas")
+            raise InvalidArgument.field("start.persona", f"unknown persona {shown(name)!r}; see ListPersonas")
         return persona
 
     def _limits(self, start: Start) -> Limits:

@@ -1,7 +1,7 @@
 """Full-text search over final messages, one statement per dialect: FTS5 on SQLite, tsvector on Postgres.
 
-Keyset pagination on (score, seq): the cursor is `repr(score)|seq`, exact because both databases compute
-a message's score for a query deterministically as a double.
+Keyset pagination on (score, seq): the cursor is `repr(score)|seq` (service/storage/cursors.py), exact
+because both databases compute a message's score for a query deterministically as a double.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.storage.cursors import read_relevance
 from service.storage.tables import messages
 
 _COLUMNS = ", ".join(f"m.{column.name}" for column in messages.c)
@@ -55,8 +56,8 @@ def _typed(statement: sa.TextClause, *extra: sa.ColumnClause[Any]) -> sa.Textual
 
 def _params(after: str | None, **params: Any) -> dict[str, Any]:
     if after is not None:
-        score, _, seq = after.partition("|")
-        params.update(score=float(score), seq=int(seq))
+        score, seq = read_relevance(after)
+        params.update(score=score, seq=seq)
     return params
 
 

@@ -218,13 +218,14 @@ async def test_a_long_model_name_is_refused_before_storage_while_models_cannot_b
 HUGE = ["p" * 8000, "😀" * 8000, "\x01" * 8000, "%" * 8000]
 
 
-def assert_bounded(error: grpc.aio.AioRpcError, code: grpc.StatusCode) -> None:
-    """The real code, and a status far below the client's metadata limit that repeats little of the value."""
+def assert_bounded(error: grpc.aio.AioRpcError, code: grpc.StatusCode, value: str, *, echo: int = ECHO_MAX) -> None:
+    """The real code, and a status far below the client's metadata limit that repeats at most `echo`
+    characters of the value."""
     assert error.code() == code, error.details()
-    assert status_size(error) <= CLIENT_METADATA_LIMIT * 3 // 4, status_size(error)
-    assert "…" in (error.details() or "")
-    for value in error_info(error).metadata.values():
-        assert len(value) <= ECHO_MAX
+    assert status_size(error) <= CLIENT_METADATA_LIMIT // 2, status_size(error)
+    assert value[: echo + 1] not in (error.details() or "")
+    for shown in error_info(error).metadata.values():
+        assert len(shown) <= ECHO_MAX
 
 
 async def test_errors_repeat_only_the_start_of_a_huge_value(listed: Replica) -> None:
@@ -247,14 +248,16 @@ async def test_errors_repeat_only_the_start_of_a_huge_value(listed: Replica) -> 
                 ),
                 metadata=auth,
             ),
-            lambda v: _key(listed, scopes=[v, v[:3000], v[:2000]]),
         ):
-            assert_bounded(await refused(call(value)), grpc.StatusCode.INVALID_ARGUMENT)
-        assert_bounded(await coach_refused(listed, persona=value), grpc.StatusCode.INVALID_ARGUMENT)
+            assert_bounded(await refused(call(value)), grpc.StatusCode.INVALID_ARGUMENT, value)
+        # service/auth.py repeats unknown scopes whole; the error map still cuts the description to 200 bytes.
+        scopes = await refused(_key(listed, scopes=[value, value[:3000], value[:2000]]))
+        assert_bounded(scopes, grpc.StatusCode.INVALID_ARGUMENT, value, echo=200)
+        assert_bounded(await coach_refused(listed, persona=value), grpc.StatusCode.INVALID_ARGUMENT, value)
         # A name that fits its column but is no model the provider offers: FAILED_PRECONDITION, as it is.
         unknown = await refused(listed.conversation("alice", model=value[:200]))
-        assert_bounded(unknown, grpc.StatusCode.FAILED_PRECONDITION)
-        assert error_info(unknown).reason == "MODEL_NOT_FOUND"
+        assert_bounded(unknown, grpc.StatusCode.FAILED_PRECONDITION, value)
+        assert error_info(unknown).reason == "MODEL_NOT_FOUND" and "…" in (unknown.details() or "")
     assert [c.conversation_id for c in await conversations(listed, "alice")] == [cid]
 
 
@@ -267,7 +270,7 @@ async def test_a_failed_reply_keeps_its_error_bounded(unlisted: Replica) -> None
         send = unlisted.stub.SendMessage(pb.SendMessageRequest(conversation_id=cid, content="hi"), metadata=auth)
         async with asyncio.timeout(15):  # a reply whose end cannot be stored never ends
             error = await refused(send)
-        assert_bounded(error, grpc.StatusCode.FAILED_PRECONDITION)
+        assert_bounded(error, grpc.StatusCode.FAILED_PRECONDITION, model)
         listed = await unlisted.stub.ListMessages(pb.ListMessagesRequest(conversation_id=cid), metadata=auth)
         reply = listed.messages[-1]
         assert reply.status == pb.MESSAGE_STATUS_FAILED

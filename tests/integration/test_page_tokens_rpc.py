@@ -16,30 +16,30 @@ from chat.v1 import admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
 from service.pagination import PageTokens
 from service.storage.database import Database
+from service.storage.shared_secrets import shared_secret
 from tests.integration.harness import Replica, running_replica, settings_for
 from tests.integration.rpc_errors import violations
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = "a page token secret the test knows"
-# Cursors no listing issues: not parseable, out of range for their column, or not of this listing's kind.
-MALFORMED = [
-    "",
-    "x",
-    "|",
-    "-1",
-    "1_0",
-    "١٢",  # digits, but not ASCII ones
-    "99999999999999999999999999",
-    "nan|1",
-    "1.5|x",
-    "1.5|99999999999999999999999999",
-    "2026-01-01T00:00:00|00000000-0000-0000-0000-000000000000",  # no time zone
-    "2026-01-01T00:00:00+00:00|\x00",
-    "2026-01-01T00:00:00+00:00|" + "x" * 500,
-    "9999-99-99T00:00:00+00:00|x",
-    "\x00",
-    "k" * 100,
-]
+# Cursors no listing issues: not parseable, or out of range for the columns they are compared with.
+MALFORMED = ["", "|", "-1", "\u0661\u0662", "nan|1", "\x00", "1.5|x", "k" * 100]
+UUID = "0123abcd-0000-4000-8000-000000000000"
+MALFORMED_FOR = {
+    "conversations": [
+        "x",
+        f"2026-01-01T00:00:00|{UUID}",  # no time zone
+        "2026-01-01T00:00:00+00:00|\x00",
+        "2026-01-01T00:00:00+00:00|" + "x" * 500,
+        f"9999-99-99T00:00:00+00:00|{UUID}",
+        f"0001-01-01T00:00:00+05:00|{UUID}",  # before year 1 in UTC
+        f"2026-01-01T00:00:00+00:00|{UUID.upper()}",
+    ],
+    "messages": ["x", "99999999999999999999999999", "1_0", "1.0", " 1"],
+    "search": ["x", "1.5|99999999999999999999999999", "inf|1", "1e400|1", "1.5"],
+    "api_keys": ["k" * 33, "key-1", "ключ"],
+    "models": ["x", "9999999999", "1_0", "1.0", " 1"],
+}
 
 List = Callable[[Replica, str], Awaitable[object]]
 
@@ -79,7 +79,7 @@ async def test_a_malformed_cursor_is_invalid_page_token(known: Replica) -> None:
     }
     minted = PageTokens(SECRET.encode())
     for scope, listing in listings.items():
-        for cursor in MALFORMED:
+        for cursor in MALFORMED + MALFORMED_FOR[scope.partition(":")[0]]:
             with pytest.raises(grpc.aio.AioRpcError) as error:
                 await listing(minted.encode(scope, cursor))
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (scope, cursor, error.value.details())
@@ -154,8 +154,6 @@ async def test_replicas_on_one_database_accept_each_others_tokens(database_url: 
 
 
 async def test_replicas_starting_together_make_one_secret(database_url: str) -> None:
-    from service.storage.shared_secrets import shared_secret
-
     databases = [Database(database_url) for _ in range(4)]
     try:
         made = await asyncio.gather(*(shared_secret(db, "race") for db in databases))

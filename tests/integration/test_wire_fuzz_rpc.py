@@ -10,6 +10,7 @@ stay healthy.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -35,6 +36,7 @@ from tests.integration.hostile import (
 from tests.integration.protobuf_strategies import damaged, malformed
 
 pytestmark = pytest.mark.timeout(60)
+logger = logging.getLogger(__name__)
 CHAT = pb.DESCRIPTOR.services_by_name["ChatService"]
 ADMIN = apb.DESCRIPTOR.services_by_name["AdminService"]
 METHODS = [*CHAT.methods, *ADMIN.methods]
@@ -62,14 +64,17 @@ def checker(runner: LoopThread, channel: grpc.aio.Channel, log: AccessLog, calle
         if not (method.client_streaming and (code, details) == CLIENT_WRITE_RACE):
             assert code.name == entry.code, case  # the client saw what the server sent
         if not authenticated:
-            assert code == grpc.StatusCode.UNAUTHENTICATED, case
+            assert entry.code == "UNAUTHENTICATED", case
 
     return check
 
 
-def test_every_method_answers_malformed_bytes_with_a_proper_status(
-    database_url: str, record_property: Callable[[str, object], None]
-) -> None:
+async def serving(channel: grpc.aio.Channel) -> int:
+    check = health_pb2_grpc.HealthStub(channel).Check
+    return (await check(health_pb2.HealthCheckRequest(service=CHAT.full_name))).status
+
+
+def test_every_method_answers_malformed_bytes_with_a_proper_status(database_url: str) -> None:
     runner = LoopThread()
     replica_context = running_replica(
         settings_for(database_url, rate_limit_per_minute=0, max_concurrent_streams=0, speech_provider="none")
@@ -85,7 +90,7 @@ def test_every_method_answers_malformed_bytes_with_a_proper_status(
             check = checker(runner, replica.channel, log, {CHAT.name: alice, ADMIN.name: admin})
             cases: Counter[str] = Counter()
 
-            for method in METHODS:
+            def fuzz(method: MethodDescriptor) -> None:
                 opening = [OPENING.get(method.name, b"")] if method.client_streaming else []
                 for payload in malformed(method.input_type):
                     check(method, [payload], True)
@@ -97,22 +102,23 @@ def test_every_method_answers_malformed_bytes_with_a_proper_status(
 
                 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)
                 @given(data=st.data())
-                def fuzz(data: st.DataObject, method: MethodDescriptor = method) -> None:
+                def damaged_requests(data: st.DataObject) -> None:
                     count = data.draw(st.integers(1, 3)) if method.client_streaming else 1
                     payloads = [data.draw(damaged(method.input_type, named), label="bytes") for _ in range(count)]
                     authenticated = data.draw(st.integers(0, 7), label="caller") > 0
                     check(method, payloads, authenticated)
                     cases[method.name] += 1
 
-                fuzz()
+                damaged_requests()
+
+            for method in METHODS:
+                fuzz(method)
 
             # Still healthy: serving, and a well-formed request works.
-            health = health_pb2_grpc.HealthStub(replica.channel)
-            served = runner.run(health.Check(health_pb2.HealthCheckRequest(service=CHAT.full_name)))
-            assert served.status == health_pb2.HealthCheckResponse.SERVING
+            assert runner.run(serving(replica.channel)) == health_pb2.HealthCheckResponse.SERVING
             runner.run(replica.conversation("alice"))
             assert set(cases) == {m.name for m in METHODS}
-            record_property("cases", dict(cases))
+            logger.info("cases run per method: %s", dict(cases))
         finally:
             runner.run(replica_context.__aexit__(None, None, None))
             runner.close()

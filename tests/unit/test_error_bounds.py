@@ -16,7 +16,7 @@ from service import domain
 from service.domain import DomainError, FieldViolation
 from service.rpc.errors import to_status
 
-BUDGET = 6 * 1024  # bytes of response metadata; three quarters of the client's default limit
+BUDGET = 4 * 1024  # bytes of response metadata: half the client's default limit
 ERROR_MESSAGE_COLUMN = 500  # messages.error_message
 
 
