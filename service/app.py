@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import signal
 import socket
@@ -40,11 +39,13 @@ from service.startup import CannotStart
 from service.storage import migrate
 from service.storage.database import Database
 from service.storage.notifications import notifications_for
+from service.storage.shared_secrets import shared_secret
 
 logger = logging.getLogger(__name__)
 
 CHAT_SERVICE = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+PAGE_TOKEN_SECRET = "page_tokens"  # its name in the database's shared secrets
 
 
 def utc_now() -> datetime:
@@ -69,6 +70,7 @@ class Dependencies:
     rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=0, max_streams=0))
     metrics: telemetry.Metrics = field(default_factory=telemetry.noop_metrics)
     metrics_endpoint: telemetry.MetricsEndpoint | None = None
+    page_tokens: PageTokens = field(default_factory=PageTokens)
 
     async def aclose(self) -> None:
         if self.metrics_endpoint is not None:
@@ -80,11 +82,12 @@ class Dependencies:
         await self.database.dispose()
 
 
-def page_token_secret(settings: Settings) -> bytes:
+async def page_token_secret(settings: Settings, database: Database) -> bytes:
+    """CHAT_PAGE_TOKEN_SECRET, or else a random key made once and kept in the database: every replica on it
+    shares it, it survives restarts, and unlike anything derived from configuration nobody can guess it."""
     if settings.page_token_secret is not None:
         return settings.page_token_secret.get_secret_value().encode()
-    # Replicas sharing a database share this default; tokens grant nothing (listings filter by caller).
-    return hashlib.sha256(b"chat-service page tokens\x00" + settings.database_url.encode()).digest()
+    return await shared_secret(database, PAGE_TOKEN_SECRET)
 
 
 def build(
@@ -98,7 +101,7 @@ def build(
     telemetry.instrument_libraries(database.engine.sync_engine)
     provider = telemetry.TracedProvider(provider or llm.build_provider(settings), metrics)
     personas = PersonaCatalog.load(settings.personas_file)
-    tokens = PageTokens(page_token_secret(settings))
+    tokens = PageTokens()  # keyed in App.start, once the database can be read
     limits = ReplyLimits(
         max_message_bytes=settings.max_message_bytes,
         max_reply_tokens=settings.max_reply_tokens,
@@ -177,6 +180,7 @@ def build(
         ),
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
+        page_tokens=tokens,
     )
 
 
@@ -202,6 +206,7 @@ class App:
             await asyncio.to_thread(migrate.upgrade, settings.database_url)
         else:
             await migrate.check(settings.database_url)
+        self.deps.page_tokens.key(await page_token_secret(settings, self.deps.database))
         self.port = self._listen(address or settings.listen)
         await self.deps.notifications.start()
         await self.deps.replies.start()

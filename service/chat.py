@@ -11,6 +11,9 @@ from datetime import datetime
 from typing import TypeVar
 
 from service.domain import (
+    MODEL_NAME_MAX,
+    PERSONA_NAME_MAX,
+    TITLE_MAX,
     Conversation,
     InvalidArgument,
     Message,
@@ -21,10 +24,12 @@ from service.domain import (
     SearchHit,
     Unavailable,
     check_id,
+    check_name,
     check_owner,
     check_text,
     new_id,
     search_terms,
+    shown,
 )
 from service.export import ExportFormat, writer_for
 from service.pagination import PageTokens, page_size
@@ -34,12 +39,12 @@ from service.replies import Replies
 
 logger = logging.getLogger(__name__)
 
-TITLE_MAX = 200
 DEFAULT_TITLE = "New conversation"
 # Text one response may carry: a page stops early rather than exceed what a default gRPC client accepts (4 MB);
 # a character is at most 4 bytes of UTF-8, and a single message is far below this (CHAT_MAX_REPLY_CHARS).
 RESPONSE_TEXT_CHARS = 750_000
 UPDATABLE = frozenset({"title", "model", "persona", "system_prompt"})
+NAME_COLUMNS = {"title": TITLE_MAX, "model": MODEL_NAME_MAX, "persona": PERSONA_NAME_MAX}
 EXPORT_PAGE_SIZE = 100
 
 
@@ -160,7 +165,7 @@ class Conversations:
             mask = {name for name in UPDATABLE if getattr(fields, name)}
         unknown = set(mask) - UPDATABLE
         if unknown:
-            raise InvalidArgument.field("update_mask", f"cannot update {', '.join(sorted(unknown))}")
+            raise InvalidArgument.field("update_mask", f"cannot update {', '.join(map(shown, sorted(unknown)))}")
         fields = await self._validated(fields, frozenset(mask), prefix="conversation.")
         changes = {name: getattr(fields, name) for name in mask}
         if "title" in changes and not changes["title"]:
@@ -244,7 +249,7 @@ class Conversations:
 
     async def models(self, size: int, token: str) -> Page[ModelInfo]:
         limit = page_size(size)
-        start = int(self._tokens.decode("models", token) or 0)
+        start = self._tokens.offset("models", token)
         models = sorted(await self._models.models(), key=lambda m: m.name)
         following = start + limit
         cursor = str(following) if following < len(models) else None
@@ -253,11 +258,9 @@ class Conversations:
     async def _validated(
         self, fields: ConversationFields, names: Collection[str], *, prefix: str
     ) -> ConversationFields:
-        if "title" in names and len(fields.title) > TITLE_MAX:
-            raise InvalidArgument.field(f"{prefix}title", f"must be at most {TITLE_MAX} characters")
-        for name in ("title", "model", "persona"):  # Postgres text cannot hold NUL
-            if name in names and "\x00" in getattr(fields, name):
-                raise InvalidArgument.field(f"{prefix}{name}", "must not contain NUL characters")
+        for name, max_chars in NAME_COLUMNS.items():
+            if name in names:
+                check_name(f"{prefix}{name}", getattr(fields, name), max_chars=max_chars)
         if "system_prompt" in names:
             check_text(
                 f"{prefix}system_prompt",
@@ -266,7 +269,9 @@ class Conversations:
                 required=False,
             )
         if "persona" in names and fields.persona and self._personas.get(fields.persona) is None:
-            raise InvalidArgument.field(f"{prefix}persona", f"unknown persona {fields.persona!r}; see ListPersonas")
+            raise InvalidArgument.field(
+                f"{prefix}persona", f"unknown persona {shown(fields.persona)!r}; see ListPersonas"
+            )
         if {"persona", "system_prompt"} <= set(names) and fields.persona and fields.system_prompt:
             raise InvalidArgument.field(f"{prefix}persona", "cannot be combined with a system_prompt")
         if "model" in names and fields.model:

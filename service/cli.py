@@ -188,7 +188,8 @@ async def _with_keys(settings: Settings) -> Any:
     else:
         await migrate.check(settings.database_url)
     database = Database(settings.database_url, pool_size=1)
-    return database, ApiKeys(database.unit_of_work, PageTokens(page_token_secret(settings)), clock=utc_now)
+    tokens = PageTokens(await page_token_secret(settings, database))
+    return database, ApiKeys(database.unit_of_work, tokens, clock=utc_now)
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -164,6 +164,34 @@ class Page(Generic[T]):
 # ---------------------------------------------------------------------------------------------- errors
 
 
+# How big an error may get, whatever caller's values it repeats: a status travels in response metadata, and
+# one over the client's limit (8 KiB by default) reaches it as RESOURCE_EXHAUSTED instead of its real code.
+# A failed reply also keeps its error's message, in a 500-character column. Sizes are UTF-8 bytes.
+ECHO_CHARS = 64  # of a caller's value, repeated in a message or as a metadata value
+MESSAGE_BYTES = 400
+METADATA_ENTRIES = 4
+METADATA_KEY_BYTES = 64
+VIOLATIONS = 4
+FIELD_BYTES = 100
+DESCRIPTION_BYTES = 200
+ELLIPSIS = "…"
+
+
+def _cut(text: str, max_bytes: int) -> str:
+    """`text`, or as much of it as fits `max_bytes` of UTF-8 with an ellipsis after."""
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text
+    kept = data[: max_bytes - len(ELLIPSIS.encode())].decode("utf-8", "ignore")
+    return kept + ELLIPSIS
+
+
+def shown(value: str) -> str:
+    """A caller's value as an error repeats it: at most ECHO_CHARS characters, ending with an ellipsis when
+    cut. Quote it with !r in a message."""
+    return value if len(value) <= ECHO_CHARS else value[: ECHO_CHARS - 1] + ELLIPSIS
+
+
 @dataclass(frozen=True, slots=True)
 class FieldViolation:
     field: str
@@ -171,20 +199,26 @@ class FieldViolation:
 
 
 class DomainError(Exception):
-    """Base of the errors the service reports to callers. `message` is always safe to show."""
+    """Base of the errors the service reports to callers. `message` is always safe to show, and it and the
+    metadata are bounded here, so no error can outgrow what a status may carry."""
 
     reason = "ERROR"
 
     def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.metadata: dict[str, str] = dict(metadata or {})
+        self.message = _cut(message, MESSAGE_BYTES)
+        super().__init__(self.message)
+        entries = list((metadata or {}).items())[:METADATA_ENTRIES]
+        self.metadata: dict[str, str] = {_cut(key, METADATA_KEY_BYTES): shown(value) for key, value in entries}
 
 
 class InvalidArgument(DomainError):
     reason = "INVALID_ARGUMENT"
 
     def __init__(self, *violations: FieldViolation) -> None:
+        violations = tuple(
+            FieldViolation(_cut(v.field, FIELD_BYTES), _cut(v.description, DESCRIPTION_BYTES))
+            for v in violations[:VIOLATIONS]
+        )
         fields = ", ".join(v.field for v in violations)
         super().__init__(f"invalid {fields}: " + "; ".join(v.description for v in violations))
         self.violations = violations
@@ -242,7 +276,9 @@ class ModelNotFound(FailedPrecondition):
     reason = "MODEL_NOT_FOUND"
 
     def __init__(self, model: str) -> None:
-        super().__init__(f"model {model!r} is not available from the configured provider", metadata={"model": model})
+        super().__init__(
+            f"model {shown(model)!r} is not available from the configured provider", metadata={"model": model}
+        )
         self.model = model
 
 
@@ -298,6 +334,39 @@ def check_text(field_name: str, value: str, *, max_bytes: int, required: bool) -
     if "\x00" in value:
         raise InvalidArgument.field(field_name, "must not contain NUL characters")
     return value
+
+
+# Short strings kept in columns of these sizes (service/storage/tables.py); longer ones are refused before
+# storage, where Postgres would fail the statement.
+TITLE_MAX = 200
+MODEL_NAME_MAX = 200
+PERSONA_NAME_MAX = 64
+
+
+def check_name(field_name: str, value: str, *, max_chars: int) -> str:
+    """A short stored string (a title, a model or persona name): at most `max_chars` characters, and no NUL
+    (Postgres text cannot hold one)."""
+    if len(value) > max_chars:
+        raise InvalidArgument.field(field_name, f"must be at most {max_chars} characters")
+    if "\x00" in value:
+        raise InvalidArgument.field(field_name, "must not contain NUL characters")
+    return value
+
+
+# google.protobuf.Duration's range: about 10,000 years either way, nanos of the same sign as the seconds.
+DURATION_SECONDS_MAX = 315_576_000_000
+_NANOS_MAX = 999_999_999
+
+
+def duration_of(field_name: str, seconds: int, nanos: int) -> timedelta:
+    """A Duration's value as a timedelta; one outside the Duration's range is INVALID_ARGUMENT (some would
+    not even fit a timedelta)."""
+    in_range = abs(seconds) <= DURATION_SECONDS_MAX and abs(nanos) <= _NANOS_MAX
+    if not in_range or (seconds > 0 > nanos) or (seconds < 0 < nanos):
+        raise InvalidArgument.field(
+            field_name, f"must be a valid Duration: at most {DURATION_SECONDS_MAX} seconds either way"
+        )
+    return timedelta(seconds=seconds, microseconds=int(nanos / 1000))
 
 
 def check_owner(resource: Conversation | Message | None, principal: Principal, kind: str) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 
 from service.domain import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _TAG_BYTES = 16
+_OFFSET = re.compile(r"[0-9]{1,9}")
 
 
 def page_size(value: int) -> int:
@@ -25,9 +27,13 @@ class PageTokens:
 
     A token from another listing, another user, or edited by hand is INVALID_ARGUMENT. Tokens grant nothing:
     every listing still filters by the caller, so even a forged token cannot reach another user's data.
+    The key may be given after construction (it is read from the database at start-up) but before any use.
     """
 
-    def __init__(self, secret: bytes) -> None:
+    def __init__(self, secret: bytes | None = None) -> None:
+        self._secret = secret
+
+    def key(self, secret: bytes) -> None:
         self._secret = secret
 
     def encode(self, scope: str, cursor: str | None) -> str:
@@ -46,7 +52,22 @@ class PageTokens:
                 return raw.decode()
         except (ValueError, UnicodeDecodeError):
             pass
-        raise InvalidArgument.field("page_token", "is not a page token issued for this listing")
+        raise _not_ours()
+
+    def offset(self, scope: str, token: str) -> int:
+        """The position a token of an in-memory listing carries (0 without one)."""
+        cursor = self.decode(scope, token)
+        if cursor is None:
+            return 0
+        if not _OFFSET.fullmatch(cursor):
+            raise _not_ours()
+        return int(cursor)
 
     def _tag(self, scope: str, raw: bytes) -> bytes:
+        if self._secret is None:
+            raise RuntimeError("page tokens are used before their key is set")
         return hmac.new(self._secret, scope.encode() + b"\x00" + raw, hashlib.sha256).digest()[:_TAG_BYTES]
+
+
+def _not_ours() -> InvalidArgument:
+    return InvalidArgument.field("page_token", "is not a page token issued for this listing")

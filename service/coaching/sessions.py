@@ -62,7 +62,7 @@ class Coaching:
     def personas(self, size: int, token: str) -> Page[Persona]:
         """ListPersonas: the catalog by name, paginated."""
         limit = page_size(size)
-        start = int(self._tokens.decode("personas", token) or 0)
+        start = self._tokens.offset("personas", token)
         every = self._personas.all()
         following = start + limit
         cursor = str(following) if following < len(every) else None

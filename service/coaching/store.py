@@ -11,14 +11,18 @@ from service.coaching.events import Start
 from service.coaching.state import CoachingSession, Limits
 from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
+    PERSONA_NAME_MAX,
     FailedPrecondition,
     InvalidArgument,
     Message,
+    MessageStatus,
     NotFound,
     PermissionDenied,
     Principal,
     check_id,
+    check_name,
     new_id,
+    shown,
 )
 from service.personas import Persona, PersonaCatalog
 from service.ports import UnitOfWorkFactory
@@ -106,9 +110,11 @@ class SessionStore:
         return updated
 
     async def reply_in_flight(self, session: CoachingSession) -> Message | None:
-        """The reply generating in the session's conversation, if any (at most one is)."""
+        """The reply generating in the session's conversation, if any: at most one is, and it is always the
+        conversation's newest message (nothing is added while a reply generates)."""
         async with self._uow() as uow:
-            return await uow.messages.streaming_in(session.conversation_id)
+            newest = await uow.messages.recent(session.conversation_id, limit=1)
+        return next((m for m in newest if m.status is MessageStatus.STREAMING), None)
 
     async def model_of(self, session: CoachingSession) -> str:
         """The model of the session's conversation."""
@@ -121,9 +127,10 @@ class SessionStore:
     def _persona(self, name: str) -> Persona:
         if not name:
             raise InvalidArgument.field("start.persona", "is required to start a session (see ListPersonas)")
+        check_name("start.persona", name, max_chars=PERSONA_NAME_MAX)
         persona = self._personas.get(name)
         if persona is None:
-            raise InvalidArgument.field("start.persona", f"unknown persona {name!r}; see ListPersonas")
+            raise InvalidArgument.field("start.persona", f"unknown persona {shown(name)!r}; see ListPersonas")
         return persona
 
     def _limits(self, start: Start) -> Limits:

@@ -19,7 +19,7 @@ from service.coaching.events import (
 )
 from service.coaching.state import CoachingSession
 from service.coaching.wrapup import EndReason, Stage
-from service.domain import InvalidArgument
+from service.domain import InvalidArgument, duration_of
 from service.personas import Persona
 from service.ports import Audio
 from service.replies import Delta
@@ -52,7 +52,7 @@ def command(request: pb.CoachRequest) -> Command:
             conversation_id=start.conversation_id,
             session_id=start.session_id,
             max_turns=start.max_turns,
-            max_duration=start.max_duration.ToTimedelta() if start.HasField("max_duration") else timedelta(0),
+            max_duration=_limit(start.max_duration) if start.HasField("max_duration") else timedelta(0),
             speak=start.speak,
         )
     if kind == "user_turn":
@@ -63,6 +63,10 @@ def command(request: pb.CoachRequest) -> Command:
     if kind == "end":
         return End()
     raise InvalidArgument.field("request", "must set one of start, user_turn or end")
+
+
+def _limit(value: duration_pb2.Duration) -> timedelta:
+    return duration_of("start.max_duration", value.seconds, value.nanos)
 
 
 def _duration(value: timedelta | None) -> duration_pb2.Duration | None:

@@ -13,11 +13,11 @@ from typing import Any, cast
 import grpc
 from opentelemetry import trace
 
-from service.domain import DomainError, Principal, ResourceExhausted, Unauthenticated
+from service.domain import DomainError, InvalidArgument, Principal, ResourceExhausted, Unauthenticated
 from service.limits import RateLimiter
 from service.rpc import errors
 from service.rpc.context import principal_var
-from service.rpc.handlers import Context, Handler, StreamBehavior, UnaryBehavior, wrap
+from service.rpc.handlers import Context, Handler, StreamBehavior, UnaryBehavior, Undecodable, tolerant, wrap
 from service.telemetry import Metrics
 
 logger = logging.getLogger("service.access")
@@ -34,17 +34,38 @@ def _metadata(details: grpc.HandlerCallDetails, key: str) -> str:
 
 
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps exceptions raised by servicers (also mid-stream) to statuses through `errors`."""
+    """Maps exceptions raised by servicers (also mid-stream) to statuses through `errors`, and requests that
+    cannot be parsed (also mid-stream) to INVALID_ARGUMENT. Innermost, so those reach the outer interceptors
+    as requests: they are authenticated and logged first."""
 
     async def intercept_service(self, continuation: Continuation, details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
-        return wrap(handler, _map_unary, _map_stream) if handler else None
+        if handler is None:
+            return None
+        parsed = _parsed_stream if handler.request_streaming else _parsed
+        return wrap(
+            handler,
+            lambda behavior: _map_unary(behavior, parsed),
+            lambda behavior: _map_stream(behavior, parsed),
+            request_deserializer=tolerant(handler.request_deserializer),
+        )
 
 
-def _map_unary(behavior: UnaryBehavior) -> UnaryBehavior:
+def _parsed(request: Any) -> Any:
+    if isinstance(request, Undecodable):
+        raise InvalidArgument.field("request", f"is not a valid {request.message_type} (its bytes do not parse)")
+    return request
+
+
+async def _parsed_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _parsed(request)
+
+
+def _map_unary(behavior: UnaryBehavior, parsed: Callable[[Any], Any]) -> UnaryBehavior:
     async def mapped(request: Any, context: Context) -> Any:
         try:
-            return await behavior(request, context)
+            return await behavior(parsed(request), context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception as error:
@@ -53,10 +74,10 @@ def _map_unary(behavior: UnaryBehavior) -> UnaryBehavior:
     return mapped
 
 
-def _map_stream(behavior: StreamBehavior) -> StreamBehavior:
+def _map_stream(behavior: StreamBehavior, parsed: Callable[[Any], Any]) -> StreamBehavior:
     async def mapped(request: Any, context: Context) -> AsyncIterator[Any]:
         try:
-            async for response in behavior(request, context):
+            async for response in behavior(parsed(request), context):
                 yield response
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise

@@ -23,6 +23,7 @@ from service.domain import (
     Usage,
 )
 from service.ports import Flush, Held, RowsPage
+from service.storage import cursors
 from service.storage.search import search_postgres, search_sqlite
 from service.storage.tables import api_keys, conversations, messages
 
@@ -60,12 +61,10 @@ class SqlConversations:
         c = conversations.c
         query = conversations.select().where(c.owner == owner)
         if after is not None:
-            when, _, last_id = after.partition("|")
-            key = (datetime.fromisoformat(when), last_id)
-            query = query.where(sa.tuple_(c.update_time, c.id) < sa.tuple_(*key))
+            query = query.where(sa.tuple_(c.update_time, c.id) < sa.tuple_(*cursors.read_activity(after)))
         query = query.order_by(c.update_time.desc(), c.id.desc()).limit(limit + 1)
         rows = [_conversation(r) for r in await self._conn.execute(query)]
-        return _page(rows, limit, lambda conv: f"{conv.update_time.isoformat()}|{conv.id}")
+        return _page(rows, limit, lambda conv: cursors.activity(conv.update_time, conv.id))
 
     async def update(self, conversation: Conversation) -> None:
         row = _conversation_row(conversation)
@@ -111,7 +110,7 @@ class SqlMessages:
         c = messages.c
         query = messages.select().where(c.conversation_id == conversation_id)
         if after is not None:
-            query = query.where(c.seq > int(after))
+            query = query.where(c.seq > cursors.seq(after))
         rows = list(await self._conn.execute(query.order_by(c.seq).limit(limit + 1)))
         page = _page(rows, limit, lambda row: str(row.seq))
         return RowsPage([_message(r) for r in page.items], page.cursor)
@@ -119,7 +118,7 @@ class SqlMessages:
     async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
         run = search_sqlite if self._conn.dialect.name == "sqlite" else search_postgres
         rows = await run(self._conn, owner, terms, limit=limit + 1, after=after)
-        page = _page(rows, limit, lambda hit: f"{float(hit[0].score)!r}|{hit[0].seq}")
+        page = _page(rows, limit, lambda hit: cursors.relevance(float(hit[0].score), hit[0].seq))
         hits = [
             SearchHit(_message(row), row.conversation_title, snippet, float(row.score)) for row, snippet in page.items
         ]
@@ -268,7 +267,7 @@ class SqlApiKeys:
         if user_id is not None:
             query = query.where(c.user_id == user_id)
         if after is not None:
-            query = query.where(c.id > after)
+            query = query.where(c.id > cursors.key_id(after))
         rows = [_api_key(r) for r in await self._conn.execute(query.order_by(c.id).limit(limit + 1))]
         return _page(rows, limit, lambda key: key.id)
 

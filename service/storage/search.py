@@ -7,8 +7,9 @@ score. FTS5's bm25 is not (it weighs terms by how many rows of the whole table h
 bm25's term-frequency part without corpus statistics: the query's words found in the message (counted by
 FTS5's own tokenizer, through `highlight`), saturating, with the message's length against a fixed norm.
 
-Keyset pagination on (score, seq): the cursor is `repr(score)|seq`, exact because both databases compute
-a message's score for a query deterministically as a double, and stable because the score never changes.
+Keyset pagination on (score, seq): the cursor is `repr(score)|seq` (service/storage/cursors.py), exact because
+both databases compute a message's score for a query deterministically as a double, and stable because the score
+never changes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.storage.cursors import read_relevance
 from service.storage.tables import messages
 
 _COLUMNS = ", ".join(f"m.{column.name}" for column in messages.c)
@@ -72,8 +74,8 @@ def _typed(statement: sa.TextClause, *extra: sa.ColumnClause[Any]) -> sa.Textual
 
 def _params(after: str | None, **params: Any) -> dict[str, Any]:
     if after is not None:
-        score, _, seq = after.partition("|")
-        params.update(score=float(score), seq=int(seq))
+        score, seq = read_relevance(after)
+        params.update(score=score, seq=seq)
     return params
 
 

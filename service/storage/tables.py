@@ -114,3 +114,12 @@ coaching_sessions = sa.Table(
     sa.Column("start_time", Time, nullable=False),
     sa.Column("update_time", Time, nullable=False),
 )
+
+# Secrets shared by every replica on the database (the page-token key): random, made by the first to need one.
+service_secrets = sa.Table(
+    "service_secrets",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(128), nullable=False),
+    sa.Column("create_time", Time, nullable=False),
+)
