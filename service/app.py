@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
 from service import audio, llm, telemetry
@@ -33,7 +32,7 @@ from service.ports import Notifications, Provider, Synthesizer, Transcriber
 from service.replies import Replies, ReplyLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
-from service.rpc.interceptors import AccessLogInterceptor, AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
+from service.rpc.interceptors import Guards, ServiceInterceptor
 from service.settings import Settings
 from service.startup import CannotStart
 from service.storage import migrate
@@ -245,12 +244,17 @@ class App:
 def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer) -> grpc.aio.Server:
     settings = deps.settings
     server = grpc.aio.server(
+        # One interceptor: tracing -> access log -> auth -> rate limit -> unparsable requests -> error map, as
+        # steps of one wrapper (service/rpc/interceptors.py), so a streamed message passes one layer, not five.
         interceptors=[
-            aio_server_interceptor(),  # tracing: a span per RPC, continuing the caller's traceparent
-            AccessLogInterceptor(deps.metrics),
-            AuthInterceptor(deps.authenticate or deps.api_keys.authenticate),
-            RateLimitInterceptor(deps.rate_limiter, deps.metrics),
-            ErrorInterceptor(),
+            ServiceInterceptor(
+                Guards(
+                    authenticate=deps.authenticate or deps.api_keys.authenticate,
+                    limiter=deps.rate_limiter,
+                    revocations=lambda: deps.api_keys.revocations,
+                ),
+                deps.metrics,
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),

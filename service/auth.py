@@ -82,6 +82,7 @@ class ApiKeys:
         self._cache: dict[str, _Verified] = {}
         self._announce = announce
         self._cache_trusted = cache_trusted
+        self.revocations = 0  # revocations heard of (here or announced): a stream's credential is then re-checked
 
     async def create(self, user_id: str, *, scopes: Iterable[str] = (), name: str = "") -> tuple[ApiKey, str]:
         """Returns the stored key and its token; the token is never stored and cannot be shown again."""
@@ -119,6 +120,7 @@ class ApiKeys:
             key = await uow.api_keys.get(key_id)
             await uow.commit()
         self._cache.pop(key_id, None)
+        self.revocations += 1
         self._announce(key_id)
         assert key is not None
         return key
@@ -126,6 +128,7 @@ class ApiKeys:
     def forget(self, key_id: str) -> None:
         """Drop a cached verification (a revocation announced by another replica)."""
         self._cache.pop(key_id, None)
+        self.revocations += 1
 
     async def authenticate(self, token: str) -> Principal:
         parsed = parse_key(token)

@@ -91,6 +91,7 @@ class Principal:
 
     user_id: str
     scopes: frozenset[str] = frozenset()
+    valid_until: float | None = None  # unix time the credential stops being valid (a JWT's exp + leeway)
 
     @property
     def is_admin(self) -> bool:

@@ -10,6 +10,7 @@ lookup and a clock reading, not a signature verification.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections import OrderedDict
@@ -97,6 +98,7 @@ class JwtVerifier:
             del self._verified[digest]
             raise Unauthenticated("the bearer token is not a valid JWT")
         principal, expires = self._decode(token)
+        principal = dataclasses.replace(principal, valid_until=expires + self._leeway)
         self._verified[digest] = (principal, expires + self._leeway)
         if len(self._verified) > REMEMBERED:
             self._verified.popitem(last=False)

@@ -31,9 +31,7 @@ class Settings(BaseSettings):
 
     # --- serving
     listen: str = Field("127.0.0.1:50051", description="host:port to serve gRPC on")
-    replica_id: str = Field(
-        "", max_length=150, description="this replica's lease owner id; default hostname:port"
-    )
+    replica_id: str = Field("", max_length=150, description="this replica's lease owner id; default hostname:port")
     shutdown_grace_seconds: float = Field(10.0, gt=0, description="SIGTERM: time replies get to finish")
     shutdown_drain_seconds: float = Field(
         0.0, ge=0, description="SIGTERM: time serving on while health says NOT_SERVING, before refusing RPCs"
