@@ -178,9 +178,29 @@ DESCRIPTION_BYTES = 200
 ELLIPSIS = "…"
 
 
+REPLACEMENT = "\ufffd"
+# NUL, and any surrogate that is not part of a well-formed (high, low) pair.
+_UNSTORABLE = re.compile(r"\x00|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+_PAIR = re.compile(r"[\ud800-\udbff][\udc00-\udfff]")
+
+
+def _joined(match: re.Match[str]) -> str:
+    high, low = match.group()[0], match.group()[1]
+    return chr(0x10000 + ((ord(high) - 0xD800) << 10) + (ord(low) - 0xDC00))
+
+
+def clean(text: str) -> str:
+    """`text` as every database and protobuf string can hold it: surrogate pairs (as JSON escapes produce them)
+    joined into their character, and NUL and lone surrogates replaced by U+FFFD."""
+    if text.isascii():
+        return text.replace("\x00", REPLACEMENT) if "\x00" in text else text
+    return _PAIR.sub(_joined, _UNSTORABLE.sub(REPLACEMENT, text))
+
+
 def _cut(text: str, max_bytes: int) -> str:
-    """`text`, or as much of it as fits `max_bytes` of UTF-8 with an ellipsis after."""
-    data = text.encode("utf-8", "surrogatepass")
+    """`text`, cleaned, or as much of it as fits `max_bytes` of UTF-8 with an ellipsis after."""
+    text = clean(text)
+    data = text.encode("utf-8")
     if len(data) <= max_bytes:
         return text
     kept = data[: max_bytes - len(ELLIPSIS.encode())].decode("utf-8", "ignore")
@@ -190,6 +210,7 @@ def _cut(text: str, max_bytes: int) -> str:
 def shown(value: str) -> str:
     """A caller's value as an error repeats it: at most ECHO_CHARS characters, ending with an ellipsis when
     cut. Quote it with !r in a message."""
+    value = clean(value)
     return value if len(value) <= ECHO_CHARS else value[: ECHO_CHARS - 1] + ELLIPSIS
 
 

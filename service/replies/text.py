@@ -9,24 +9,7 @@ trailing high surrogate until the next piece says what it was — so readers nev
 
 from __future__ import annotations
 
-import re
-
-REPLACEMENT = "\ufffd"
-# NUL, and any surrogate that is not part of a well-formed (high, low) pair.
-_UNSTORABLE = re.compile(r"\x00|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
-_PAIR = re.compile(r"[\ud800-\udbff][\udc00-\udfff]")
-
-
-def _joined(match: re.Match[str]) -> str:
-    high, low = match.group()[0], match.group()[1]
-    return chr(0x10000 + ((ord(high) - 0xD800) << 10) + (ord(low) - 0xDC00))
-
-
-def clean(text: str) -> str:
-    """`text` with surrogate pairs joined and everything unstorable replaced by U+FFFD."""
-    if text.isascii():
-        return text.replace("\x00", REPLACEMENT) if "\x00" in text else text
-    return _PAIR.sub(_joined, _UNSTORABLE.sub(REPLACEMENT, text))
+from service.domain import REPLACEMENT, clean
 
 
 class TextCleaner:
