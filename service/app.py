@@ -70,6 +70,7 @@ class Dependencies:
     metrics: telemetry.Metrics = field(default_factory=telemetry.noop_metrics)
     metrics_endpoint: telemetry.MetricsEndpoint | None = None
     page_tokens: PageTokens = field(default_factory=PageTokens)
+    model_calls: telemetry.ModelCalls | None = None
 
     async def aclose(self) -> None:
         if self.metrics_endpoint is not None:
@@ -93,12 +94,17 @@ def build(
     settings: Settings, *, provider: Provider | None = None, clock: Callable[[], datetime] = utc_now
 ) -> Dependencies:
     """Every long-lived object, built once. Tests pass their own provider; nothing is built at import."""
-    database = Database(settings.database_url, pool_size=settings.database_pool_size)
+    database = Database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        pool_timeout=settings.database_pool_timeout_seconds,
+    )
     notifications = notifications_for(settings.database_url)
     metrics_endpoint = _metrics_endpoint(settings) if settings.metrics_port else None
     metrics = telemetry.Metrics(metrics_endpoint.meter()) if metrics_endpoint else telemetry.noop_metrics()
     telemetry.instrument_libraries(database.engine.sync_engine)
-    provider = telemetry.TracedProvider(provider or llm.build_provider(settings), metrics)
+    provider = provider or llm.build_provider(settings)
+    model_calls = telemetry.ModelCalls(metrics)
     personas = PersonaCatalog.load(settings.personas_file)
     tokens = PageTokens()  # keyed in App.start, once the database can be read
     limits = ReplyLimits(
@@ -121,6 +127,7 @@ def build(
         clock=clock,
         notifications=notifications,
         limits=limits,
+        model_calls=model_calls,
     )
     models = ModelCatalog(provider, default_model=settings.resolved_model)
     conversations = Conversations(
@@ -159,7 +166,7 @@ def build(
         personas,
         tokens,
         clock=clock,
-        classifier=FinishClassifier(provider) if settings.coach_classify_finish else None,
+        classifier=FinishClassifier(provider, observer=model_calls) if settings.coach_classify_finish else None,
     )
     return Dependencies(
         settings,
@@ -180,6 +187,7 @@ def build(
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
         page_tokens=tokens,
+        model_calls=model_calls,
     )
 
 
@@ -258,14 +266,21 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
         ],
         options=[
             ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", int(settings.reuse_port)),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             *_connection_age_options(settings),
         ],
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(deps.conversations, deps.replies, deps.coaching, default_model=settings.resolved_model), server
+        ChatServicer(
+            deps.conversations,
+            deps.replies,
+            deps.coaching,
+            default_model=settings.resolved_model,
+            link_to_generation=deps.model_calls.link_to_generation if deps.model_calls else lambda _: None,
+        ),
+        server,
     )
     admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.api_keys), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--llm-url", help="provider base URL (CHAT_LLM_URL)")
     serve.add_argument("--model", dest="default_model", help="default model (CHAT_DEFAULT_MODEL)")
+    serve.add_argument(
+        "--workers", type=int, help="serving processes on the port, one replica each (CHAT_WORKERS; Postgres)"
+    )
     serve.add_argument(
         "--demo-key",
         action="store_true",
@@ -70,7 +73,7 @@ def _database_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = ("listen", "database_url", "llm_provider", "llm_url", "default_model")
+    names = ("listen", "database_url", "llm_provider", "llm_url", "default_model", "workers")
     overrides: dict[str, Any] = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return Settings(**overrides)
 
@@ -131,11 +134,37 @@ def _serve(settings: Settings, *, demo_key: bool) -> int:
             hint = "leave it out; create keys with `chat-service keys create --user NAME`"
             return _fail("--demo-key is for the embedded SQLite database only", hint, code=2)
         asyncio.run(_print_demo_key(settings))
+    if settings.workers > 1:
+        return _supervise(settings)
     try:
-        asyncio.run(app.serve(settings, on_listening=lambda line: print(line, flush=True)))
+        run_loop(app.serve(settings, on_listening=lambda line: print(line, flush=True)), settings.event_loop)
     except DomainError as error:  # raised while starting: a model that cannot load, a database gone away
         return _fail(f"cannot start: {error.message}", SEE_CONFIGURATION)
     return 0
+
+
+def run_loop(main: Coroutine[Any, Any, None], choice: str) -> None:
+    """Run `main` on uvloop when chosen (or, with "auto", when installed), else on asyncio's own loop."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
+
+
+def _supervise(settings: Settings) -> int:
+    from service import workers
+
+    if settings.is_sqlite:
+        return _fail("--workers needs Postgres: SQLite takes one writing process", "use CHAT_WORKERS=1", code=2)
+    if settings.listen.rpartition(":")[2] == "0":
+        return _fail("--workers needs a fixed port to share", "choose one with --listen HOST:PORT", code=2)
+    return workers.supervise(settings)
 
 
 def _migrate(settings: Settings) -> int:

@@ -37,6 +37,47 @@ class Provider(Protocol):
         ...
 
 
+class ModelCall(Protocol):
+    """One model call as an observer sees it (traces and metrics); told by whoever runs the call."""
+
+    def first_token(self) -> None: ...
+
+    def completed(self, completion: Completion) -> None: ...
+
+    def failed(self, error: BaseException) -> None: ...
+
+    def end(self) -> None:
+        """Always called last, once."""
+        ...
+
+
+class ModelCallObserver(Protocol):
+    def started(self, provider: str, prompt: Prompt) -> ModelCall:
+        """A model call begins (in the task that will run it to its end)."""
+        ...
+
+
+class QuietModelCalls:
+    """A ModelCallObserver that observes nothing (tests, tools)."""
+
+    def started(self, provider: str, prompt: Prompt) -> ModelCall:
+        return _QuietCall()
+
+
+class _QuietCall:
+    def first_token(self) -> None:
+        return None
+
+    def completed(self, completion: Completion) -> None:
+        return None
+
+    def failed(self, error: BaseException) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class Flush:
     """Progress of one reply in flight, written by the batched flusher under the lease it holds."""
@@ -79,6 +120,12 @@ class ConversationRepository(Protocol):
 
     async def touch(self, conversation_id: str, when: datetime) -> None:
         """Set `update_time`."""
+        ...
+
+    async def touch_and_lock(self, conversation_id: str, when: datetime) -> Conversation | None:
+        """Set `update_time` and lock the row until the transaction ends (one statement: a reply's start is on
+        the first-token path); the conversation as updated, or None when there is none. A caller that then
+        finds it may not use it must abandon the unit of work (nothing is committed)."""
         ...
 
     async def delete(self, conversation_id: str) -> None:

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
     shutdown_drain_seconds: float = Field(
         0.0, ge=0, description="SIGTERM: time serving on while health says NOT_SERVING, before refusing RPCs"
     )
+    workers: int = Field(
+        1, ge=1, le=64, description="serving processes on the listen port (SO_REUSEPORT), each a replica; Postgres"
+    )
+    reuse_port: bool = Field(False, description="share the listen port with other processes (set for workers)")
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="the event loop: uvloop when installed (auto), or the standard one"
+    )
     max_receive_message_bytes: int = Field(4 * 1024 * 1024, gt=0, description="largest request accepted")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
 
@@ -43,6 +50,9 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite+aiosqlite:///./chat.db", description="SQLAlchemy async URL")
     auto_migrate: bool | None = Field(None, description="apply migrations on start; default on for SQLite")
     database_pool_size: int = Field(10, gt=0, description="Postgres connections per replica")
+    database_pool_timeout_seconds: float = Field(
+        30.0, gt=0, description="how long a request may wait for a pooled connection before UNAVAILABLE"
+    )
     page_token_secret: SecretStr | None = Field(
         None, description="HMAC key for page tokens; default derived from the database URL"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -13,8 +13,7 @@ from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
-from service.domain import Completion, DomainError, ModelInfo, Prompt
-from service.ports import Provider
+from service.domain import Completion, DomainError, Prompt
 from service.replies.generation import StreamGate
 
 TRACER_NAME = "chat-service"
@@ -154,90 +153,90 @@ def noop_metrics() -> Metrics:
 
 # ------------------------------------------------------------------------------------------------ GenAI spans
 
-# The span of the model call in flight per conversation (one reply at a time), so a ResumeReply can link to it.
-_live_generations: dict[str, trace.SpanContext] = {}
 
+class ModelCalls:
+    """Implements `ports.ModelCallObserver`: one GenAI span per model call (semantic conventions for `chat`), an
+    event at the first token, and the generation metrics. The span starts a trace of its own, linked to the RPC
+    that started the reply (the reply belongs to the server and may outlive that RPC). Never records content.
 
-def link_to_generation(conversation_id: str) -> None:
-    """Link the current span (a ResumeReply) to the model call generating in this conversation, if any."""
-    generation = _live_generations.get(conversation_id)
-    if generation is not None:
-        trace.get_current_span().add_link(generation, {"chat.link": "resumed_generation"})
+    Told of a call's start, first token and end by whoever runs it (the reply producer, the coaching
+    classifier), not wrapped around the provider's stream: that wrapper was a generator layer per token."""
 
-
-class TracedProvider:
-    """Decorates a Provider: one GenAI span per model call (semantic conventions for `chat`), an event at the
-    first token, and the generation metrics. The span starts a trace of its own, linked to the RPC that
-    started the reply: the reply belongs to the server and may outlive that RPC. Never records content."""
-
-    def __init__(self, inner: Provider, metrics: Metrics) -> None:
-        self._inner = inner
+    def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self.name = inner.name
+        # The span of the model call in flight per conversation (one reply at a time), for ResumeReply's link.
+        self._live: dict[str, trace.SpanContext] = {}
 
-    async def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
+    def started(self, provider: str, prompt: Prompt) -> ModelCallSpan:
+        return ModelCallSpan(self, provider, prompt)
+
+    def link_to_generation(self, conversation_id: str) -> None:
+        """Link the current span (a ResumeReply) to the model call generating in this conversation, if any."""
+        generation = self._live.get(conversation_id)
+        if generation is not None:
+            trace.get_current_span().add_link(generation, {"chat.link": "resumed_generation"})
+
+
+class ModelCallSpan:
+    """One model call being observed. The span is made current in the caller's task (its HTTP requests become
+    children): the caller runs the call in a task of its own, so nothing needs detaching."""
+
+    __slots__ = ("_calls", "_first_token", "_model", "_prompt", "_span", "_started")
+
+    def __init__(self, calls: ModelCalls, provider: str, prompt: Prompt) -> None:
         starter = trace.get_current_span().get_span_context()
         attributes: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
-            "gen_ai.provider.name": self.name,
+            "gen_ai.provider.name": provider,
             "gen_ai.request.model": prompt.model,
             "gen_ai.request.max_tokens": prompt.max_tokens,
             "gen_ai.output.type": "text",
         }
         if prompt.conversation_id:
             attributes["gen_ai.conversation.id"] = prompt.conversation_id
-        span = tracer().start_span(
+        self._span = tracer().start_span(
             f"chat {prompt.model}",
             context=otel_context.Context(),
-            kind=SpanKind.INTERNAL if self.name in IN_PROCESS_PROVIDERS else SpanKind.CLIENT,
+            kind=SpanKind.INTERNAL if provider in IN_PROCESS_PROVIDERS else SpanKind.CLIENT,
             attributes=attributes,
             links=[Link(starter, {"chat.link": "started_by"})] if starter.is_valid else [],
         )
+        self._calls, self._prompt = calls, prompt
         if prompt.conversation_id:
-            _live_generations[prompt.conversation_id] = span.get_span_context()
-        model = {"gen_ai.request.model": prompt.model, "gen_ai.provider.name": self.name}
-        self._metrics.generations_in_flight.add(1, model)
-        started = time.perf_counter()
-        first_token: float | None = None
-        # The span is current for the provider's own work (its HTTP calls become children). Attached once, not
-        # around every item: a provider stream is consumed by one task (the reply's producer), start to end.
-        token = otel_context.attach(trace.set_span_in_context(span))
-        try:
-            async for item in self._inner.stream(prompt):
-                if first_token is None and type(item) is str:
-                    first_token = time.perf_counter()
-                    span.add_event("gen_ai.first_token", {"gen_ai.server.time_to_first_token": first_token - started})
-                    self._metrics.time_to_first_token.record(first_token - started, model)
-                elif isinstance(item, Completion):
-                    self._completed(span, item, first_token, model)
-                yield item
-        except BaseException as error:
-            reason = error.reason if isinstance(error, DomainError) else type(error).__name__
-            span.set_attribute("error.type", reason)
-            span.set_status(Status(StatusCode.ERROR, reason))
-            raise
-        finally:
-            self._metrics.generations_in_flight.add(-1, model)
-            otel_context.detach(token)
-            if _live_generations.get(prompt.conversation_id) == span.get_span_context():
-                del _live_generations[prompt.conversation_id]
-            span.end()
+            calls._live[prompt.conversation_id] = self._span.get_span_context()
+        self._model = {"gen_ai.request.model": prompt.model, "gen_ai.provider.name": provider}
+        calls._metrics.generations_in_flight.add(1, self._model)
+        self._started = time.perf_counter()
+        self._first_token: float | None = None
+        otel_context.attach(trace.set_span_in_context(self._span))
 
-    def _completed(self, span: trace.Span, item: Completion, first_token: float | None, model: dict[str, str]) -> None:
-        span.set_attributes(
+    def first_token(self) -> None:
+        self._first_token = now = time.perf_counter()
+        self._span.add_event("gen_ai.first_token", {"gen_ai.server.time_to_first_token": now - self._started})
+        self._calls._metrics.time_to_first_token.record(now - self._started, self._model)
+
+    def completed(self, item: Completion) -> None:
+        self._span.set_attributes(
             {
                 "gen_ai.usage.input_tokens": item.usage.prompt_tokens,
                 "gen_ai.usage.output_tokens": item.usage.completion_tokens,
                 "gen_ai.response.finish_reasons": [item.finish_reason.value or "stop"],
             }
         )
-        if first_token is not None and item.usage.completion_tokens:
-            elapsed = time.perf_counter() - first_token
+        if self._first_token is not None and item.usage.completion_tokens:
+            elapsed = time.perf_counter() - self._first_token
             if elapsed > 0:
-                self._metrics.output_tokens_per_second.record(item.usage.completion_tokens / elapsed, model)
+                rate = item.usage.completion_tokens / elapsed
+                self._calls._metrics.output_tokens_per_second.record(rate, self._model)
 
-    async def list_models(self) -> Sequence[ModelInfo]:
-        return await self._inner.list_models()
+    def failed(self, error: BaseException) -> None:
+        reason = error.reason if isinstance(error, DomainError) else type(error).__name__
+        self._span.set_attribute("error.type", reason)
+        self._span.set_status(Status(StatusCode.ERROR, reason))
 
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    def end(self) -> None:
+        self._calls._metrics.generations_in_flight.add(-1, self._model)
+        live = self._calls._live
+        if live.get(self._prompt.conversation_id) == self._span.get_span_context():
+            del live[self._prompt.conversation_id]
+        self._span.end()

@@ -220,6 +220,10 @@ class FakeConversations:
         if conversation_id in conversations:
             conversations[conversation_id] = dataclasses.replace(conversations[conversation_id], update_time=when)
 
+    async def touch_and_lock(self, conversation_id: str, when: datetime) -> Conversation | None:
+        await self.touch(conversation_id, when)
+        return self._tx.state.conversations.get(conversation_id)
+
     async def delete(self, conversation_id: str) -> None:
         state = self._tx.state
         state.messages = {k: r for k, r in state.messages.items() if r.message.conversation_id != conversation_id}

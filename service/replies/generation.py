@@ -24,7 +24,7 @@ from service.domain import (
     Prompt,
     Usage,
 )
-from service.ports import Provider
+from service.ports import ModelCall, ModelCallObserver, Provider, QuietModelCalls
 from service.replies.buffer import Outcome, ReplyBuffer
 from service.replies.text import TextCleaner
 
@@ -122,11 +122,20 @@ class Producer:
     """Runs the provider for a generation: retries an unreachable provider before the first token, never after
     (text cannot be taken back); cleans every piece (see `text.py`) and stops a reply at `max_chars`."""
 
-    def __init__(self, provider: Provider, *, attempts: int, max_chars: int, gate: StreamGate | None = None) -> None:
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        attempts: int,
+        max_chars: int,
+        gate: StreamGate | None = None,
+        observer: ModelCallObserver | None = None,
+    ) -> None:
         self._provider = provider
         self._attempts = attempts
         self._max_chars = max_chars
         self.gate = gate or StreamGate(1024)
+        self._observer = observer or QuietModelCalls()
 
     async def run(self, generation: Generation) -> Completion:
         retrying = AsyncRetrying(
@@ -142,6 +151,19 @@ class Producer:
         raise AssertionError("unreachable: tenacity re-raises the last error")
 
     async def _consume(self, generation: Generation) -> Completion:
+        call = self._observer.started(self._provider.name, generation.prompt)
+        try:
+            completion = await self._stream(generation, call)
+        except BaseException as error:
+            call.failed(error)
+            raise
+        else:
+            call.completed(completion)
+            return completion
+        finally:
+            call.end()
+
+    async def _stream(self, generation: Generation, call: ModelCall) -> Completion:
         buffer, cleaner, room = generation.buffer, TextCleaner(), self._max_chars
         completion: Completion | None = None
         try:
@@ -153,6 +175,7 @@ class Producer:
                         continue
                     if generation.first_token_at is None:
                         generation.first_token_at = time.perf_counter()
+                        call.first_token()
                     text = cleaner.feed(item)
                     if buffer.length + len(text) > room:
                         buffer.append(text[: room - buffer.length])

@@ -31,7 +31,7 @@ from service.domain import (
     reply_error,
 )
 from service.personas import PersonaCatalog
-from service.ports import Notifications, Provider, UnitOfWork, UnitOfWorkFactory
+from service.ports import ModelCallObserver, Notifications, Provider, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Delta, Ended, read
 from service.replies.generation import Producer, StreamGate
 from service.replies.generations import ABANDONED_MESSAGE, Generations
@@ -83,6 +83,7 @@ class Replies:
         clock: Callable[[], datetime],
         notifications: Notifications,
         limits: ReplyLimits = ReplyLimits(),
+        model_calls: ModelCallObserver | None = None,
     ) -> None:
         self._uow = uow
         self._personas = personas
@@ -104,6 +105,7 @@ class Replies:
                 attempts=limits.provider_attempts,
                 max_chars=limits.max_reply_chars,
                 gate=StreamGate(limits.max_model_streams),
+                observer=model_calls,
             ),
             replica_id=replica_id,
             clock=clock,
@@ -291,11 +293,15 @@ class Replies:
         *,
         retry: bool,
     ) -> _Reply:
-        """One transaction, on the first-token path: lock the conversation, (for a request id the client chose)
-        look for an earlier attempt, read the history, insert both messages in one statement, touch, commit."""
+        """One transaction on the first-token path, in as few round trips as it can: lock and touch the
+        conversation (one statement), look for an earlier attempt (only for a request id the client chose), read
+        the history, insert both messages (one statement), commit."""
         now = self._clock()
+        # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
+        later = now + timedelta(microseconds=1)
         async with self._uow() as uow:
-            conversation = await uow.conversations.get(conversation_id, for_update=True)
+            # Locked and touched in one statement; a refusal below leaves the transaction uncommitted.
+            conversation = await uow.conversations.touch_and_lock(conversation_id, later)
             check_owner(conversation, principal, "conversation")
             assert conversation is not None
             # Looked up under the conversation's lock: a concurrent retry with this request_id that got the lock
@@ -310,8 +316,6 @@ class Replies:
                 if content is not None
                 else None
             )
-            # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
-            later = now + timedelta(microseconds=1)
             assistant = Message(
                 id=new_id(),
                 conversation_id=conversation_id,
@@ -326,7 +330,6 @@ class Replies:
             )
             lease = self.generations.new_lease(now)
             await uow.messages.add(*([user] if user is not None else []), assistant, lease=lease)
-            await uow.conversations.touch(conversation_id, later)
             await uow.commit()
         # The user message is committed: only now is the model called.
         asked = [*history, user] if user is not None else list(history)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
@@ -13,15 +13,21 @@ from service.rpc import convert
 from service.rpc.coach_servicer import CoachingMethods
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context
-from service.telemetry import link_to_generation
 
 EXPORT_CHUNK_BYTES = 256 * 1024
 
 
 class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
     def __init__(
-        self, conversations: Conversations, replies: Replies, coaching: Coaching, *, default_model: str
+        self,
+        conversations: Conversations,
+        replies: Replies,
+        coaching: Coaching,
+        *,
+        default_model: str,
+        link_to_generation: Callable[[str], None] = lambda conversation_id: None,
     ) -> None:
+        self._link_to_generation = link_to_generation
         self._conversations = conversations
         self._replies = replies
         self._coaching = coaching
@@ -92,7 +98,7 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
     ) -> AsyncIterator[pb.ResumeReplyResponse]:
         async for event in self._replies.resume(current_principal(), request.message_id, request.offset):
             if isinstance(event, Started):
-                link_to_generation(event.assistant_message.conversation_id)
+                self._link_to_generation(event.assistant_message.conversation_id)
             yield pb.ResumeReplyResponse(event=convert.reply_event(event))
 
     async def CancelReply(self, request: pb.CancelReplyRequest, context: Context) -> pb.CancelReplyResponse:

@@ -39,16 +39,19 @@ def _is_unreachable(error: BaseException) -> bool:
 class Database:
     """Owns the engine. On SQLite, transactions are serialised by one lock (SQLite has a single writer)."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, pool_timeout: float = 30.0) -> None:
         self.url = sa.make_url(url)
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        self.engine: AsyncEngine = self._create_engine(pool_size)
+        self.engine: AsyncEngine = self._create_engine(pool_size, pool_timeout)
         self._lock = asyncio.Lock() if self.is_sqlite else None
 
-    def _create_engine(self, pool_size: int) -> AsyncEngine:
+    def _create_engine(self, pool_size: int, pool_timeout: float) -> AsyncEngine:
         if not self.is_sqlite:
             # A fixed pool: `pool_size` is the most connections a replica opens (no overflow churn under load).
-            return create_async_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=5)
+            # Requests past it queue in order for a connection, up to `pool_timeout`: a burst of reply starts
+            # waits its turn instead of failing UNAVAILABLE while the database is healthy (the caller's deadline
+            # bounds the wait too).
+            return create_async_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=pool_timeout)
         in_memory = self.url.database in (None, "", ":memory:")
         options: dict[str, Any] = {"poolclass": StaticPool} if in_memory else {"pool_size": 1, "max_overflow": 0}
         engine = create_async_engine(self.url, **options)

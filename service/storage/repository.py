@@ -76,6 +76,12 @@ class SqlConversations:
             conversations.update().where(conversations.c.id == conversation_id).values(update_time=when)
         )
 
+    async def touch_and_lock(self, conversation_id: str, when: datetime) -> Conversation | None:
+        c = conversations.c
+        statement = conversations.update().where(c.id == conversation_id).values(update_time=when).returning(*c)
+        row = (await self._conn.execute(statement)).first()
+        return _conversation(row) if row else None
+
     async def delete(self, conversation_id: str) -> None:
         # Explicit, so it holds whether or not the database enforces the foreign key's cascade.
         await self._conn.execute(messages.delete().where(messages.c.conversation_id == conversation_id))

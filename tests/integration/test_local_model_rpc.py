@@ -29,9 +29,9 @@ async def replica(database_url: str) -> AsyncIterator[Replica]:
 
 
 def local_provider(replica: Replica) -> LocalProvider:
-    inner = replica.app.deps.provider._inner  # type: ignore[attr-defined]  # TracedProvider wraps it
-    assert isinstance(inner, LocalProvider)
-    return inner
+    provider = replica.app.deps.provider
+    assert isinstance(provider, LocalProvider)
+    return provider
 
 
 async def test_make_run_model_streams_a_stored_reply(replica: Replica) -> None:
