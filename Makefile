@@ -60,6 +60,7 @@ deploy-check: $(VENV)/.installed-dev
 
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench
+	$(BIN)/python -m tests.bench.paced
 
 ci:
 	bash .ci/run

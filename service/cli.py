@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -295,15 +296,29 @@ async def _print_demo_key(settings: Settings) -> None:
     finally:
         await database.dispose()
     address = settings.listen
+    grpcurl, chat = _beside_me("grpcurl"), _beside_me("chat")
     print(f"Demo API key (user 'demo', kept in {path}):\n  {secret}\n")
-    print("Try it (in another terminal):")
+    print("Try it (in another terminal, from this directory):")
     print(f"  KEY={secret}")
     print(
-        f'  grpcurl -plaintext -H "authorization: Bearer $KEY" -d \'{{"title": "first chat"}}\' '
+        f'  {grpcurl} -plaintext -H "authorization: Bearer $KEY" -d \'{{"title": "first chat"}}\' '
         f"{address} chat.v1.ChatService/CreateConversation"
     )
     print(
-        f'  grpcurl -plaintext -H "authorization: Bearer $KEY" -d \'{{"conversation_id": "<id from above>", '
-        f'"content": "Hello! How are you?"}}\' {address} chat.v1.ChatService/StreamReply\n',
-        flush=True,
+        f'  {grpcurl} -plaintext -H "authorization: Bearer $KEY" -d \'{{"conversation_id": "<id from above>", '
+        f'"content": "Hello! How are you?"}}\' {address} chat.v1.ChatService/StreamReply'
     )
+    print("or with the chat CLI:")
+    print(f'  {chat} --address {address} --api-key $KEY ask "Hello! How are you?"\n', flush=True)
+
+
+def _beside_me(program: str) -> str:
+    """A program installed next to this one (`make run` puts grpcurl and chat into .venv/bin), as a path
+    relative to the working directory when it is below it; its bare name when it is not installed here."""
+    beside = Path(sys.executable).parent / program
+    if not beside.exists():
+        return program
+    try:
+        return str(beside.relative_to(Path.cwd()))
+    except ValueError:
+        return str(beside)

@@ -12,6 +12,7 @@ reasons), the stream resumes once, and ends with the stored FAILED message, whos
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ import grpc
 from chat.v1 import chat_pb2 as pb
 from chat_client.errors import ChatError, Internal, ModelUnavailable, Unavailable, from_rpc_error
 from chat_client.retry import RETRYABLE, RetryPolicy
+
+CLOSING_WAIT = 1.0  # seconds to wait for the status that follows `completed`
 
 
 class _Broken(Exception):
@@ -131,6 +134,11 @@ class ReplyStream:
             call = self._stub.ResumeReply(request, metadata=self._metadata, timeout=self._timeout)
         try:
             async for response in call:
+                if response.event.HasField("completed"):
+                    # The server ends the call right after `completed`: take its status before the caller stops
+                    # reading, so the call ends OK rather than cancelled (as the server's access log would say).
+                    with contextlib.suppress(grpc.RpcError, asyncio.TimeoutError, AttributeError):
+                        await asyncio.wait_for(call.code(), CLOSING_WAIT)
                 yield response.event
         finally:
             cancel = getattr(call, "cancel", None)
