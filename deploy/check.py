@@ -382,7 +382,7 @@ def _check_collector(deploy: Path, services: dict[str, Any], env: dict[str, Any]
 
 
 def render_kustomization(base: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
+    kubectl = _tool("kubectl")
     if kubectl:
         result = subprocess.run([kubectl, "kustomize", str(base)], capture_output=True, text=True, timeout=120)
         if result.returncode != 0:

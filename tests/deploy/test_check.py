@@ -138,7 +138,6 @@ def _guide_overlay() -> str:
     return block
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed here")
 def test_the_guides_networkpolicy_patch_lets_out_another_port(deploy: Path) -> None:
     overlay = deploy / "k8s" / "overlays" / "prod"
     overlay.mkdir(parents=True)
@@ -156,7 +155,7 @@ def _objects(items: list[dict[str, object]]) -> list[dict[str, object]]:
 
 
 def test_renders_resources_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check.shutil, "which", lambda name: None)
+    monkeypatch.setattr(check, "_tool", lambda name: None)
     rendered = check.render_kustomization(DEPLOY / "k8s" / "base")
     assert [(o["kind"], o["metadata"]["name"]) for o in _objects(rendered)] == [
         ("ConfigMap", "chat-service-config"),
@@ -172,15 +171,14 @@ def test_renders_resources_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> N
     ]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (kustomize) is not installed here")
 def test_direct_rendering_equals_kustomize(monkeypatch: pytest.MonkeyPatch) -> None:
     with_kubectl = check.render_kustomization(DEPLOY / "k8s" / "base")
-    monkeypatch.setattr(check.shutil, "which", lambda name: None)
+    monkeypatch.setattr(check, "_tool", lambda name: None)
     assert _objects(check.render_kustomization(DEPLOY / "k8s" / "base")) == _objects(with_kubectl)
 
 
 def test_direct_rendering_refuses_transformers(deploy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check.shutil, "which", lambda name: None)
+    monkeypatch.setattr(check, "_tool", lambda name: None)
     with (deploy / "k8s" / "base" / "kustomization.yaml").open("a") as file:
         file.write("namePrefix: staging-\n")
     only(check.check_k8s(deploy), "only `resources` can be rendered")
