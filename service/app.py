@@ -117,6 +117,7 @@ def build(
         provider_attempts=settings.llm_retry_attempts,
         max_reply_chars=settings.max_reply_chars,
         max_model_streams=settings.llm_max_streams,
+        max_continuations=settings.max_continuations,
     )
     uow = database.unit_of_work
     replies = Replies(

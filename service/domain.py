@@ -73,6 +73,23 @@ class Message:
     finish_reason: FinishReason = FinishReason.NONE
     error_message: str = ""
     error_reason: str = ""  # a FAILED reply's error reason (`DomainError.reason`), so every reader gets one status
+    # Each time another replica took the reply over and continued it: (the generation it started, the offset it
+    # continued from). Text a reader got past such an offset from an earlier generation was never stored.
+    continued_at: tuple[tuple[int, int], ...] = ()
+
+    def rewind_for(self, offset: int, generation: int) -> tuple[int, int] | None:
+        """Where a reader at `offset`, whose text came from `generation` (0: unknown), must rewind to, and the
+        generation that continued from there: the first continuation after its generation, when the reader got
+        past its offset; else None."""
+        for started, base in self.continued_at:
+            if started > generation:
+                return (base, started) if offset > base else None
+        return None
+
+    @property
+    def generation(self) -> int:
+        """The generation writing (or that wrote) the text's end: 1, plus one per continuation."""
+        return self.continued_at[-1][0] if self.continued_at else 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +153,8 @@ class Prompt:
     turns: tuple[ChatTurn, ...]
     max_tokens: int
     conversation_id: str = ""
+    # The assistant text already written (a reply continued after its replica stopped): the model continues it.
+    prefix: str = ""
 
 
 @dataclass(frozen=True, slots=True)

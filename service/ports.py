@@ -23,9 +23,12 @@ class Provider(Protocol):
     """
 
     name: str
+    # Whether `stream` can continue a partial reply (`Prompt.prefix`): the model writes on from that text.
+    continues: bool
 
     def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
-        """Yield the reply's text pieces in order, then exactly one `Completion`."""
+        """Yield the reply's text pieces in order, then exactly one `Completion`. With `prompt.prefix`, the text
+        continues that partial reply (the prefix itself is not yielded again)."""
         ...
 
     async def list_models(self) -> Sequence[ModelInfo]:
@@ -177,6 +180,19 @@ class MessageRepository(Protocol):
 
     async def request_cancel_all(self, conversation_id: str) -> None:
         """Flag every STREAMING reply of a conversation."""
+        ...
+
+    async def expired(self, now: datetime, *, owner: str | None = None, limit: int = 100) -> Sequence[Message]:
+        """STREAMING replies whose lease expired before `now` (their replica stopped), or, with `owner`, that this
+        owner held (its previous run), oldest first."""
+        ...
+
+    async def take_over(self, message: Message, lease: Lease, *, now: datetime, mine: bool = False) -> Lease | None:
+        """Claim `message` (as just read by `expired`) for `lease.owner`, to continue it: one compare-and-set on
+        its lease epoch — of racing replicas exactly one wins, and the previous holder is fenced — that moves
+        the epoch on and records the continuation at the stored text's length. The claim holds if the lease had
+        expired before `now` or, with `mine`, was already `lease.owner`'s (its previous run). Returns the lease won
+        (`lease` with the new epoch), or None."""
         ...
 
     async def mark_abandoned(

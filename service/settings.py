@@ -64,6 +64,12 @@ class Settings(BaseSettings):
     default_model: str = Field("", description="model for new conversations; default per provider")
     llm_timeout_seconds: float = Field(60.0, gt=0, description="provider connect/read timeout")
     llm_retry_attempts: int = Field(3, ge=1, description="tries before the first token when unreachable")
+    llm_continue: bool = Field(
+        False, description="openai: the server continues a final assistant message (vLLM, llama.cpp server)"
+    )
+    max_continuations: int = Field(
+        2, ge=0, le=5, description="times a reply whose replica stopped is continued by another; 0 = never"
+    )
     llm_max_streams: int = Field(
         1024, gt=0, description="model calls at once per replica; replies past it wait in line (logged, metered)"
     )

@@ -343,6 +343,32 @@ class FakeMessages:
         self._tx.state.endings.append((message.id, message.status))
         return True
 
+    async def expired(self, now: datetime, *, owner: str | None = None, limit: int = 100) -> Sequence[Message]:
+        return [
+            r.message
+            for r in _by_seq(self._rows().values())
+            if r.message.status is MessageStatus.STREAMING
+            and (
+                (r.lease_expires_at is not None and r.lease_expires_at < now)
+                or (owner is not None and r.lease_owner == owner)
+            )
+        ][:limit]
+
+    async def take_over(self, message: Message, lease: Lease, *, now: datetime, mine: bool = False) -> Lease | None:
+        row = self._rows().get(message.id)
+        if row is None or row.message.status is not MessageStatus.STREAMING:
+            return None
+        expired = row.lease_expires_at is not None and row.lease_expires_at < now
+        if not (expired or (mine and row.lease_owner == lease.owner)):
+            return None
+        epoch = row.lease_epoch + 1
+        continued = (*row.message.continued_at, (epoch, len(row.message.content)))
+        row = self._set(row, continued_at=continued)
+        self._rows()[message.id] = dataclasses.replace(
+            row, lease_owner=lease.owner, lease_epoch=epoch, lease_expires_at=lease.expires_at
+        )
+        return Lease(lease.owner, epoch, lease.expires_at)
+
     async def request_cancel(self, message_id: str) -> None:
         row = self._rows().get(message_id)
         if row is not None and row.message.status is MessageStatus.STREAMING:
@@ -477,6 +503,7 @@ class ScriptedProvider:
     """
 
     name = "scripted"
+    continues = True
 
     def __init__(
         self,
@@ -523,8 +550,9 @@ class ScriptedProvider:
             raise ModelNotFound(prompt.model)
         if self.calls <= self.unavailable_times:
             raise ModelUnavailable("the scripted model is unreachable")
+        skip = len(prompt.prefix)  # continuing a partial reply: the script from where the prefix ends
         for index in range(len(self.pieces) + 1):
-            if index == self.pause_after:
+            if index == self.pause_after and not prompt.prefix:
                 self.held.set()
                 await self.release.wait()
             if index == self.fail_after:
@@ -533,7 +561,12 @@ class ScriptedProvider:
                 break
             if self.delay:
                 await asyncio.sleep(self.delay)
-            yield self.pieces[index]
+            piece = self.pieces[index]
+            if skip >= len(piece):
+                skip -= len(piece)
+                continue
+            yield piece[skip:]
+            skip = 0
         yield self.completion
 
     async def list_models(self) -> Sequence[ModelInfo]:

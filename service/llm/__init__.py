@@ -41,6 +41,7 @@ def build_provider(settings: Settings) -> Provider:
             api_key=key,
             timeout=settings.llm_timeout_seconds,
             max_streams=settings.llm_max_streams,
+            continues=settings.llm_continue,
         )
     from service.llm.local import LocalProvider
 

@@ -64,6 +64,7 @@ class FakeProvider:
     no delay (the whole reply is produced without yielding to the event loop)."""
 
     name = "fake"
+    continues = True
 
     def __init__(self, *, tokens_per_second: float = 0.0, reply_tokens: int = 64) -> None:
         self._interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0
@@ -74,6 +75,8 @@ class FakeProvider:
             raise ModelNotFound(prompt.model)
         last_user = next((t.content for t in reversed(prompt.turns) if t.role is Role.USER), "")
         tokens = scripted_tokens(last_user, min(self._reply_tokens, prompt.max_tokens))
+        if prompt.prefix:  # continuing: the same script, from where the prefix ends
+            tokens = _after(tokens, len(prompt.prefix))
         loop = asyncio.get_running_loop()
         start = loop.time()
         for i, token in enumerate(tokens):
@@ -92,3 +95,13 @@ class FakeProvider:
 
     async def aclose(self) -> None:
         return None
+
+
+def _after(tokens: list[str], written: int) -> list[str]:
+    """The rest of a script once `written` characters of it exist (a token cut by the prefix is finished)."""
+    seen = 0
+    for index, token in enumerate(tokens):
+        if seen + len(token) > written:
+            return [token[written - seen :], *tokens[index + 1 :]]
+        seen += len(token)
+    return []

@@ -98,6 +98,7 @@ class LocalProvider:
     name for the GGUF file at `model_path`. The worker starts on the first reply and stays until `aclose`."""
 
     name = "local"
+    continues = True  # a raw completion after the partial text
 
     def __init__(
         self,
@@ -271,7 +272,8 @@ class _Worker:
         finished = False
         try:
             turns = [[turn.role.value, turn.content] for turn in prompt.turns]
-            await self._send({"op": "generate", "id": ident, "turns": turns, "max_tokens": prompt.max_tokens})
+            request = {"op": "generate", "id": ident, "turns": turns, "max_tokens": prompt.max_tokens}
+            await self._send({**request, "prefix": prompt.prefix} if prompt.prefix else request)
             while True:
                 answer = await answers.get()
                 if "text" in answer:

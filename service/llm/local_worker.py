@@ -115,6 +115,9 @@ class Engine:
     def generate(self, job: dict[str, Any], stopped: Callable[[], bool]) -> Iterator[dict[str, Any]]:
         turns = [(role, text) for role, text in job["turns"]]
         text, stop, prompt_tokens = self.prompt(turns, job["max_tokens"])
+        prefix = job.get("prefix", "")
+        if prefix:  # continuing a partial reply: the model writes on from it
+            text += prefix if self.chat else " " + prefix
         chunks: Any = self.llm.create_completion(
             text,
             max_tokens=job["max_tokens"],
@@ -134,7 +137,7 @@ class Engine:
                 reason = choice["finish_reason"] or reason
                 piece: str = choice["text"]
                 generated += bool(piece)
-                if leading:  # a reply line opens with a space or a newline
+                if leading and not prefix:  # a reply line opens with a space or a newline
                     piece = piece.lstrip()
                     leading = not piece
                 if piece:

@@ -32,6 +32,7 @@ class OllamaProvider:
     """Implements `ports.Provider` for an Ollama server (`base_url` like `http://127.0.0.1:11434`)."""
 
     name = "ollama"
+    continues = True  # a final assistant message is continued, not answered
 
     def __init__(self, base_url: str, *, timeout: float, max_streams: int = 1024) -> None:
         self._upstream = Upstream(self.name, base_url, timeout=timeout, max_connections=max_streams)
@@ -39,7 +40,7 @@ class OllamaProvider:
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Completion, None]:
         body = {
             "model": prompt.model,
-            "messages": [{"role": turn.role.value, "content": turn.content} for turn in prompt.turns],
+            "messages": _messages(prompt),
             "stream": True,
             "options": {"num_predict": prompt.max_tokens},
         }
@@ -81,6 +82,13 @@ class OllamaProvider:
 
     async def aclose(self) -> None:
         await self._upstream.aclose()
+
+
+def _messages(prompt: Prompt) -> list[dict[str, str]]:
+    messages = [{"role": turn.role.value, "content": turn.content} for turn in prompt.turns]
+    if prompt.prefix:
+        messages.append({"role": "assistant", "content": prompt.prefix})
+    return messages
 
 
 def _completion(final: dict[str, Any], prompt: Prompt, pieces: int) -> Completion:

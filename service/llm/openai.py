@@ -64,8 +64,20 @@ class OpenAIProvider:
     """Implements `ports.Provider` for an OpenAI-compatible server (`base_url` like `http://host:8080/v1`)."""
 
     name = "openai"
+    continues: bool
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float, max_streams: int = 1024) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float,
+        max_streams: int = 1024,
+        continues: bool = False,
+    ) -> None:
+        # Continuing a partial reply needs the server to prefill the final assistant message: vLLM and the
+        # llama.cpp server do (`continue_final_message`); OpenAI itself does not. CHAT_LLM_CONTINUE says.
+        self.continues = continues
         self._upstream = Upstream(self.name, base_url, timeout=timeout, max_connections=max_streams, api_key=api_key)
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Completion, None]:
@@ -100,13 +112,17 @@ class OpenAIProvider:
 
 
 def _request_body(prompt: Prompt) -> dict[str, Any]:
-    return {
+    body: dict[str, Any] = {
         "model": prompt.model,
         "messages": [{"role": turn.role.value, "content": turn.content} for turn in prompt.turns],
         "max_tokens": prompt.max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},  # the last event then carries the token counts
     }
+    if prompt.prefix:  # vLLM's (and llama.cpp server's) assistant prefill
+        body["messages"].append({"role": "assistant", "content": prompt.prefix})
+        body |= {"continue_final_message": True, "add_generation_prompt": False}
+    return body
 
 
 def _parse_chunk(data: bytes) -> tuple[str, str | None, Usage | None]:

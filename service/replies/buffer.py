@@ -20,16 +20,29 @@ _COMPACT_AFTER = 64
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How a reply ended: its final stored message, and the error to raise to live readers when it failed."""
+    """How a reply ended here: its final stored message, and the error to raise to live readers when it failed.
+    `moved`: it did not end; another replica took it over (this one had lost its lease) and `message` is the
+    reply as stored then — readers follow it there."""
 
     message: Message
     error: DomainError | None = None
+    moved: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Delta:
     text: str
     offset: int
+    generation: int = 0  # which generation of the reply wrote it (1, then one more per continuation)
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """The text a reader got from `offset` on is void: the replica writing it stopped before storing it, and
+    the reply was continued from `offset` (by `generation`). The deltas that follow start there."""
+
+    offset: int
+    generation: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +112,18 @@ class ReplyBuffer:
                     waiter.set_result(None)
 
 
-async def read(buffer: ReplyBuffer, offset: int) -> AsyncIterator[Delta | Ended]:
-    """Yield the text from `offset` as it grows, coalesced, then `Ended` (or raise the reply's error)."""
+async def read(buffer: ReplyBuffer, offset: int, generation: int = 0) -> AsyncIterator[Delta | Ended]:
+    """Yield the text from `offset` as it grows, coalesced, then `Ended` (or raise the reply's error). Returns
+    without `Ended` when the reply moved to another replica (`Outcome.moved`): the caller follows it there."""
     cursor = offset
     while True:
         length = buffer.length
         if length > cursor:
             text = buffer.text_from(cursor)
-            yield Delta(text, cursor)
+            yield Delta(text, cursor, generation)
             cursor = length
+        elif buffer.outcome is not None and buffer.outcome.moved:
+            return
         elif buffer.outcome is not None:
             if cursor > length:
                 raise OutOfRange(

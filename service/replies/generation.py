@@ -137,6 +137,11 @@ class Producer:
         self.gate = gate or StreamGate(1024)
         self._observer = observer or QuietModelCalls()
 
+    @property
+    def continues(self) -> bool:
+        """Whether the model can continue a partial reply (see `Prompt.prefix`)."""
+        return self._provider.continues
+
     async def run(self, generation: Generation) -> Completion:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(ModelUnavailable),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from service.domain import (
@@ -29,13 +29,14 @@ from service.domain import (
     Unavailable,
     reply_error,
 )
-from service.ports import Flush, UnitOfWorkFactory
+from service.ports import Flush, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Outcome, ReplyBuffer
 from service.replies.generation import Generation, Producer, StreamGate, final_message
 
 logger = logging.getLogger(__name__)
 
 ABANDONED_MESSAGE = "the replica generating this reply stopped responding"
+Continuation = Callable[[UnitOfWork, Message], Awaitable["Prompt | None"]]
 UNSTORABLE_MESSAGE = "the reply could not be stored in full"
 _MAX_BACKOFF = 5.0
 
@@ -51,6 +52,8 @@ class Generations:
         flush_interval: float,
         lease_seconds: float,
         on_changed: Callable[[Sequence[str]], None] = lambda ids: None,
+        continuation: Continuation | None = None,
+        max_continuations: int = 0,
     ) -> None:
         self._uow = uow
         self._producer = producer
@@ -61,6 +64,10 @@ class Generations:
         self._on_changed = on_changed
         self._sweep_every = max(1, round(lease_seconds / 2 / flush_interval))
         self._live: dict[str, Generation] = {}
+        self._continuation = continuation
+        self._claiming: set[str] = set()
+        self._max_continuations = max_continuations if continuation is not None else 0
+        self._closing = False
         self.writes = 0  # rows flushed, for the benchmarks
         self.commits = 0  # flush transactions
 
@@ -84,14 +91,17 @@ class Generations:
         return Lease(self._replica_id, 1, now + self._lease)
 
     def launch(self, message: Message, prompt: Prompt, lease: Lease) -> Generation:
-        """Start generating `message` (inserted STREAMING under `lease`)."""
-        generation = Generation(message, prompt, ReplyBuffer(), lease)
+        """Start generating `message` (STREAMING under `lease`; a continued one holds its stored text already)."""
+        generation = Generation(
+            message, prompt, ReplyBuffer(message.content), lease, flushed_length=len(message.content)
+        )
         self._live[message.id] = generation
         generation.task = asyncio.create_task(self._drive(generation), name=f"generation-{message.id}")
         return generation
 
     async def close(self, grace: float) -> None:
         """Let generations finish within `grace` seconds, then end the rest INTERRUPTED."""
+        self._closing = True
         tasks = [g.task for g in self._live.values() if g.task]
         if not tasks:
             return
@@ -169,7 +179,7 @@ class Generations:
                     return _outcome(candidate)
                 generation.fenced = True
                 logger.warning("reply %s was ended or taken by another replica; not writing it", generation.id)
-                return _outcome(stored) if stored else _deleted(candidate)
+                return _fenced(stored) if stored else _deleted(candidate)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF)
 
@@ -184,7 +194,7 @@ class Generations:
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
             final = final_message(generation, completion=None, error=None, now=self._clock())
-            return _outcome(stored) if stored else _deleted(final)
+            return _fenced(stored) if stored else _deleted(final)
 
     # ------------------------------------------------------------------------------------------ flushing
 
@@ -219,13 +229,6 @@ class Generations:
             if batch:
                 await uow.messages.flush(batch)
             held = await uow.messages.leased(self._replica_id) if generations else {}
-            abandoned = (
-                await uow.messages.mark_abandoned(
-                    now=now, status=MessageStatus.INTERRUPTED.value, error_message=ABANDONED_MESSAGE
-                )
-                if sweep
-                else []
-            )
             await uow.commit()
         self.commits += 1
         self.writes += len(batch)
@@ -240,15 +243,79 @@ class Generations:
                 generation.fence()  # ended by another replica, deleted, or taken over
             elif state.cancel_requested:
                 generation.stop(MessageStatus.CANCELLED)
-        if abandoned:
-            logger.warning("marked %d abandoned replies INTERRUPTED", len(abandoned))
-        if batch or abandoned:
-            self._on_changed([f.message_id for f in batch] + list(abandoned))
+        if batch:
+            self._on_changed([f.message_id for f in batch])
+        if sweep:
+            await self.sweep()
+
+    # ------------------------------------------------------------------------------------------ takeovers
+
+    async def sweep(self, *, mine: bool = False) -> None:
+        """Take over the replies whose replica stopped (their lease expired; with `mine`, this replica's own from
+        a previous run), to continue them here, or end them INTERRUPTED where they cannot be continued."""
+        async with self._uow() as uow:
+            expired = await uow.messages.expired(self._clock(), owner=self._replica_id if mine else None)
+        for message in expired:
+            await self.take_over(message, mine=mine)
+
+    async def take_over(self, message: Message, *, mine: bool = False) -> None:
+        """Claim `message` (one compare-and-set on its lease epoch: of racing replicas exactly one wins, and the
+        replica that held it is fenced) and continue it from its stored text; or, when the model cannot
+        continue, it was continued `max_continuations` times already, or this replica is closing, end it
+        INTERRUPTED (if its lease has indeed expired)."""
+        if message.id in self._live or message.id in self._claiming:
+            return  # generating here already, or being claimed by another of this replica's tasks
+        self._claiming.add(message.id)
+        try:
+            await self._take_over(message, mine=mine)
+        finally:
+            self._claiming.discard(message.id)
+
+    async def _take_over(self, message: Message, *, mine: bool) -> None:
+        now = self._clock()
+        if self._closing or not self._producer.continues or len(message.continued_at) >= self._max_continuations:
+            await self._abandon(message.id, now)
+            return
+        assert self._continuation is not None
+        async with self._uow() as uow:
+            won = await uow.messages.take_over(
+                message, Lease(self._replica_id, 0, now + self._lease), now=now, mine=mine
+            )
+            if won is None:
+                return  # not expired after all, or another replica won
+            claimed = await uow.messages.get(message.id)
+            prompt = await self._continuation(uow, claimed) if claimed is not None else None
+            await uow.commit()
+        if claimed is None or prompt is None:
+            return  # deleted meanwhile
+        logger.warning(
+            "continuing reply %s after its replica stopped",
+            claimed.id,
+            extra={"generation": won.epoch, "from_offset": len(claimed.content)},
+        )
+        self.launch(claimed, prompt, won)
+        self._on_changed([claimed.id])
+
+    async def _abandon(self, message_id: str, now: datetime) -> None:
+        async with self._uow() as uow:
+            ended = await uow.messages.mark_abandoned(
+                now=now, status=MessageStatus.INTERRUPTED.value, error_message=ABANDONED_MESSAGE, message_id=message_id
+            )
+            await uow.commit()
+        if ended:
+            logger.warning("marked reply %s INTERRUPTED: its replica stopped", message_id)
+            self._on_changed(ended)
 
 
 def _outcome(stored: Message) -> Outcome:
     """What readers get for a stored final state: a FAILED reply is an error for every reader."""
     return Outcome(stored, reply_error(stored) if stored.status is MessageStatus.FAILED else None)
+
+
+def _fenced(stored: Message) -> Outcome:
+    """This replica lost the reply: what is stored (ended, or continued by another replica) is what counts, and
+    readers who got text past it are reconciled with it (see `Replies._follow`)."""
+    return Outcome(stored, moved=True)
 
 
 def _deleted(final: Message) -> Outcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from service.domain import (
 )
 from service.personas import PersonaCatalog
 from service.ports import ModelCallObserver, Notifications, Provider, UnitOfWork, UnitOfWorkFactory
-from service.replies.buffer import Delta, Ended, read
+from service.replies.buffer import Delta, Ended, Rewind, read
 from service.replies.generation import Producer, StreamGate
 from service.replies.generations import ABANDONED_MESSAGE, Generations
 from service.replies.remote import RemoteFollower
@@ -51,6 +52,7 @@ class ReplyLimits:
     provider_attempts: int = 3
     max_reply_chars: int = 100_000
     max_model_streams: int = 1024
+    max_continuations: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +63,7 @@ class Started:
     assistant_message: Message
 
 
-ReplyEvent = Started | Delta | Ended
+ReplyEvent = Started | Delta | Rewind | Ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,7 @@ class Replies:
             poll_interval=limits.flush_interval,
             lease_seconds=limits.lease_seconds,
             notifications=notifications,
+            on_stalled=lambda message: self.generations.take_over(message),
         )
         self.generations = Generations(
             uow,
@@ -112,6 +115,8 @@ class Replies:
             flush_interval=limits.flush_interval,
             lease_seconds=limits.lease_seconds,
             on_changed=self._remote.publish,
+            continuation=self._continuation,
+            max_continuations=limits.max_continuations,
         )
         self._flusher_task: asyncio.Task[None] | None = None
         self._starting: set[asyncio.Task[_Reply]] = set()
@@ -119,7 +124,8 @@ class Replies:
     # ------------------------------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """End the replies this replica left behind (it restarted) and start the flusher."""
+        """Continue (or end) the replies this replica left behind (it restarted) and start the flusher."""
+        await self.generations.sweep(mine=True)
         async with self._uow() as uow:
             orphans = await uow.messages.mark_abandoned(
                 now=self._clock(),
@@ -202,8 +208,11 @@ class Replies:
                 return user, event.message
         raise AssertionError("a followed reply always ends with Ended or an error")
 
-    async def resume(self, principal: Principal, message_id: str, offset: int) -> AsyncIterator[ReplyEvent]:
-        """ResumeReply: the reply's text from `offset` as far as generated, then live, then its end."""
+    async def resume(
+        self, principal: Principal, message_id: str, offset: int, generation: int = 0
+    ) -> AsyncIterator[ReplyEvent]:
+        """ResumeReply: the reply's text from `offset` as far as generated, then live, then its end. A reader
+        whose text past some offset was never stored (`generation`: the one it read from) is rewound first."""
         message_id = check_id("message_id", message_id)
         if offset < 0:
             raise InvalidArgument.field("offset", "must not be negative")
@@ -211,13 +220,15 @@ class Replies:
             message = await self._owned_reply(uow, principal, message_id)
             related = await uow.messages.find_by_request(message.owner, message.request_id)
         user = next((m for m in related if m.role is Role.USER), None)
-        if message.status.is_final and offset > len(message.content):
+        if generation < 0:
+            raise InvalidArgument.field("generation", "must not be negative")
+        if message.status.is_final and offset > len(message.content) and not message.rewind_for(offset, generation):
             raise OutOfRange(
                 f"offset {offset} is past the end of the reply ({len(message.content)} characters)",
                 metadata={"offset": str(offset), "length": str(len(message.content))},
             )
         yield Started(user, message)
-        async for event in self._follow(message, offset):
+        async for event in self._follow(message, offset, generation):
             yield event
 
     async def cancel(self, principal: Principal, message_id: str) -> Message:
@@ -370,6 +381,16 @@ class Replies:
             raise InvalidArgument.field("request_id", "was already used for a different message")
         return _Reply(user, assistant)
 
+    async def _continuation(self, uow: UnitOfWork, reply: Message) -> Prompt | None:
+        """The prompt that continues `reply` from its stored text: its conversation's history before it, and the
+        text itself as the prefix (a closing reply's steer was never stored: it goes on without it)."""
+        conversation = await uow.conversations.get(reply.conversation_id)
+        if conversation is None:
+            return None
+        history = await uow.messages.recent(conversation.id, limit=self._limits.history_max_messages)
+        prompt = self._prompt(conversation, [m for m in history if m.id != reply.id])
+        return dataclasses.replace(prompt, prefix=reply.content)
+
     def _prompt(self, conversation: Conversation, history: Sequence[Message], steer: str = "") -> Prompt:
         instructions = conversation.system_prompt or self._personas.instructions(conversation.persona)
         system = ChatTurn(Role.SYSTEM, instructions) if instructions else None
@@ -380,14 +401,34 @@ class Replies:
             window = (*window, ChatTurn(Role.SYSTEM, steer))
         return Prompt(conversation.model, window, self._limits.max_reply_tokens, conversation.id)
 
-    async def _follow(self, message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
-        generation = self.generations.get(message.id)
-        if generation is not None:
-            events = read(generation.buffer, offset)
-        elif message.status.is_final:
-            events = _replay(message, offset)
-        else:
-            events = self._remote.follow(message, offset)
+    async def _follow(
+        self, message: Message, offset: int, generation: int = 0
+    ) -> AsyncIterator[Delta | Rewind | Ended]:
+        """The reply from `offset` to its end: from this replica's buffer while it generates here, else from the
+        database. A reader holding text that was never stored (`generation`: the one it read from) is rewound to
+        where the stored reply differs: another replica continued it, or this replica lost it."""
+        live = self.generations.get(message.id)
+        rewind = (live.message if live is not None else message).rewind_for(offset, generation)
+        if rewind is not None:
+            offset = rewind[0]
+            yield Rewind(*rewind)
+        if live is not None:
+            async for event in read(live.buffer, offset, live.lease.epoch):
+                if isinstance(event, Delta):
+                    offset, generation = event.offset + len(event.text), event.generation
+                yield event
+            outcome = live.buffer.outcome
+            if outcome is None or not outcome.moved:
+                return
+            # This replica lost the reply: it was ended or continued elsewhere, and what is stored is what counts.
+            message = outcome.message
+            rewind = message.rewind_for(offset, generation)
+            if rewind is None and message.status.is_final and offset > len(message.content):
+                rewind = (len(message.content), message.generation)
+            if rewind is not None:
+                offset = rewind[0]
+                yield Rewind(*rewind)
+        events = _replay(message, offset) if message.status.is_final else self._remote.follow(message, offset)
         async for event in events:
             yield event
 
@@ -402,7 +443,7 @@ class Replies:
 
 async def _replay(message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
     if offset < len(message.content):
-        yield Delta(message.content[offset:], offset)
+        yield Delta(message.content[offset:], offset, message.generation)
     if message.status is MessageStatus.FAILED:
         raise reply_error(message)  # the same status the live readers got
     yield Ended(message)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 
 from service.domain import Message, MessageStatus, NotFound, OutOfRange, reply_error
@@ -33,12 +33,14 @@ class RemoteFollower:
         poll_interval: float,
         lease_seconds: float,
         notifications: Notifications,
+        on_stalled: Callable[[Message], Awaitable[None]] | None = None,
     ) -> None:
         self._uow = uow
         self._clock = clock
         self._poll = poll_interval
         self._lease = lease_seconds
         self._notifications = notifications
+        self._on_stalled = on_stalled
         self._watchers: dict[str, set[asyncio.Event]] = {}
         notifications.subscribe(CHANNEL, self._wake)
 
@@ -74,7 +76,7 @@ class RemoteFollower:
             async for state in self._states(message, changed):
                 length = len(state.content)
                 if length > cursor:
-                    yield Delta(state.content[cursor:], cursor)
+                    yield Delta(state.content[cursor:], cursor, state.generation)
                     cursor = length
                 if state.status.is_final:
                     if cursor > length:
@@ -120,6 +122,13 @@ class RemoteFollower:
                 last_length, last_progress = len(message.content), time.monotonic()
 
     async def _reread(self, message_id: str, *, abandon_as: MessageStatus | None) -> Message:
+        if abandon_as is MessageStatus.INTERRUPTED and self._on_stalled is not None:
+            # Its replica stopped: this one takes it over (to continue it, or to end it where it cannot).
+            async with self._uow() as uow:
+                stalled = await uow.messages.get(message_id)
+            if stalled is not None and stalled.status is MessageStatus.STREAMING:
+                await self._on_stalled(stalled)
+            abandon_as = None
         async with self._uow() as uow:
             if abandon_as is not None:
                 # Only acts if the owner's lease has expired; of racing replicas exactly one succeeds.

@@ -96,7 +96,8 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
     async def ResumeReply(
         self, request: pb.ResumeReplyRequest, context: Context
     ) -> AsyncIterator[pb.ResumeReplyResponse]:
-        async for event in self._replies.resume(current_principal(), request.message_id, request.offset):
+        events = self._replies.resume(current_principal(), request.message_id, request.offset, request.generation)
+        async for event in events:
             if isinstance(event, Started):
                 self._link_to_generation(event.assistant_message.conversation_id)
             yield pb.ResumeReplyResponse(event=convert.reply_event(event))

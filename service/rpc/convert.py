@@ -22,7 +22,7 @@ from service.domain import (
     Usage,
 )
 from service.export import MEDIA_TYPES, ExportFormat
-from service.replies import Delta, Ended, ReplyEvent, Started
+from service.replies import Delta, Ended, ReplyEvent, Rewind, Started
 
 ROLES = {Role.USER: pb.ROLE_USER, Role.ASSISTANT: pb.ROLE_ASSISTANT, Role.SYSTEM: pb.ROLE_SYSTEM}
 STATUSES = {
@@ -72,6 +72,7 @@ def message(m: Message) -> pb.Message:
         update_time=timestamp(m.update_time),
         request_id=m.request_id,
         error_message=m.error_message,
+        continuations=len(m.continued_at),
     )
 
 
@@ -101,7 +102,9 @@ def conversation_fields(
 
 def reply_event(event: ReplyEvent) -> pb.ReplyEvent:
     if type(event) is Delta:
-        return pb.ReplyEvent(delta=pb.ReplyDelta(text=event.text, offset=event.offset))
+        return pb.ReplyEvent(delta=pb.ReplyDelta(text=event.text, offset=event.offset, generation=event.generation))
+    if isinstance(event, Rewind):
+        return pb.ReplyEvent(rewind=pb.ReplyRewind(offset=event.offset, generation=event.generation))
     if isinstance(event, Started):
         user = message(event.user_message) if event.user_message else None
         return pb.ReplyEvent(

@@ -216,6 +216,41 @@ class SqlMessages:
             .values(cancel_requested=True)
         )
 
+    async def expired(self, now: datetime, *, owner: str | None = None, limit: int = 100) -> Sequence[Message]:
+        c = messages.c
+        stale = c.lease_expires_at < now if owner is None else sa.or_(c.lease_owner == owner, c.lease_expires_at < now)
+        query = messages.select().where(c.status == STREAMING, stale).order_by(c.seq).limit(limit)
+        return [_message(row) for row in await self._conn.execute(query)]
+
+    async def take_over(self, message: Message, lease: Lease, *, now: datetime, mine: bool = False) -> Lease | None:
+        c = messages.c
+        epoch = (await self._conn.execute(sa.select(c.lease_epoch).where(c.id == message.id))).scalar()
+        if epoch is None:
+            return None
+        recorded = _continued(message.continued_at)
+        statement = (
+            messages.update()
+            .where(
+                c.id == message.id,
+                c.status == STREAMING,
+                c.lease_epoch == epoch,
+                sa.or_(c.lease_expires_at < now, c.lease_owner == lease.owner) if mine else c.lease_expires_at < now,
+            )
+            .values(
+                lease_owner=lease.owner,
+                lease_epoch=c.lease_epoch + 1,
+                lease_expires_at=lease.expires_at,
+                # The offset is the stored text's length when the claim is made, in the same statement.
+                continued_at=sa.literal(recorded + ("," if recorded else ""))
+                + sa.cast(c.lease_epoch + 1, sa.Text)
+                + ":"
+                + sa.cast(sa.func.length(c.content), sa.Text),
+            )
+            .returning(c.lease_epoch)
+        )
+        won = (await self._conn.execute(statement)).scalar()
+        return Lease(lease.owner, int(won), lease.expires_at) if won is not None else None
+
     async def mark_abandoned(
         self,
         *,
@@ -333,6 +368,7 @@ def _message_row(m: Message) -> dict[str, Any]:
         "finish_reason": m.finish_reason.value,
         "error_message": m.error_message,
         "error_reason": m.error_reason,
+        "continued_at": _continued(m.continued_at),
         "create_time": m.create_time,
         "update_time": m.update_time,
     }
@@ -354,7 +390,17 @@ def _message(row: Any) -> Message:
         finish_reason=FinishReason(row.finish_reason),
         error_message=row.error_message,
         error_reason=row.error_reason,
+        continued_at=_continuations(row.continued_at),
     )
+
+
+def _continued(pairs: Sequence[tuple[int, int]]) -> str:
+    return ",".join(f"{generation}:{offset}" for generation, offset in pairs)
+
+
+def _continuations(text: str) -> tuple[tuple[int, int], ...]:
+    pairs = (item.partition(":") for item in text.split(",") if item)
+    return tuple((int(generation), int(offset)) for generation, _, offset in pairs)
 
 
 def _api_key(row: Any) -> ApiKey:

@@ -78,6 +78,8 @@ messages = sa.Table(
     # Moves on whenever the lease changes hands or the reply is ended by someone else: every write a generation
     # makes is conditional on (lease_owner, lease_epoch), so a replica that lost the lease writes nothing.
     sa.Column("lease_epoch", sa.Integer, nullable=False, server_default="0"),
+    # Each takeover that continued the reply on another replica, as "generation:offset" separated by commas.
+    sa.Column("continued_at", sa.String(200), nullable=False, server_default=""),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
     # AIP-155 idempotency: one user message (and one reply) per (owner, request_id).

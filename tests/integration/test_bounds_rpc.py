@@ -168,6 +168,7 @@ NOT_FROM_CALLERS = {
     ("messages", "finish_reason"): "an enum",
     ("messages", "error_message"): "a domain error's message, bounded (test_a_failed_reply_keeps_its_error_bounded)",
     ("messages", "error_reason"): "a domain error's reason: one of the short constants in service/domain.py",
+    ("messages", "continued_at"): "made by the service: at most CHAT_MAX_CONTINUATIONS (5) 'generation:offset' pairs",
     ("messages", "lease_owner"): "the replica id, from configuration (at most 200 characters: Settings)",
     ("coaching_sessions", "id"): "made by the service",
     ("coaching_sessions", "owner"): "the caller's user id",

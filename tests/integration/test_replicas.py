@@ -80,31 +80,56 @@ async def test_cancel_on_b_stops_the_generation_on_a_within_a_second(replicas: t
     assert a.app.deps.replies.in_flight == 0
 
 
-async def test_a_reply_whose_owner_died_is_interrupted_exactly_once(replicas: tuple[Replica, Replica]) -> None:
-    a, b = replicas
-    call, started = await start_on(a, "owner dies")
-    message_id = started.assistant_message.message_id
-    await call.read()
-    replies = a.app.deps.replies
-    await replies.generations.tick()  # some text flushed
-    # Simulate the owner dying: its generation and flusher stop without a word to the database.
-    replies._flusher_task.cancel()  # type: ignore[union-attr]
-    for generation in list(replies.generations._live.values()):
-        generation.task.cancel()  # type: ignore[union-attr]
-        generation.producer.cancel()  # type: ignore[union-attr]
-    call.cancel()
+@pytest.mark.parametrize("continuations", [0, 2], ids=["continuing-off", "continuing-on"])
+async def test_a_reply_whose_owner_died_is_continued_or_ended_exactly_once(
+    database_url: str, continuations: int
+) -> None:
+    """With continuation (the default), one surviving replica takes the reply over and finishes it: both
+    followers end with the same COMPLETED text, the one the model would have written in one go. Without, it
+    ends INTERRUPTED with its partial text, once."""
 
-    async def follow(replica: Replica) -> pb.Message:
-        channel_call = replica.stub.ResumeReply(
-            pb.ResumeReplyRequest(message_id=message_id), metadata=await replica.auth("alice")
+    def settings(name: str):  # type: ignore[no-untyped-def]
+        return settings_for(
+            database_url,
+            replica_id=name,
+            fake_tokens_per_second=40,
+            fake_reply_tokens=60,
+            lease_seconds=2.0,
+            max_continuations=continuations,
         )
-        return (await read_all(channel_call))[-1].completed.message
 
-    async with asyncio.timeout(10):
-        first, second = await asyncio.gather(follow(b), follow(b))
-    assert first.status == second.status == pb.MESSAGE_STATUS_INTERRUPTED
-    assert first.content and "".join(scripted_tokens("owner dies", 60)).startswith(first.content)
-    assert first.update_time == second.update_time  # one replica ended it, once
+    async with running_replica(settings("replica-a")) as a, running_replica(settings("replica-b")) as b:
+        call, started = await start_on(a, "owner dies")
+        message_id = started.assistant_message.message_id
+        await call.read()
+        replies = a.app.deps.replies
+        await replies.generations.tick()  # some text flushed
+        # Simulate the owner dying: its generation and flusher stop without a word to the database.
+        replies._flusher_task.cancel()  # type: ignore[union-attr]
+        for generation in list(replies.generations._live.values()):
+            generation.task.cancel()  # type: ignore[union-attr]
+            generation.producer.cancel()  # type: ignore[union-attr]
+        call.cancel()
+
+        async def follow(replica: Replica) -> pb.Message:
+            channel_call = replica.stub.ResumeReply(
+                pb.ResumeReplyRequest(message_id=message_id), metadata=await replica.auth("alice")
+            )
+            events = await read_all(channel_call)
+            assert "".join(e.delta.text for e in events if e.HasField("delta")) == events[-1].completed.message.content
+            return events[-1].completed.message
+
+        async with asyncio.timeout(20):
+            first, second = await asyncio.gather(follow(b), follow(b))
+        full = "".join(scripted_tokens("owner dies", 60))
+        if continuations:
+            assert first.status == second.status == pb.MESSAGE_STATUS_COMPLETED
+            assert first.content == second.content == full
+            assert first.continuations == 1
+        else:
+            assert first.status == second.status == pb.MESSAGE_STATUS_INTERRUPTED
+            assert first.content and full.startswith(first.content)
+        assert first.update_time == second.update_time  # one replica ended it, once
 
 
 async def test_resume_at_an_offset_beyond_what_b_has_seen_waits_for_it(replicas: tuple[Replica, Replica]) -> None:

@@ -33,7 +33,7 @@ from service.domain import (
 )
 from service.personas import PersonaCatalog
 from service.ports import Flush, Provider
-from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyLimits, Started
+from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyLimits, Rewind, Started
 from service.replies.generation import STOP_MESSAGES
 from service.replies.generations import ABANDONED_MESSAGE
 from service.storage.notifications import LocalNotifications
@@ -306,7 +306,7 @@ async def test_closing_the_stream_does_not_stop_the_generation(
     events = replies.stream(ALICE, conversation.id, "hi", "")
     started = await next_event(events)
     assert isinstance(started, Started)
-    assert await next_event(events) == Delta("a", 0)
+    assert await next_event(events) == Delta("a", 0, 1)
 
     await events.aclose()  # type: ignore[attr-defined]  # the client disconnected
     provider.release.set()
@@ -454,7 +454,7 @@ async def test_resume_in_flight_from_an_offset_gets_the_rest_then_follows_live(
 
     started = await next_event(events)
     assert started == Started(user, assistant)
-    assert await next_event(events) == Delta("bcd", 1)
+    assert await next_event(events) == Delta("bcd", 1, 1)
     provider.release.set()
     rest = await collect(events)
 
@@ -474,7 +474,7 @@ async def test_resume_after_completion_replays_from_the_offset(
     events = await collect(replies.resume(ALICE, final.id, offset))
 
     assert events[0] == Started(user, final)
-    assert events[1:-1] == ([Delta("abcdéf"[offset:], offset)] if offset < 6 else [])
+    assert events[1:-1] == ([Delta("abcdéf"[offset:], offset, 1)] if offset < 6 else [])
     assert ended(events) == final
 
 
@@ -867,7 +867,7 @@ async def test_the_flusher_does_not_touch_other_replicas_replies(
 async def test_the_flushers_sweep_interrupts_replies_whose_lease_expired(
     make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
 ) -> None:
-    replies = make_replies(ScriptedProvider())
+    replies = make_replies(ScriptedProvider(), max_continuations=0)  # continuing turned off: it ends INTERRUPTED
     conversation = await add_conversation(storage, clock)
     stale = await add_reply_in_flight(storage, clock, conversation, lease_expires_at=clock() + timedelta(seconds=1))
 
@@ -885,8 +885,8 @@ async def test_the_flushers_sweep_interrupts_replies_whose_lease_expired(
 async def test_a_reply_of_a_dead_replica_ends_interrupted_exactly_once_for_concurrent_followers(
     make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
 ) -> None:
-    here = make_replies(ScriptedProvider(), replica_id="replica-a", lease_seconds=0.05)
-    there = make_replies(ScriptedProvider(), replica_id="replica-c", lease_seconds=0.05)
+    here = make_replies(ScriptedProvider(), replica_id="replica-a", lease_seconds=0.05, max_continuations=0)
+    there = make_replies(ScriptedProvider(), replica_id="replica-c", lease_seconds=0.05, max_continuations=0)
     conversation = await add_conversation(storage, clock)
     reply = await add_reply_in_flight(
         storage, clock, conversation, content="partial", lease_expires_at=clock() - timedelta(seconds=1)
@@ -911,18 +911,18 @@ async def test_a_follower_sees_the_text_another_replica_flushes_and_its_end(
     reply = await add_reply_in_flight(storage, clock, conversation, content="par", lease_expires_at=expires)
     events = replies.resume(ALICE, reply.id, 0)
     assert isinstance(await next_event(events), Started)
-    assert await next_event(events) == Delta("par", 0)
+    assert await next_event(events) == Delta("par", 0, 1)
 
     async with storage.unit_of_work() as uow:
         await uow.messages.flush([Flush(reply.id, "partial", Lease("replica-b", 1, expires), expires, clock())])
         await uow.commit()
-    assert await next_event(events) == Delta("tial", 3)
+    assert await next_event(events) == Delta("tial", 3, 1)
 
     final = dataclasses.replace(reply, content="partial text", status=MessageStatus.COMPLETED)
     async with storage.unit_of_work() as uow:
         assert await uow.messages.finish(final, Lease("replica-b", 1, expires))
         await uow.commit()
-    assert await collect(events) == [Delta(" text", 7), Ended(final)]
+    assert await collect(events) == [Delta(" text", 7, 1), Ended(final)]
 
 
 # ---------------------------------------------------------------------------------------------- history
@@ -1037,7 +1037,7 @@ async def test_a_paused_replica_that_lost_its_lease_writes_nothing_when_it_resum
 ) -> None:
     """Finding "fencing": a paused replica came back and overwrote a reply another replica had ended."""
     here, provider, reply, reading = await paused_reply(make_replies, storage, clock)
-    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b")
+    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b", max_continuations=0)
     clock.advance(11)  # past the 10 s lease
     await sweeper.generations.tick(sweep=True)
     interrupted = storage.message(reply.id)
@@ -1057,7 +1057,7 @@ async def test_a_resumed_replica_learns_of_its_lost_lease_on_its_next_flush_and_
     make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
 ) -> None:
     here, provider, reply, reading = await paused_reply(make_replies, storage, clock)
-    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b")
+    sweeper = make_replies(ScriptedProvider(), replica_id="replica-b", max_continuations=0)
     clock.advance(11)
     await sweeper.generations.tick(sweep=True)
     interrupted = storage.message(reply.id)
@@ -1179,3 +1179,149 @@ async def test_a_caller_cancelled_right_after_the_commit_still_gets_its_reply_ge
     assert (reply.status, reply.content) == (MessageStatus.COMPLETED, "Hello, wörld 🙂")
     with pytest.raises(asyncio.CancelledError):
         await sending
+
+
+# ---------------------------------------------------------------------------------------------- continuation
+
+
+def assembled(events: Sequence[ReplyEvent], text: str = "") -> str:
+    """The text a client ends with (from `text`): deltas appended, each rewind cutting back to its offset."""
+    for event in events:
+        if isinstance(event, Rewind):
+            text = text[: event.offset]
+        elif isinstance(event, Delta):
+            assert event.offset == len(text), (event, text)
+            text += event.text
+    return text
+
+
+async def dead_replicas_reply(storage: FakeStorage, clock: FakeClock, content: str = "Hello, ") -> Message:
+    conversation = await add_conversation(storage, clock)
+    return await add_reply_in_flight(
+        storage, clock, conversation, content=content, lease_expires_at=clock() - timedelta(seconds=1)
+    )
+
+
+async def test_a_reply_whose_replica_stopped_is_continued_here_to_completion(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    provider = ScriptedProvider()  # "Hello", ", ", "wörld 🙂"
+    replies = make_replies(provider)
+    reply = await dead_replicas_reply(storage, clock)
+
+    await replies.generations.tick(sweep=True)
+    events = await collect(replies.resume(ALICE, reply.id, 0))
+
+    final = ended(events)
+    assert (final.status, final.content) == (MessageStatus.COMPLETED, "Hello, wörld 🙂")
+    assert assembled(events) == final.content == storage.message(reply.id).content  # type: ignore[union-attr]
+    assert final.continued_at == ((2, len("Hello, ")),)
+    (prompt,) = provider.prompts
+    assert prompt.prefix == "Hello, "
+    assert [turn.content for turn in prompt.turns if turn.role is Role.USER] == ["question"]
+
+
+async def test_a_reader_of_the_stopped_replica_is_rewound_to_where_the_continuation_began(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """It had read "Hello, wö" from the dead replica's memory; only "Hello, " was stored."""
+    replies = make_replies(ScriptedProvider())
+    reply = await dead_replicas_reply(storage, clock)
+    await replies.generations.tick(sweep=True)
+
+    events = await collect(replies.resume(ALICE, reply.id, len("Hello, wö"), generation=1))
+
+    assert events[1] == Rewind(len("Hello, "), 2)
+    assert assembled(events, "Hello, wö") == ended(events).content == "Hello, wörld 🙂"
+
+
+async def test_a_reader_that_already_follows_the_continuation_is_not_rewound(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    replies = make_replies(ScriptedProvider())
+    reply = await dead_replicas_reply(storage, clock)
+    await replies.generations.tick(sweep=True)
+
+    events = await collect(replies.resume(ALICE, reply.id, len("Hello, wö"), generation=2))
+
+    assert not any(isinstance(e, Rewind) for e in events)
+    assert text_of(events) == "rld 🙂"
+
+
+async def test_of_replicas_racing_to_take_a_reply_over_exactly_one_continues_it(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    providers = [ScriptedProvider(), ScriptedProvider()]
+    here = make_replies(providers[0], replica_id="replica-a")
+    there = make_replies(providers[1], replica_id="replica-c")
+    reply = await dead_replicas_reply(storage, clock)
+
+    await asyncio.gather(here.generations.tick(sweep=True), there.generations.tick(sweep=True))
+    final = ended(await collect(here.resume(ALICE, reply.id, 0)))
+
+    assert sum(p.calls for p in providers) == 1
+    assert final.status is MessageStatus.COMPLETED and len(final.continued_at) == 1
+    assert storage.state.endings == [(reply.id, MessageStatus.COMPLETED)]
+
+
+async def test_a_reply_continued_the_most_times_allowed_ends_interrupted(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    replies = make_replies(ScriptedProvider(), max_continuations=2)
+    reply = await dead_replicas_reply(storage, clock)
+    async with storage.unit_of_work() as uow:  # it was continued twice already, and that replica died too
+        await uow.messages.take_over(reply, Lease("replica-x", 0, clock() - timedelta(seconds=1)), now=clock())
+        again = await uow.messages.get(reply.id)
+        assert again is not None
+        await uow.messages.take_over(again, Lease("replica-y", 0, clock() - timedelta(seconds=1)), now=clock())
+        await uow.commit()
+
+    await replies.generations.tick(sweep=True)
+
+    stored = storage.message(reply.id)
+    assert stored is not None
+    assert (stored.status, stored.content, len(stored.continued_at)) == (MessageStatus.INTERRUPTED, "Hello, ", 2)
+
+
+async def test_a_model_that_cannot_continue_leaves_the_reply_interrupted(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    provider = ScriptedProvider()
+    provider.continues = False
+    replies = make_replies(provider)
+    reply = await dead_replicas_reply(storage, clock)
+
+    await replies.generations.tick(sweep=True)
+
+    stored = storage.message(reply.id)
+    assert stored is not None
+    assert (stored.status, stored.error_message) == (MessageStatus.INTERRUPTED, ABANDONED_MESSAGE)
+    assert provider.calls == 0
+
+
+async def test_a_paused_replica_whose_reply_was_continued_hands_its_readers_over(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """A wrote "ab" (stored) then paused; B continued it ("cd", "ef"); A woke up and wrote "XXYY" that nobody
+    stored. A's reader ends with B's reply, told to drop what it got past "ab"."""
+    provider = ScriptedProvider(["ab", "XX", "YY"], pause_after=1)
+    here = make_replies(provider, replica_id="replica-a")
+    conversation = await add_conversation(storage, clock)
+    events = here.stream(ALICE, conversation.id, "hi", "")
+    started = await next_event(events)
+    assert isinstance(started, Started)
+    reading = asyncio.ensure_future(collect(events))
+    await wait_for(provider.held)
+    await here.generations.tick()  # "ab" stored; then A is paused past its lease
+    there = make_replies(ScriptedProvider(["ab", "cd", "ef"]), replica_id="replica-b")
+    clock.advance(11)
+    await there.generations.tick(sweep=True)  # B takes it over and continues it
+
+    provider.release.set()  # A wakes up
+    received = await bounded(reading)
+
+    stored = storage.message(started.assistant_message.id)
+    assert stored is not None
+    assert (stored.status, stored.content) == (MessageStatus.COMPLETED, "abcdef")
+    assert Rewind(2, 2) in received
+    assert assembled(received) == "abcdef" and ended(received) == stored

@@ -113,7 +113,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "conversation_id", "role", "content", "status", "model", "usage", "finish_reason", "create_time", "update_time", "request_id", "error_message")
+    __slots__ = ("message_id", "conversation_id", "role", "content", "status", "model", "usage", "finish_reason", "create_time", "update_time", "request_id", "error_message", "continuations")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class Message(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    CONTINUATIONS_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     conversation_id: str
     role: Role
@@ -138,7 +139,8 @@ class Message(_message.Message):
     update_time: _timestamp_pb2.Timestamp
     request_id: str
     error_message: str
-    def __init__(self, message_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+    continuations: int
+    def __init__(self, message_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., error_message: _Optional[str] = ..., continuations: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "provider", "family", "parameter_size", "quantization_level", "size_bytes", "default")
@@ -277,14 +279,16 @@ class StreamReplyRequest(_message.Message):
     def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ReplyEvent(_message.Message):
-    __slots__ = ("started", "delta", "completed")
+    __slots__ = ("started", "delta", "completed", "rewind")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    REWIND_FIELD_NUMBER: _ClassVar[int]
     started: ReplyStarted
     delta: ReplyDelta
     completed: ReplyCompleted
-    def __init__(self, started: _Optional[_Union[ReplyStarted, _Mapping]] = ..., delta: _Optional[_Union[ReplyDelta, _Mapping]] = ..., completed: _Optional[_Union[ReplyCompleted, _Mapping]] = ...) -> None: ...
+    rewind: ReplyRewind
+    def __init__(self, started: _Optional[_Union[ReplyStarted, _Mapping]] = ..., delta: _Optional[_Union[ReplyDelta, _Mapping]] = ..., completed: _Optional[_Union[ReplyCompleted, _Mapping]] = ..., rewind: _Optional[_Union[ReplyRewind, _Mapping]] = ...) -> None: ...
 
 class ReplyStarted(_message.Message):
     __slots__ = ("user_message", "assistant_message")
@@ -295,12 +299,22 @@ class ReplyStarted(_message.Message):
     def __init__(self, user_message: _Optional[_Union[Message, _Mapping]] = ..., assistant_message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
 class ReplyDelta(_message.Message):
-    __slots__ = ("text", "offset")
+    __slots__ = ("text", "offset", "generation")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     text: str
     offset: int
-    def __init__(self, text: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, text: _Optional[str] = ..., offset: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ReplyRewind(_message.Message):
+    __slots__ = ("offset", "generation")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    generation: int
+    def __init__(self, offset: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ReplyCompleted(_message.Message):
     __slots__ = ("message",)
@@ -315,12 +329,14 @@ class StreamReplyResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[ReplyEvent, _Mapping]] = ...) -> None: ...
 
 class ResumeReplyRequest(_message.Message):
-    __slots__ = ("message_id", "offset")
+    __slots__ = ("message_id", "offset", "generation")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     offset: int
-    def __init__(self, message_id: _Optional[str] = ..., offset: _Optional[int] = ...) -> None: ...
+    generation: int
+    def __init__(self, message_id: _Optional[str] = ..., offset: _Optional[int] = ..., generation: _Optional[int] = ...) -> None: ...
 
 class ResumeReplyResponse(_message.Message):
     __slots__ = ("event",)
