@@ -27,10 +27,18 @@ $(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml $(VENV)/.in
 	$(BIN)/pip install --quiet -e '.[dev,local,quickstart]' -e ./clients/python
 	touch $@ $(VENV)/.installed-run
 
+# The TypeScript client the tests drive (tests/clients/test_node_client.py): its packages from the committed
+# lockfile, then `npm run build` (types generated from protos/, then tsc --strict). Needs Node.js 20+ and npm.
+NODE_DIR := clients/node
+$(NODE_DIR)/dist/.built: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json \
+		$(wildcard $(NODE_DIR)/src/*.ts) $(PROTOS) $(wildcard protos/google/rpc/*.proto)
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund && npm run build
+	touch $@
+
 run: $(VENV)/.installed-run
 	$(BIN)/chat-service serve --demo-key
 
-test: $(VENV)/.installed-dev
+test: $(VENV)/.installed-dev $(NODE_DIR)/dist/.built
 	$(BIN)/pytest
 
 proto: $(VENV)/.installed-dev
