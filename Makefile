@@ -1,3 +1,4 @@
+SHELL := /bin/bash
 # One-command set-up: `make run` and `make test` create .venv and install what they need.
 PYTHON ?= python3
 VENV   := .venv
@@ -27,11 +28,19 @@ $(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml $(VENV)/.in
 	$(BIN)/pip install --quiet -e '.[dev,local,quickstart]' -e ./clients/python
 	touch $@ $(VENV)/.installed-run
 
+# The google.rpc protos a client needs to decode error details (Status, ErrorInfo, BadRequest, RetryInfo), copied
+# from the googleapis-common-protos package that grpcio-status installs (not kept in this repository).
+GOOGLE_RPC := protos/google/rpc
+$(GOOGLE_RPC)/.copied: $(VENV)/.installed-dev
+	mkdir -p $(GOOGLE_RPC)
+	cp "$$($(BIN)/python -c 'import os, google.rpc.status_pb2 as m; print(os.path.dirname(m.__file__))')"/{code,status,error_details}.proto $(GOOGLE_RPC)/
+	touch $@
+
 # The TypeScript client the tests drive (tests/clients/test_node_client.py): its packages from the committed
 # lockfile, then `npm run build` (types generated from protos/, then tsc --strict). Needs Node.js 20+ and npm.
 NODE_DIR := clients/node
 $(NODE_DIR)/dist/.built: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json $(NODE_DIR)/tsconfig.json \
-		$(wildcard $(NODE_DIR)/src/*.ts) $(PROTOS) $(wildcard protos/google/rpc/*.proto)
+		$(wildcard $(NODE_DIR)/src/*.ts) $(PROTOS) $(GOOGLE_RPC)/.copied
 	cd $(NODE_DIR) && npm ci --no-audit --no-fund && npm run build
 	touch $@
 
