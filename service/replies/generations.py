@@ -36,6 +36,7 @@ from service.replies.generation import Generation, Producer, StreamGate, final_m
 logger = logging.getLogger(__name__)
 
 ABANDONED_MESSAGE = "the replica generating this reply stopped responding"
+RESTARTED_MESSAGE = "the service restarted while the reply was being generated"
 Continuation = Callable[[UnitOfWork, Message], Awaitable["Prompt | None"]]
 UNSTORABLE_MESSAGE = "the reply could not be stored in full"
 _MAX_BACKOFF = 5.0
@@ -274,7 +275,7 @@ class Generations:
     async def _take_over(self, message: Message, *, mine: bool) -> None:
         now = self._clock()
         if self._closing or not self._producer.continues or len(message.continued_at) >= self._max_continuations:
-            await self._abandon(message.id, now)
+            await self._abandon(message.id, now, mine=mine)
             return
         assert self._continuation is not None
         async with self._uow() as uow:
@@ -296,10 +297,16 @@ class Generations:
         self.launch(claimed, prompt, won)
         self._on_changed([claimed.id])
 
-    async def _abandon(self, message_id: str, now: datetime) -> None:
+    async def _abandon(self, message_id: str, now: datetime, *, mine: bool = False) -> None:
+        """End a reply INTERRUPTED if its lease expired (or, with `mine`, it is this replica's, from a previous
+        run): the compare-and-set makes sure only one replica ends it, and not one that is alive."""
         async with self._uow() as uow:
             ended = await uow.messages.mark_abandoned(
-                now=now, status=MessageStatus.INTERRUPTED.value, error_message=ABANDONED_MESSAGE, message_id=message_id
+                now=now,
+                status=MessageStatus.INTERRUPTED.value,
+                error_message=RESTARTED_MESSAGE if mine else ABANDONED_MESSAGE,
+                message_id=message_id,
+                lease_owner=self._replica_id if mine else None,
             )
             await uow.commit()
         if ended:

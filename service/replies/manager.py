@@ -126,16 +126,6 @@ class Replies:
     async def start(self) -> None:
         """Continue (or end) the replies this replica left behind (it restarted) and start the flusher."""
         await self.generations.sweep(mine=True)
-        async with self._uow() as uow:
-            orphans = await uow.messages.mark_abandoned(
-                now=self._clock(),
-                status=MessageStatus.INTERRUPTED.value,
-                error_message="the service restarted while the reply was being generated",
-                lease_owner=self._replica_id,
-            )
-            await uow.commit()
-        if orphans:
-            logger.warning("marked %d replies left by a previous run INTERRUPTED", len(orphans))
         self._flusher_task = asyncio.create_task(self.generations.run_flusher(), name="reply-flusher")
 
     async def close(self, grace: float) -> None:
@@ -222,7 +212,9 @@ class Replies:
         user = next((m for m in related if m.role is Role.USER), None)
         if generation < 0:
             raise InvalidArgument.field("generation", "must not be negative")
-        if message.status.is_final and offset > len(message.content) and not message.rewind_for(offset, generation):
+        # Past the end of a final reply: a reader that got text from it (it names a generation) was sent text that
+        # was never stored (its replica stopped first), and is rewound; an offset out of the blue is out of range.
+        if message.status.is_final and offset > len(message.content) and not generation:
             raise OutOfRange(
                 f"offset {offset} is past the end of the reply ({len(message.content)} characters)",
                 metadata={"offset": str(offset), "length": str(len(message.content))},
@@ -409,6 +401,8 @@ class Replies:
         where the stored reply differs: another replica continued it, or this replica lost it."""
         live = self.generations.get(message.id)
         rewind = (live.message if live is not None else message).rewind_for(offset, generation)
+        if rewind is None and live is None and message.status.is_final and offset > len(message.content):
+            rewind = (len(message.content), message.generation)
         if rewind is not None:
             offset = rewind[0]
             yield Rewind(*rewind)

@@ -1,4 +1,5 @@
-"""The installed server killed (SIGKILL) mid-reply and started again: the client resumes on its own."""
+"""The installed server killed (SIGKILL) mid-reply and started again: it continues the reply it left behind,
+and the client resumes on its own, rewinding the text it had received that was never stored."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from chat.v1 import chat_pb2 as pb
 from chat_client import ChatClient, RetryPolicy
+from service.llm.fake import scripted_tokens
 from tests.e2e.process import Server, command, free_port
 
 pytestmark = pytest.mark.e2e
@@ -36,12 +38,14 @@ async def test_a_reply_stream_survives_a_server_crash_and_restart(tmp_path: Path
         async with ChatClient(f"127.0.0.1:{port}", api_key=key, retry=PATIENT) as client:
             conversation = await client.create_conversation()
             stream = client.stream_reply(conversation.conversation_id, "a very long story")
-            texts: list[str] = []
+            shown = ""  # what a display following the events shows: deltas appended, rewinds cut back
             killed = False
             async for event in stream:
+                if event.WhichOneof("event") == "rewind":
+                    shown = shown[: event.rewind.offset]
                 if event.WhichOneof("event") != "delta":
                     continue
-                texts.append(event.delta.text)
+                shown += event.delta.text
                 if not killed and stream.offset > 80:
                     server.signal(signal.SIGKILL)
                     await asyncio.to_thread(server.wait)
@@ -52,7 +56,9 @@ async def test_a_reply_stream_survives_a_server_crash_and_restart(tmp_path: Path
     finally:
         server.stop()
     assert killed and stream.resumes >= 1
-    assert stream.message is not None and stream.message.status == pb.MESSAGE_STATUS_INTERRUPTED
+    assert stream.message is not None and stream.message.status == pb.MESSAGE_STATUS_COMPLETED
+    assert stream.message.continuations == 1  # the restarted server continued it from the stored text
     assert stored.message_id == stream.message.message_id and stored.content == stream.message.content
-    # The restart kept what had been flushed; the client saw that, and at most one flush interval more.
-    assert "".join(texts) == stream.text and stream.text.startswith(stored.content) and stored.content
+    assert shown == stream.text == stored.content == "".join(scripted_tokens("a very long story", 400))
+    # Whatever the client had received past the last flush was taken back and replaced, and it was told.
+    assert all(stored.content.startswith(stream.text[: r.offset]) for r in stream.replaced)

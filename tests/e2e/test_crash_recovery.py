@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import pytest
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.llm.fake import scripted_tokens
-from tests.e2e.process import BIN, Server, command, free_port
+from tests.e2e.process import BIN, Server, command, free_port, poll_until
 
 pytestmark = pytest.mark.e2e
 
@@ -78,13 +77,20 @@ async def test_sigkill_mid_reply_then_restart(server: Server, database_url: str)
         received = ""
         while len(received) < 60:
             received += (await call.read()).event.delta.text
-        await asyncio.sleep(0.6)  # past at least two flush intervals: some text is in the database
+
+        async def flushed() -> bool:  # some text is in the database
+            listed = await stub.ListMessages(pb.ListMessagesRequest(conversation_id=conversation_id), metadata=auth)
+            return len(listed.messages) == 2 and bool(listed.messages[1].content)
+
+        await poll_until(flushed, within=10, interval=0.05)
         server.signal(signal.SIGKILL)
         assert server.wait() == -signal.SIGKILL
 
-    server.start()  # same address: the restarted replica ends what it left behind
+    server.start()  # same address: the restarted replica continues what it left behind
     async with grpc.aio.insecure_channel(address) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
+        follow = stub.ResumeReply(pb.ResumeReplyRequest(message_id=started.assistant_message.message_id), metadata=auth)
+        events = [response.event async for response in follow]
         listed = await stub.ListMessages(pb.ListMessagesRequest(conversation_id=conversation_id), metadata=auth)
     user, assistant = listed.messages
     assert (user.role, user.content, user.status) == (
@@ -94,10 +100,11 @@ async def test_sigkill_mid_reply_then_restart(server: Server, database_url: str)
     )
     assert user.message_id == started.user_message.message_id
     assert assistant.message_id == started.assistant_message.message_id
-    assert assistant.status == pb.MESSAGE_STATUS_INTERRUPTED
+    # Continued from the stored text by the restarted replica, to the end the model would have written.
     full = "".join(scripted_tokens("please crash", 400))
-    assert 0 < len(assistant.content) < len(full) and full.startswith(assistant.content)
-    assert assistant.error_message
+    assert (assistant.status, assistant.content, assistant.continuations) == (pb.MESSAGE_STATUS_COMPLETED, full, 1)
+    assert "".join(e.delta.text for e in events if e.HasField("delta")) == full
+    assert events[-1].completed.message == assistant
 
     # The conversation goes on after the crash (the interrupted reply no longer blocks it).
     reply = grpcurl(

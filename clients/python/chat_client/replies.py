@@ -1,19 +1,22 @@
 """A reply stream that survives broken connections: on UNAVAILABLE (or a stream that ends early) it calls
-ResumeReply from the last offset it delivered, so the caller sees every character exactly once.
+ResumeReply from the last offset it delivered (and the generation of the text it got), so the caller sees every
+character exactly once, and `text` always ends equal to the stored reply.
 
-One case cannot be mended: a server that crashed keeps only the text it had flushed (at most one flush
-interval is lost), and the reply ends INTERRUPTED. If the caller already saw more than that, ResumeReply from
-its offset is OUT_OF_RANGE; the stream then fetches the final state and ends with it, so `message.content`
-is the stored (shorter) text, a prefix of `text`.
+When the replica writing a reply dies, another one continues it from the text that was stored (at most one
+flush interval behind what this stream may already have delivered). The server then sends a `rewind` event:
+the text from its offset on was never stored and is replaced by the deltas that follow. The stream passes the
+event on (a display redraws from there), keeps `text` exact, and records what was taken back in `replaced`.
+A reply that could not be continued ends INTERRUPTED the same way: rewound to the stored text, then `completed`.
 
-A reply whose model fails ends the same way: the server ends the stream with UNAVAILABLE (ModelUnavailable's
-reasons), the stream resumes once, and ends with the stored FAILED message, whose `error_message` says why."""
+A reply whose model failed raises ModelUnavailable at once (every reader of it gets that status; resuming
+cannot mend it), with `message` set to the reply as stored: FAILED, its text, and the reason."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -23,6 +26,14 @@ from chat_client.errors import ChatError, Internal, ModelUnavailable, Unavailabl
 from chat_client.retry import RETRYABLE, RetryPolicy
 
 CLOSING_WAIT = 1.0  # seconds to wait for the status that follows `completed`
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """Text a stream had delivered from `offset` on, then took back (a `rewind` event)."""
+
+    offset: int
+    text: str
 
 
 class _Broken(Exception):
@@ -59,6 +70,10 @@ class ReplyStream:
         self._resume_from: int | None = None
         self._parts: list[str] = []
         self._events: AsyncIterator[pb.ReplyEvent] | None = None
+        self.generation = 0  # of the last text received: a resume says it, so the server can tell what was stored
+        # Text delivered and then replaced: the replica writing it stopped before storing it, and another
+        # continued the reply from `offset` (each a `rewind` event the caller also got).
+        self.replaced: list[Replaced] = []
 
     @property
     def text(self) -> str:
@@ -130,7 +145,7 @@ class ReplyStream:
             call = self._stub.StreamReply(self._request, metadata=self._metadata, timeout=self._timeout)
         else:
             offset = self.offset if self._resume_from is None else self._resume_from
-            request = pb.ResumeReplyRequest(message_id=self.message_id, offset=offset)
+            request = pb.ResumeReplyRequest(message_id=self.message_id, offset=offset, generation=self.generation)
             call = self._stub.ResumeReply(request, metadata=self._metadata, timeout=self._timeout)
         try:
             async for response in call:
@@ -155,6 +170,8 @@ class ReplyStream:
             return event
         if kind == "delta":
             return self._delta(event.delta)
+        if kind == "rewind":
+            return self._rewind(event.rewind)
         if kind == "completed":
             self.message = event.completed.message
             if self.started is None:  # resumed by id: no `started` was delivered, so the caller gets no header
@@ -169,7 +186,19 @@ class ReplyStream:
         if delta.offset > self.offset:
             raise Internal(f"the reply stream skipped from offset {self.offset} to {delta.offset}")
         text = delta.text[self.offset - delta.offset :]
-        event = pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=self.offset))
+        event = pb.ReplyEvent(delta=pb.ReplyDelta(text=text, offset=self.offset, generation=delta.generation))
         self.offset = end
+        self.generation = delta.generation or self.generation
         self._parts.append(text)
         return event
+
+    def _rewind(self, rewind: pb.ReplyRewind) -> pb.ReplyEvent | None:
+        """Drop what was delivered from `rewind.offset` on: the deltas that follow replace it."""
+        if rewind.offset >= self.offset:
+            return None  # nothing delivered past it
+        text = self.text
+        keep = max(rewind.offset - (self.offset - len(text)), 0)
+        self.replaced.append(Replaced(rewind.offset, text[keep:]))
+        self._parts = [text[:keep]]
+        self.offset, self.generation = rewind.offset, rewind.generation
+        return pb.ReplyEvent(rewind=pb.ReplyRewind(offset=rewind.offset, generation=rewind.generation))

@@ -64,12 +64,20 @@ def show_reply(term: Terminal, stream: SyncReplyStream, *, echo: bool = True) ->
                 for event in stream:
                     if cancel_wanted and not cancel_sent and stream.stream.message_id:
                         cancel_sent = _cancel(stream)
-                    if event.WhichOneof("event") == "delta":
+                    kind = event.WhichOneof("event")
+                    if kind == "delta":
                         if first is None:
                             first = time.monotonic()
                             spinner.stop()
                         if echo:
                             term.write(event.delta.text)
+                    elif kind == "rewind" and echo:
+                        # A terminal cannot take text back: say where the reply starts over, then go on.
+                        term.line()
+                        term.note(
+                            f"(the replica writing this reply stopped; continued from character {event.rewind.offset}:)"
+                        )
+                        term.write(stream.stream.text[-40:] if stream.stream.text else "")
                 break
             except ModelUnavailable:
                 if stream.stream.message is None:
