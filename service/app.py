@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
 from service import audio, llm, telemetry
 from service.auth import REVOKED_CHANNEL, ApiKeys
+from service.branches import Branches
 from service.chat import Conversations, ModelCatalog
 from service.coaching.classifier import FinishClassifier
 from service.coaching.sessions import Coaching
@@ -64,6 +65,7 @@ class Dependencies:
     coaching: Coaching
     transcriber: Transcriber
     synthesizer: Synthesizer
+    branches: Branches
     # --- security and observability
     authenticate: Callable[[str], Awaitable[Principal]] | None = None
     rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=0, max_streams=0))
@@ -181,6 +183,7 @@ def build(
         coaching,
         transcriber,
         synthesizer,
+        Branches(uow, replies, tokens, clock=clock),
         authenticate=authenticator(api_keys.authenticate, jwts),
         rate_limiter=RateLimiter(
             per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams
@@ -278,6 +281,7 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
             deps.conversations,
             deps.replies,
             deps.coaching,
+            deps.branches,
             default_model=settings.resolved_model,
             link_to_generation=deps.model_calls.link_to_generation if deps.model_calls else lambda _: None,
         ),

@@ -10,11 +10,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from datetime import datetime
 from typing import TypeVar
 
+from service.branches import leaf_of, pinned, unpinned
 from service.domain import (
     MODEL_NAME_MAX,
     PERSONA_NAME_MAX,
     TITLE_MAX,
     Conversation,
+    FailedPrecondition,
     InvalidArgument,
     Message,
     ModelInfo,
@@ -193,15 +195,27 @@ class Conversations:
             await uow.conversations.delete(conversation_id)
             await uow.commit()
 
-    async def messages(self, principal: Principal, conversation_id: str, size: int, token: str) -> Page[Message]:
+    async def messages(
+        self, principal: Principal, conversation_id: str, size: int, token: str, branch_message_id: str = ""
+    ) -> Page[Message]:
+        """The current branch, or the one through `branch_message_id`, oldest first. A page token holds the leaf of
+        the branch it lists: its pages stay on that branch even when the current branch changes meanwhile."""
         conversation_id = check_id("conversation_id", conversation_id)
         limit = page_size(size)
-        scope = f"messages:{principal.user_id}:{conversation_id}"
+        scope = f"messages:{principal.user_id}:{conversation_id}" + (
+            f":{branch_message_id}" if branch_message_id else ""
+        )
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
-            await _owned(uow, principal, conversation_id)
-            rows = await _bounded(functools.partial(_page_of, uow, conversation_id, after), limit)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            conversation = await _owned(uow, principal, conversation_id)
+            if after is None:
+                leaf = await leaf_of(uow, conversation, branch_message_id, field="branch_message_id")
+            else:
+                leaf, after = unpinned(after)
+                if await uow.messages.get(leaf) is None:
+                    raise FailedPrecondition("the branch this page token lists was deleted; list it from the start")
+            rows = await _bounded(functools.partial(_page_of, uow, conversation_id, leaf, after), limit)
+        return Page(rows.items, self._tokens.encode(scope, pinned(leaf, rows.cursor)))
 
     async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
         """The caller's final messages matching every word of `query`, most relevant first."""
@@ -226,8 +240,10 @@ class Conversations:
         *,
         first_index: int = 0,
         header: bool = True,
+        branch_message_id: str = "",
     ) -> AsyncIterator[str]:
-        """The conversation as a file, in pieces: messages are read a page per short transaction."""
+        """The current branch (or the one through `branch_message_id`) as a file, in pieces: messages are read a page
+        per short transaction, all from the branch as it was when the export began."""
         conversation_id = check_id("conversation_id", conversation_id)
         if fmt is None:
             raise InvalidArgument.field("format", "must be MARKDOWN, JSON or CSV")
@@ -235,12 +251,13 @@ class Conversations:
             raise InvalidArgument.field("first_index", "must not be negative")
         async with self._uow() as uow:
             conversation = await _owned(uow, principal, conversation_id)
+            leaf = await leaf_of(uow, conversation, branch_message_id, field="branch_message_id")
         writer = writer_for(fmt, first_index=first_index or 1, header=header)
         yield writer.begin(conversation)
         after: str | None = None
         while True:
             async with self._uow() as uow:
-                rows = await _bounded(functools.partial(_page_of, uow, conversation_id, after), EXPORT_PAGE_SIZE)
+                rows = await _bounded(functools.partial(_page_of, uow, conversation_id, leaf, after), EXPORT_PAGE_SIZE)
             yield writer.messages(rows.items)
             if rows.cursor is None:
                 break
@@ -282,8 +299,12 @@ class Conversations:
 T = TypeVar("T")
 
 
-async def _page_of(uow: UnitOfWork, conversation_id: str, after: str | None, limit: int) -> RowsPage[Message]:
-    return await uow.messages.list_by_conversation(conversation_id, limit=limit, after=after)
+async def _page_of(
+    uow: UnitOfWork, conversation_id: str, leaf_id: str, after: str | None, limit: int
+) -> RowsPage[Message]:
+    if not leaf_id:
+        return RowsPage([], None)
+    return await uow.messages.list_branch(conversation_id, leaf_id, limit=limit, after=after)
 
 
 async def _bounded(

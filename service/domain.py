@@ -48,6 +48,7 @@ class Conversation:
     system_prompt: str
     create_time: datetime
     update_time: datetime
+    current_message_id: str = ""  # the current branch's leaf; empty while there are no messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,16 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     estimated: bool = False  # the provider did not count them: `estimate_tokens` and text pieces did
+
+
+@dataclass(frozen=True, slots=True)
+class Siblings:
+    """Where a message stands among the messages sharing its parent (what a UI pages through: "< 2/3 >")."""
+
+    count: int
+    index: int  # from 0, oldest first
+    previous_id: str = ""
+    next_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +87,8 @@ class Message:
     # Each time another replica took the reply over and continued it: (the generation it started, the offset it
     # continued from). Text a reader got past such an offset from an earlier generation was never stored.
     continued_at: tuple[tuple[int, int], ...] = ()
+    parent_id: str = ""  # the message this one follows in the tree; empty for a first message
+    siblings: Siblings | None = None  # read by the listings that show it, else None
 
     def rewind_for(self, offset: int, generation: int) -> tuple[int, int] | None:
         """Where a reader at `offset`, whose text came from `generation` (0: unknown), must rewind to, and the
@@ -173,6 +186,7 @@ class SearchHit:
     conversation_title: str
     snippet: str
     score: float
+    on_current_branch: bool = True  # search covers every branch; this says whether the hit is on the current one
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,11 @@ class ConversationRepository(Protocol):
         """Set `update_time`."""
         ...
 
+    async def set_current(self, conversation_id: str, message_id: str, when: datetime) -> None:
+        """Make `message_id` the current branch's leaf ("": the conversation has no messages) and set
+        `update_time`."""
+        ...
+
     async def touch_and_lock(self, conversation_id: str, when: datetime) -> Conversation | None:
         """Set `update_time` and lock the row until the transaction ends (one statement: a reply's start is on
         the first-token path); the conversation as updated, or None when there is none. A caller that then
@@ -144,16 +149,41 @@ class MessageRepository(Protocol):
 
     async def get(self, message_id: str) -> Message | None: ...
 
-    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
-        """Messages oldest first."""
+    async def branch(self, conversation_id: str, leaf_id: str, *, limit: int) -> Sequence[Message]:
+        """The newest `limit` messages of the branch ending at `leaf_id` (the path to it from a first message),
+        oldest first; none when there is no such message."""
+        ...
+
+    async def list_branch(
+        self, conversation_id: str, leaf_id: str, *, limit: int, after: str | None
+    ) -> RowsPage[Message]:
+        """A page of the branch ending at `leaf_id`, oldest first, each message with its `siblings`."""
+        ...
+
+    async def list_siblings(self, message: Message, *, limit: int, after: str | None) -> RowsPage[Message]:
+        """The messages sharing `message`'s parent (itself included), oldest first, each with its `siblings`."""
+        ...
+
+    async def newest_leaf(self, conversation_id: str, under: str | None) -> str | None:
+        """The newest message under `under`, itself included (the whole conversation's with None): a leaf, as a
+        message is always newer than its parent. None when there is none."""
+        ...
+
+    async def streaming_under(self, conversation_id: str, message_id: str) -> Sequence[str]:
+        """The STREAMING replies among `message_id` and the messages under it."""
+        ...
+
+    async def delete_subtree(self, conversation_id: str, message_id: str) -> int:
+        """Delete `message_id` and every message under it; how many were deleted."""
         ...
 
     async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
-        """The owner's messages in a final state that contain every term, most relevant first."""
+        """The owner's messages in a final state that contain every term, most relevant first, on any branch (each
+        hit says whether it is on its conversation's current branch)."""
         ...
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
-        """The newest `limit` messages, returned oldest first."""
+        """The newest `limit` messages of any branch, returned oldest first."""
         ...
 
     async def find_by_request(self, owner: str, request_id: str) -> Sequence[Message]:

@@ -31,6 +31,7 @@ from service.domain import (
     ModelUnavailable,
     Prompt,
     SearchHit,
+    Siblings,
     Unavailable,
     Usage,
 )
@@ -212,7 +213,17 @@ class FakeConversations:
         current = conversations.get(conversation.id)
         if current is not None:
             conversations[conversation.id] = dataclasses.replace(
-                conversation, owner=current.owner, create_time=current.create_time
+                conversation,
+                owner=current.owner,
+                create_time=current.create_time,
+                current_message_id=current.current_message_id,
+            )
+
+    async def set_current(self, conversation_id: str, message_id: str, when: datetime) -> None:
+        conversations = self._tx.state.conversations
+        if conversation_id in conversations:
+            conversations[conversation_id] = dataclasses.replace(
+                conversations[conversation_id], current_message_id=message_id, update_time=when
             )
 
     async def touch(self, conversation_id: str, when: datetime) -> None:
@@ -268,12 +279,73 @@ class FakeMessages:
         row = self._rows().get(message_id)
         return row.message if row else None
 
-    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
-        rows = [r for r in _by_seq(self._rows().values()) if r.message.conversation_id == conversation_id]
-        if after is not None:
-            rows = [r for r in rows if r.seq > int(after)]
+    def _path(self, conversation_id: str, leaf_id: str) -> list[MessageRow]:
+        """The branch ending at `leaf_id`, from its first message."""
+        path: list[MessageRow] = []
+        row = self._rows().get(leaf_id)
+        while row is not None and row.message.conversation_id == conversation_id:
+            path.append(row)
+            row = self._rows().get(row.message.parent_id)
+        return path[::-1]
+
+    def _family(self, message: Message) -> list[MessageRow]:
+        """The rows sharing `message`'s parent, oldest first."""
+        return [
+            r
+            for r in _by_seq(self._rows().values())
+            if (r.message.conversation_id, r.message.parent_id) == (message.conversation_id, message.parent_id)
+        ]
+
+    def _placed(self, row: MessageRow) -> Message:
+        family = [r.message.id for r in self._family(row.message)]
+        index = family.index(row.message.id)
+        before = family[index - 1] if index else ""
+        after = family[index + 1] if index + 1 < len(family) else ""
+        return dataclasses.replace(row.message, siblings=Siblings(len(family), index, before, after))
+
+    def _below(self, conversation_id: str, message_id: str) -> list[MessageRow]:
+        """`message_id` and every message under it."""
+        rows = self._rows()
+        found = (
+            [rows[message_id]]
+            if message_id in rows and rows[message_id].message.conversation_id == conversation_id
+            else []
+        )
+        for row in found:  # grows while it is walked: breadth first
+            found += [r for r in _by_seq(rows.values()) if r.message.parent_id == row.message.id]
+        return found
+
+    async def branch(self, conversation_id: str, leaf_id: str, *, limit: int) -> Sequence[Message]:
+        return [r.message for r in self._path(conversation_id, leaf_id)[-limit:]]
+
+    async def list_branch(
+        self, conversation_id: str, leaf_id: str, *, limit: int, after: str | None
+    ) -> RowsPage[Message]:
+        rows = [r for r in self._path(conversation_id, leaf_id) if after is None or r.seq > int(after)]
         page = _page(rows, limit, lambda r: str(r.seq))
-        return RowsPage([r.message for r in page.items], page.cursor)
+        return RowsPage([self._placed(r) for r in page.items], page.cursor)
+
+    async def list_siblings(self, message: Message, *, limit: int, after: str | None) -> RowsPage[Message]:
+        rows = [r for r in self._family(message) if after is None or r.seq > int(after)]
+        page = _page(rows, limit, lambda r: str(r.seq))
+        return RowsPage([self._placed(r) for r in page.items], page.cursor)
+
+    async def newest_leaf(self, conversation_id: str, under: str | None) -> str | None:
+        if under is None:
+            rows = [r for r in self._rows().values() if r.message.conversation_id == conversation_id]
+        else:
+            rows = self._below(conversation_id, under)
+        return max(rows, key=lambda r: r.seq).message.id if rows else None
+
+    async def streaming_under(self, conversation_id: str, message_id: str) -> Sequence[str]:
+        below = self._below(conversation_id, message_id)
+        return [r.message.id for r in below if r.message.status is MessageStatus.STREAMING]
+
+    async def delete_subtree(self, conversation_id: str, message_id: str) -> int:
+        below = self._below(conversation_id, message_id)
+        for row in below:
+            del self._rows()[row.message.id]
+        return len(below)
 
     async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
         """Substring matching scored by occurrences: enough for the use case's scoping and paging."""
@@ -283,8 +355,9 @@ class FakeMessages:
             m, text = row.message, row.message.content.lower()
             if m.owner == owner and m.status.is_final and all(t in text for t in terms):
                 score = float(sum(text.count(t) for t in terms))
-                title = state.conversations[m.conversation_id].title
-                hits.append((score, row.seq, SearchHit(m, title, m.content, score)))
+                conversation = state.conversations[m.conversation_id]
+                current = row in self._path(conversation.id, conversation.current_message_id)
+                hits.append((score, row.seq, SearchHit(m, conversation.title, m.content, score, current)))
         hits.sort(key=lambda hit: (-hit[0], -hit[1]))
         if after is not None:
             score, _, seq = after.partition("|")

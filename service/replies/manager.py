@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -17,6 +17,7 @@ from service.domain import (
     InvalidArgument,
     Message,
     MessageStatus,
+    NotFound,
     OutOfRange,
     Principal,
     Prompt,
@@ -34,7 +35,7 @@ from service.domain import (
 from service.personas import PersonaCatalog
 from service.ports import ModelCallObserver, Notifications, Provider, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Delta, Ended, Rewind, read
-from service.replies.generation import Producer, StreamGate
+from service.replies.generation import Generation, Producer, StreamGate
 from service.replies.generations import ABANDONED_MESSAGE, Generations
 from service.replies.remote import RemoteFollower
 
@@ -174,13 +175,16 @@ class Replies:
         async with self._uow() as uow:
             conversation = await uow.conversations.get(conversation_id, for_update=True)
             check_owner(conversation, principal, "conversation")
-            await self._ensure_idle(uow, await uow.messages.recent(conversation_id, limit=1), now)
+            assert conversation is not None
+            await self.ensure_idle(uow, conversation, now)
             request_id = new_id()
-            user = _message(conversation_id, principal, Role.USER, content, now, request_id)
+            user = _message(
+                conversation_id, principal, Role.USER, content, now, request_id, conversation.current_message_id
+            )
             later = now + timedelta(microseconds=1)
-            assistant = _message(conversation_id, principal, Role.ASSISTANT, answer, later, request_id)
+            assistant = _message(conversation_id, principal, Role.ASSISTANT, answer, later, request_id, user.id)
             await uow.messages.add(user, assistant)
-            await uow.conversations.touch(conversation_id, later)
+            await uow.conversations.set_current(conversation_id, assistant.id, later)
             await uow.commit()
         return user, assistant
 
@@ -197,6 +201,36 @@ class Replies:
             if isinstance(event, Ended):
                 return user, event.message
         raise AssertionError("a followed reply always ends with Ended or an error")
+
+    async def regenerate(self, principal: Principal, message_id: str, request_id: str) -> AsyncIterator[ReplyEvent]:
+        """RegenerateReply: a new reply beside the assistant reply `message_id` (same parent, the branch up to it as
+        history), or to the message `message_id` itself when it is not an assistant reply; it becomes current."""
+        target = await self._owned_message(principal, message_id)
+        parent = target.parent_id if target.role is Role.ASSISTANT else target.id
+        answered = target if target.role is not Role.ASSISTANT else await self._message_or_none(parent)
+        reply = await self._begin(principal, target.conversation_id, None, request_id, parent=parent)
+        yield Started(answered if answered is not None and answered.role is Role.USER else None, reply.assistant)
+        async for event in self._follow(reply.assistant, 0):
+            yield event
+
+    async def edit(
+        self, principal: Principal, message_id: str, content: str, request_id: str
+    ) -> AsyncIterator[ReplyEvent]:
+        """EditMessage: a sibling of `message_id` with the new `content`, which becomes current; the old branch stays.
+        A user message's sibling gets a reply (streamed as by `stream`); an assistant message's sibling is the
+        correction itself, stored COMPLETED: a reply's stored text never changes, and the model is not called."""
+        target = await self._owned_message(principal, message_id)
+        check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+        if target.role is Role.ASSISTANT:
+            answered, correction = await self._correct(principal, target, content, check_request_id(request_id))
+            yield Started(answered, correction)
+            yield Delta(correction.content, 0, correction.generation)
+            yield Ended(correction)
+            return
+        reply = await self._begin(principal, target.conversation_id, content, request_id, parent=target.parent_id)
+        yield Started(reply.user, reply.assistant)
+        async for event in self._follow(reply.assistant, 0):
+            yield event
 
     async def resume(
         self, principal: Principal, message_id: str, offset: int, generation: int = 0
@@ -253,17 +287,51 @@ class Replies:
 
     async def stop_conversation(self, conversation_id: str) -> None:
         """Stop this replica's replies in a conversation (it is being deleted) and wait until they are stored."""
-        generations = self.generations.in_conversation(conversation_id)
-        for generation in generations:
-            generation.stop(MessageStatus.CANCELLED)
-        for generation in generations:
-            await generation.ended()
+        await _stopped(self.generations.in_conversation(conversation_id))
+
+    async def stop(self, message_ids: Collection[str]) -> None:
+        """Stop this replica's replies among `message_ids` (they are being deleted) and wait until they are stored."""
+        await _stopped([g for g in map(self.generations.get, message_ids) if g is not None])
+
+    async def ensure_idle(
+        self, uow: UnitOfWork, conversation: Conversation, now: datetime, *, branch: Sequence[Message] = ()
+    ) -> None:
+        """Refuse a change to the conversation while a reply generates in it (FAILED_PRECONDITION), ending one whose
+        replica stopped. A reply in flight is always the current branch's leaf — it becomes current as it starts, and
+        nothing moves the current branch while it generates — so the leaf shows it (`branch`: the messages just read
+        up to some message, used when they end at the leaf)."""
+        leaf_id = conversation.current_message_id
+        leaf = branch[-1] if branch and branch[-1].id == leaf_id else None
+        if leaf is None and leaf_id:
+            leaf = await uow.messages.get(leaf_id)
+        if leaf is None or leaf.status is not MessageStatus.STREAMING:
+            return
+        ended = await uow.messages.mark_abandoned(
+            now=now,
+            status=MessageStatus.INTERRUPTED.value,
+            error_message=ABANDONED_MESSAGE,
+            message_id=leaf.id,
+        )
+        if not ended:
+            raise FailedPrecondition(
+                "a reply is already being generated in this conversation; wait for it or cancel it",
+                metadata={"messageId": leaf.id},
+            )
 
     # ------------------------------------------------------------------------------------------ internals
 
     async def _begin(
-        self, principal: Principal, conversation_id: str, content: str | None, request_id: str, steer: str = ""
+        self,
+        principal: Principal,
+        conversation_id: str,
+        content: str | None,
+        request_id: str,
+        steer: str = "",
+        *,
+        parent: str | None = None,
     ) -> _Reply:
+        """Store the user message (`content`; None: none) and the reply, under `parent` (None: the current branch's
+        leaf; "": as a first message), and start generating."""
         conversation_id = check_id("conversation_id", conversation_id)
         if content is not None:
             check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
@@ -273,7 +341,7 @@ class Replies:
         # Shielded: once the user message is committed the model must be called, even if the caller's deadline
         # passes (or it disconnects) in between — otherwise the reply is left STREAMING with nothing generating.
         inserting = self._insert(
-            principal, conversation_id, content, request_id or new_id(), steer, retry=bool(request_id)
+            principal, conversation_id, content, request_id or new_id(), steer, retry=bool(request_id), parent=parent
         )
         starting = asyncio.create_task(inserting)
         self._starting.add(starting)
@@ -284,7 +352,7 @@ class Replies:
             # A concurrent retry with the same request_id won the insert: attach to its reply.
             async with self._uow() as uow:
                 existing = await uow.messages.find_by_request(principal.user_id, request_id)
-            return self._attach(existing, conversation_id, content)
+            return self._attach(existing, conversation_id, content, parent)
 
     async def _insert(
         self,
@@ -295,10 +363,12 @@ class Replies:
         steer: str,
         *,
         retry: bool,
+        parent: str | None,
     ) -> _Reply:
         """One transaction on the first-token path, in as few round trips as it can: lock and touch the
         conversation (one statement), look for an earlier attempt (only for a request id the client chose), read
-        the history, insert both messages (one statement), commit."""
+        the branch the reply answers (its history), insert both messages (one statement), make the reply the
+        current branch's leaf, commit."""
         now = self._clock()
         # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
         later = now + timedelta(microseconds=1)
@@ -311,11 +381,14 @@ class Replies:
             # first has committed its messages by now, and this one attaches to them. A request id made here is new.
             existing = await uow.messages.find_by_request(principal.user_id, request_id) if retry else ()
             if existing:
-                return self._attach(existing, conversation_id, content)
-            history = await uow.messages.recent(conversation_id, limit=self._limits.history_max_messages)
-            await self._ensure_idle(uow, history, now)
+                return self._attach(existing, conversation_id, content, parent)
+            after = conversation.current_message_id if parent is None else parent
+            history = await self._branch(uow, conversation_id, after)
+            if parent and (not history or history[-1].id != parent):
+                raise NotFound("message not found")  # deleted since the request read it
+            await self.ensure_idle(uow, conversation, now, branch=history)
             user = (
-                _message(conversation_id, principal, Role.USER, content, now, request_id)
+                _message(conversation_id, principal, Role.USER, content, now, request_id, after)
                 if content is not None
                 else None
             )
@@ -330,9 +403,11 @@ class Replies:
                 update_time=later,
                 model=conversation.model,
                 request_id=request_id,
+                parent_id=user.id if user is not None else after,
             )
             lease = self.generations.new_lease(now)
             await uow.messages.add(*([user] if user is not None else []), assistant, lease=lease)
+            await uow.conversations.set_current(conversation_id, assistant.id, later)
             await uow.commit()
         # The user message is committed: only now is the model called.
         asked = [*history, user] if user is not None else list(history)
@@ -344,34 +419,61 @@ class Replies:
         if not task.cancelled():
             task.exception()  # retrieved here: its caller may have gone (the error is theirs, not a crash)
 
-    async def _ensure_idle(self, uow: UnitOfWork, newest: Sequence[Message], now: datetime) -> None:
-        """Refuse a second reply while one generates. A reply in flight is always the conversation's newest
-        message (nothing is added while one generates), so the newest messages just read show it."""
-        in_flight = next((m for m in reversed(newest) if m.status is MessageStatus.STREAMING), None)
-        if in_flight is None:
-            return
-        ended = await uow.messages.mark_abandoned(
-            now=now,
-            status=MessageStatus.INTERRUPTED.value,
-            error_message=ABANDONED_MESSAGE,
-            message_id=in_flight.id,
-        )
-        if not ended:
-            raise FailedPrecondition(
-                "a reply is already being generated in this conversation; wait for it or cancel it",
-                metadata={"messageId": in_flight.id},
-            )
-
-    def _attach(self, existing: Sequence[Message], conversation_id: str, content: str | None) -> _Reply:
+    def _attach(
+        self, existing: Sequence[Message], conversation_id: str, content: str | None, parent: str | None = None
+    ) -> _Reply:
         """The reply `existing` (one request's messages) made, if it answers the same thing. Without `content`
-        (an unprompted reply) any earlier reply of the request in the same conversation is the one."""
+        (an unprompted reply) any earlier reply of the request in the same conversation is the one; with `parent`
+        (a regenerated reply, an edit) it must be under the same parent."""
         user = next((m for m in existing if m.role is Role.USER), None)
         assistant = next((m for m in existing if m.role is Role.ASSISTANT), None)
-        if assistant is None or (user is None and content is not None):
+        regenerating = parent is not None and content is None
+        if assistant is None or (user is None and content is not None) or (user is not None and regenerating):
             raise InvalidArgument.field("request_id", "was already used by another kind of request")
-        if assistant.conversation_id != conversation_id or (content is not None and user and user.content != content):
+        same_text = content is None or (user is not None and user.content == content)
+        same_place = parent is None or (user or assistant).parent_id == parent
+        if assistant.conversation_id != conversation_id or not same_text or not same_place:
             raise InvalidArgument.field("request_id", "was already used for a different message")
         return _Reply(user, assistant)
+
+    async def _correct(
+        self, principal: Principal, target: Message, content: str, request_id: str
+    ) -> tuple[Message | None, Message]:
+        """Store a correction of the assistant message `target` (its sibling, COMPLETED, made current): the user
+        message it answers, if any, and the correction; a retry with the same `request_id` gets the one it made."""
+        now = self._clock()
+        correction = dataclasses.replace(
+            _message(target.conversation_id, principal, Role.ASSISTANT, content, now, request_id or new_id()),
+            parent_id=target.parent_id,
+        )
+        try:
+            async with self._uow() as uow:
+                conversation = await uow.conversations.touch_and_lock(target.conversation_id, now)
+                check_owner(conversation, principal, "conversation")
+                assert conversation is not None
+                existing = await uow.messages.find_by_request(principal.user_id, request_id) if request_id else ()
+                if existing:
+                    correction = _correction_in(existing, correction)
+                else:
+                    await self.ensure_idle(uow, conversation, now)
+                    if await uow.messages.get(target.id) is None:
+                        raise NotFound("message not found")  # deleted since the request read it
+                    await uow.messages.add(correction)
+                    await uow.conversations.set_current(conversation.id, correction.id, now)
+                    await uow.commit()
+        except DuplicateRequest:  # the same request_id, committed meanwhile by a request in another conversation
+            async with self._uow() as uow:
+                correction = _correction_in(
+                    await uow.messages.find_by_request(principal.user_id, request_id), correction
+                )
+        answered = await self._message_or_none(target.parent_id)
+        return (answered if answered is not None and answered.role is Role.USER else None), correction
+
+    async def _branch(self, uow: UnitOfWork, conversation_id: str, leaf_id: str) -> Sequence[Message]:
+        """The history a reply under `leaf_id` sees: the newest messages of the branch up to it."""
+        if not leaf_id:
+            return ()
+        return await uow.messages.branch(conversation_id, leaf_id, limit=self._limits.history_max_messages)
 
     async def _continuation(self, uow: UnitOfWork, reply: Message) -> Prompt | None:
         """The prompt that continues `reply` from its stored text: its conversation's history before it, and the
@@ -379,8 +481,7 @@ class Replies:
         conversation = await uow.conversations.get(reply.conversation_id)
         if conversation is None:
             return None
-        history = await uow.messages.recent(conversation.id, limit=self._limits.history_max_messages)
-        prompt = self._prompt(conversation, [m for m in history if m.id != reply.id])
+        prompt = self._prompt(conversation, await self._branch(uow, conversation.id, reply.parent_id))
         return dataclasses.replace(prompt, prefix=reply.content)
 
     def _prompt(self, conversation: Conversation, history: Sequence[Message], steer: str = "") -> Prompt:
@@ -426,6 +527,20 @@ class Replies:
         async for event in events:
             yield event
 
+    async def _owned_message(self, principal: Principal, message_id: str) -> Message:
+        message_id = check_id("message_id", message_id)
+        async with self._uow() as uow:
+            message = await uow.messages.get(message_id)
+        check_owner(message, principal, "message")
+        assert message is not None
+        return message
+
+    async def _message_or_none(self, message_id: str) -> Message | None:
+        if not message_id:
+            return None
+        async with self._uow() as uow:
+            return await uow.messages.get(message_id)
+
     async def _owned_reply(self, uow: UnitOfWork, principal: Principal, message_id: str) -> Message:
         message = await uow.messages.get(message_id)
         check_owner(message, principal, "message")
@@ -443,8 +558,35 @@ async def _replay(message: Message, offset: int) -> AsyncIterator[Delta | Ended]
     yield Ended(message)
 
 
+async def _stopped(generations: Sequence[Generation]) -> None:
+    for generation in generations:
+        generation.stop(MessageStatus.CANCELLED)
+    for generation in generations:
+        await generation.ended()
+
+
+def _correction_in(existing: Sequence[Message], correction: Message) -> Message:
+    """The correction a request made (`existing`, its messages), if it is the same as `correction`."""
+    if len(existing) != 1 or existing[0].role is not Role.ASSISTANT:
+        raise InvalidArgument.field("request_id", "was already used by another kind of request")
+    made = existing[0]
+    if (made.conversation_id, made.parent_id, made.content) != (
+        correction.conversation_id,
+        correction.parent_id,
+        correction.content,
+    ):
+        raise InvalidArgument.field("request_id", "was already used for a different message")
+    return made
+
+
 def _message(
-    conversation_id: str, principal: Principal, role: Role, content: str, when: datetime, request_id: str
+    conversation_id: str,
+    principal: Principal,
+    role: Role,
+    content: str,
+    when: datetime,
+    request_id: str,
+    parent_id: str = "",
 ) -> Message:
     """A new COMPLETED message (a user message, or a fixed assistant answer)."""
     return Message(
@@ -457,6 +599,7 @@ def _message(
         create_time=when,
         update_time=when,
         request_id=request_id,
+        parent_id=parent_id,
     )
 
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Callable
 
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
+from service.branches import Branches
 from service.chat import Conversations
 from service.coaching.sessions import Coaching
 from service.replies import Replies, Started
@@ -23,6 +24,7 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
         conversations: Conversations,
         replies: Replies,
         coaching: Coaching,
+        branches: Branches,
         *,
         default_model: str,
         link_to_generation: Callable[[str], None] = lambda conversation_id: None,
@@ -31,6 +33,7 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
         self._conversations = conversations
         self._replies = replies
         self._coaching = coaching
+        self._branches = branches
         self._default_model = default_model
 
     async def CreateConversation(
@@ -70,7 +73,11 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
 
     async def ListMessages(self, request: pb.ListMessagesRequest, context: Context) -> pb.ListMessagesResponse:
         page = await self._conversations.messages(
-            current_principal(), request.conversation_id, request.page_size, request.page_token
+            current_principal(),
+            request.conversation_id,
+            request.page_size,
+            request.page_token,
+            request.branch_message_id,
         )
         return pb.ListMessagesResponse(
             messages=[convert.message(m) for m in page.items], next_page_token=page.next_page_token
@@ -131,6 +138,7 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
             fmt,
             first_index=request.first_index,
             header=not request.omit_header,
+            branch_message_id=request.branch_message_id,
         )
         content_type = convert.media_type(fmt)
         async for piece in pieces:
@@ -140,3 +148,37 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
                     data=data[start : start + EXPORT_CHUNK_BYTES], content_type=content_type
                 )
                 content_type = ""
+
+    # ------------------------------------------------------------------------------------------ the message tree
+
+    async def RegenerateReply(
+        self, request: pb.RegenerateReplyRequest, context: Context
+    ) -> AsyncIterator[pb.RegenerateReplyResponse]:
+        events = self._replies.regenerate(current_principal(), request.message_id, request.request_id)
+        async for event in events:
+            yield pb.RegenerateReplyResponse(event=convert.reply_event(event))
+
+    async def EditMessage(
+        self, request: pb.EditMessageRequest, context: Context
+    ) -> AsyncIterator[pb.EditMessageResponse]:
+        events = self._replies.edit(current_principal(), request.message_id, request.content, request.request_id)
+        async for event in events:
+            yield pb.EditMessageResponse(event=convert.reply_event(event))
+
+    async def SetCurrentBranch(
+        self, request: pb.SetCurrentBranchRequest, context: Context
+    ) -> pb.SetCurrentBranchResponse:
+        updated = await self._branches.set_current(current_principal(), request.conversation_id, request.message_id)
+        return pb.SetCurrentBranchResponse(conversation=convert.conversation(updated))
+
+    async def ListSiblings(self, request: pb.ListSiblingsRequest, context: Context) -> pb.ListSiblingsResponse:
+        page = await self._branches.siblings(
+            current_principal(), request.message_id, request.page_size, request.page_token
+        )
+        return pb.ListSiblingsResponse(
+            messages=[convert.message(m) for m in page.items], next_page_token=page.next_page_token
+        )
+
+    async def DeleteMessage(self, request: pb.DeleteMessageRequest, context: Context) -> pb.DeleteMessageResponse:
+        conversation, deleted = await self._branches.delete(current_principal(), request.message_id)
+        return pb.DeleteMessageResponse(conversation=convert.conversation(conversation), deleted_count=deleted)

@@ -55,10 +55,12 @@ def conversation(c: Conversation) -> pb.Conversation:
         system_prompt=c.system_prompt,
         create_time=timestamp(c.create_time),
         update_time=timestamp(c.update_time),
+        current_message_id=c.current_message_id,
     )
 
 
 def message(m: Message) -> pb.Message:
+    place = m.siblings
     return pb.Message(
         message_id=m.id,
         conversation_id=m.conversation_id,
@@ -73,6 +75,11 @@ def message(m: Message) -> pb.Message:
         request_id=m.request_id,
         error_message=m.error_message,
         continuations=len(m.continued_at),
+        parent_message_id=m.parent_id,
+        sibling_count=place.count if place else 0,
+        sibling_index=place.index if place else 0,
+        previous_sibling_id=place.previous_id if place else "",
+        next_sibling_id=place.next_id if place else "",
     )
 
 
@@ -135,6 +142,7 @@ def search_result(hit: SearchHit) -> pb.SearchResult:
         snippet=hit.snippet,
         conversation_title=hit.conversation_title,
         score=hit.score,
+        on_current_branch=hit.on_current_branch,
     )
 
 

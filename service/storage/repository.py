@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -23,7 +24,7 @@ from service.domain import (
     Usage,
 )
 from service.ports import Flush, Held, RowsPage
-from service.storage import cursors
+from service.storage import branches, cursors
 from service.storage.search import search_postgres, search_sqlite
 from service.storage.tables import api_keys, conversations, messages
 
@@ -68,12 +69,19 @@ class SqlConversations:
 
     async def update(self, conversation: Conversation) -> None:
         row = _conversation_row(conversation)
-        del row["id"], row["owner"], row["create_time"]
+        del row["id"], row["owner"], row["create_time"], row["current_message_id"]
         await self._conn.execute(conversations.update().where(conversations.c.id == conversation.id).values(**row))
 
     async def touch(self, conversation_id: str, when: datetime) -> None:
         await self._conn.execute(
             conversations.update().where(conversations.c.id == conversation_id).values(update_time=when)
+        )
+
+    async def set_current(self, conversation_id: str, message_id: str, when: datetime) -> None:
+        await self._conn.execute(
+            conversations.update()
+            .where(conversations.c.id == conversation_id)
+            .values(current_message_id=message_id or None, update_time=when)
         )
 
     async def touch_and_lock(self, conversation_id: str, when: datetime) -> Conversation | None:
@@ -112,23 +120,75 @@ class SqlMessages:
         row = (await self._conn.execute(messages.select().where(messages.c.id == message_id))).first()
         return _message(row) if row else None
 
-    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
+    async def branch(self, conversation_id: str, leaf_id: str, *, limit: int) -> Sequence[Message]:
+        path = branches.path_to(conversation_id, leaf_id, depth=limit)
+        query = sa.select(messages).join(path, messages.c.seq == path.c.seq).order_by(messages.c.seq)
+        return [_message(row) for row in await self._conn.execute(query)]
+
+    async def list_branch(
+        self, conversation_id: str, leaf_id: str, *, limit: int, after: str | None
+    ) -> RowsPage[Message]:
+        path = branches.path_to(conversation_id, leaf_id, after=cursors.seq(after) if after is not None else None)
+        query = sa.select(messages).join(path, messages.c.seq == path.c.seq).order_by(messages.c.seq)
+        rows = list(await self._conn.execute(query.limit(limit + 1)))
+        page = _page(rows, limit, lambda row: str(row.seq))
+        return RowsPage(await self._placed(conversation_id, page.items), page.cursor)
+
+    async def list_siblings(self, message: Message, *, limit: int, after: str | None) -> RowsPage[Message]:
         c = messages.c
-        query = messages.select().where(c.conversation_id == conversation_id)
+        query = messages.select().where(c.conversation_id == message.conversation_id, c.parent_id == message.parent_id)
         if after is not None:
             query = query.where(c.seq > cursors.seq(after))
         rows = list(await self._conn.execute(query.order_by(c.seq).limit(limit + 1)))
         page = _page(rows, limit, lambda row: str(row.seq))
-        return RowsPage([_message(r) for r in page.items], page.cursor)
+        return RowsPage(await self._placed(message.conversation_id, page.items), page.cursor)
+
+    async def _placed(self, conversation_id: str, rows: Sequence[Any]) -> list[Message]:
+        """The rows as messages, each with its place among its siblings (one statement for the page)."""
+        if not rows:
+            return []
+        parents = {row.parent_id or "" for row in rows}
+        found = await self._conn.execute(branches.positions(conversation_id, parents))
+        places = {row.id: branches.siblings_of(row) for row in found}
+        return [dataclasses.replace(_message(row), siblings=places.get(row.id)) for row in rows]
+
+    async def newest_leaf(self, conversation_id: str, under: str | None) -> str | None:
+        c = messages.c
+        if under is None:
+            query = sa.select(c.id).where(c.conversation_id == conversation_id).order_by(c.seq.desc()).limit(1)
+        else:
+            tree = branches.below(conversation_id, under)
+            query = sa.select(tree.c.id).order_by(tree.c.seq.desc()).limit(1)
+        return (await self._conn.execute(query)).scalar()
+
+    async def streaming_under(self, conversation_id: str, message_id: str) -> Sequence[str]:
+        tree = branches.below(conversation_id, message_id)
+        query = sa.select(tree.c.id).where(tree.c.status == STREAMING)
+        return list((await self._conn.execute(query)).scalars())
+
+    async def delete_subtree(self, conversation_id: str, message_id: str) -> int:
+        tree = branches.below(conversation_id, message_id)
+        deleted = messages.delete().where(messages.c.seq.in_(sa.select(tree.c.seq))).returning(messages.c.seq)
+        return len((await self._conn.execute(deleted)).all())  # rowcount: -1 on SQLite for a statement with WITH
 
     async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
         run = search_sqlite if self._conn.dialect.name == "sqlite" else search_postgres
         rows = await run(self._conn, owner, terms, limit=limit + 1, after=after)
         page = _page(rows, limit, lambda hit: cursors.relevance(float(hit[0].score), hit[0].seq))
+        current = await self._on_current_branches([row for row, _ in page.items])
         hits = [
-            SearchHit(_message(row), row.conversation_title, snippet, float(row.score)) for row, snippet in page.items
+            SearchHit(_message(row), row.conversation_title, snippet, float(row.score), row.id in current)
+            for row, snippet in page.items
         ]
         return RowsPage(hits, page.cursor)
+
+    async def _on_current_branches(self, rows: Sequence[Any]) -> set[str]:
+        """Which of the message rows are on their conversation's current branch."""
+        if not rows:
+            return set()
+        path = branches.current_branches({row.conversation_id for row in rows})
+        query = sa.select(path.c.id).where(path.c.id.in_([row.id for row in rows]))
+        return set((await self._conn.execute(query)).scalars())
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
         c = messages.c
@@ -328,6 +388,7 @@ class SqlApiKeys:
 
 def _conversation_row(c: Conversation) -> dict[str, Any]:
     return {
+        "current_message_id": c.current_message_id or None,
         "id": c.id,
         "owner": c.owner,
         "title": c.title,
@@ -349,6 +410,7 @@ def _conversation(row: Any) -> Conversation:
         system_prompt=row.system_prompt,
         create_time=_utc(row.create_time),
         update_time=_utc(row.update_time),
+        current_message_id=row.current_message_id or "",
     )
 
 
@@ -369,6 +431,7 @@ def _message_row(m: Message) -> dict[str, Any]:
         "error_message": m.error_message,
         "error_reason": m.error_reason,
         "continued_at": _continued(m.continued_at),
+        "parent_id": m.parent_id,
         "create_time": m.create_time,
         "update_time": m.update_time,
     }
@@ -391,6 +454,7 @@ def _message(row: Any) -> Message:
         error_message=row.error_message,
         error_reason=row.error_reason,
         continued_at=_continuations(row.continued_at),
+        parent_id=row.parent_id or "",
     )
 
 

@@ -42,6 +42,8 @@ conversations = sa.Table(
     sa.Column("system_prompt", sa.Text, nullable=False, server_default=""),
     sa.Column("create_time", Time, nullable=False),
     sa.Column("update_time", Time, nullable=False),
+    # The current branch's leaf (the message tree: messages.parent_id); NULL while there are no messages.
+    sa.Column("current_message_id", sa.String(36)),
     # ListConversations: the owner's, newest activity first (keyset on update_time, id).
     sa.Index("ix_conversations_owner_update", "owner", "update_time", "id"),
 )
@@ -81,7 +83,12 @@ messages = sa.Table(
     # Each takeover that continued the reply on another replica, as "generation:offset" separated by commas.
     sa.Column("continued_at", sa.String(200), nullable=False, server_default=""),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # The message tree: the message this one follows, '' for a first message. NULL only from a writer that knows
+    # no tree (the release before 0008_message_tree): a trigger puts such a message on the current branch.
+    sa.Column("parent_id", sa.String(36)),
     sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
+    # Children and siblings, in order: (conversation, parent) and seq.
+    sa.Index("ix_messages_conversation_parent", "conversation_id", "parent_id", "seq"),
     # AIP-155 idempotency: one user message (and one reply) per (owner, request_id).
     sa.UniqueConstraint("owner", "request_id", "role", name="uq_messages_owner_request_role"),
     # Replies in flight: few rows, scanned by the flusher and the lease sweeper.

@@ -131,11 +131,19 @@ def message_in(
     )
 
 
-async def add_messages(storage: FakeStorage, *messages: Message, lease: Lease | None = None) -> None:
+async def add_messages(storage: FakeStorage, *messages: Message, lease: Lease | None = None) -> list[Message]:
+    """`messages` as replies store them: each on the end of its conversation's current branch, which it ends."""
+    added = []
     async with storage.unit_of_work() as uow:
         for message in messages:
+            conversation = await uow.conversations.get(message.conversation_id)
+            assert conversation is not None
+            message = dataclasses.replace(message, parent_id=conversation.current_message_id)
             await uow.messages.add(message, lease=lease if message.status is MessageStatus.STREAMING else None)
+            await uow.conversations.set_current(conversation.id, message.id, conversation.update_time)
+            added.append(message)
         await uow.commit()
+    return added
 
 
 async def add_reply_in_flight(
@@ -153,8 +161,7 @@ async def add_reply_in_flight(
     reply = message_in(
         conversation, Role.ASSISTANT, content, clock(), status=MessageStatus.STREAMING, request_id=request_id
     )
-    await add_messages(storage, user, reply, lease=Lease(lease_owner, 1, lease_expires_at))
-    return reply
+    return (await add_messages(storage, user, reply, lease=Lease(lease_owner, 1, lease_expires_at)))[-1]
 
 
 async def collect(events: AsyncIterator[ReplyEvent], *, into: list[ReplyEvent] | None = None) -> list[ReplyEvent]:

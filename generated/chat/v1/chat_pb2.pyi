@@ -85,7 +85,7 @@ END_REASON_LIMIT_REACHED: EndReason
 END_REASON_CLIENT_ENDED: EndReason
 
 class Conversation(_message.Message):
-    __slots__ = ("conversation_id", "title", "model", "persona", "system_prompt", "create_time", "update_time")
+    __slots__ = ("conversation_id", "title", "model", "persona", "system_prompt", "create_time", "update_time", "current_message_id")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class Conversation(_message.Message):
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     title: str
     model: str
@@ -100,7 +101,8 @@ class Conversation(_message.Message):
     system_prompt: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
-    def __init__(self, conversation_id: _Optional[str] = ..., title: _Optional[str] = ..., model: _Optional[str] = ..., persona: _Optional[str] = ..., system_prompt: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    current_message_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., title: _Optional[str] = ..., model: _Optional[str] = ..., persona: _Optional[str] = ..., system_prompt: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_message_id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "estimated")
@@ -113,7 +115,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "conversation_id", "role", "content", "status", "model", "usage", "finish_reason", "create_time", "update_time", "request_id", "error_message", "continuations")
+    __slots__ = ("message_id", "conversation_id", "role", "content", "status", "model", "usage", "finish_reason", "create_time", "update_time", "request_id", "error_message", "continuations", "parent_message_id", "sibling_count", "sibling_index", "previous_sibling_id", "next_sibling_id")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +129,11 @@ class Message(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CONTINUATIONS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIBLING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SIBLING_INDEX_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SIBLING_ID_FIELD_NUMBER: _ClassVar[int]
+    NEXT_SIBLING_ID_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     conversation_id: str
     role: Role
@@ -140,7 +147,12 @@ class Message(_message.Message):
     request_id: str
     error_message: str
     continuations: int
-    def __init__(self, message_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., error_message: _Optional[str] = ..., continuations: _Optional[int] = ...) -> None: ...
+    parent_message_id: str
+    sibling_count: int
+    sibling_index: int
+    previous_sibling_id: str
+    next_sibling_id: str
+    def __init__(self, message_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., error_message: _Optional[str] = ..., continuations: _Optional[int] = ..., parent_message_id: _Optional[str] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., previous_sibling_id: _Optional[str] = ..., next_sibling_id: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "provider", "family", "parameter_size", "quantization_level", "size_bytes", "default")
@@ -231,14 +243,16 @@ class DeleteConversationResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ListMessagesRequest(_message.Message):
-    __slots__ = ("conversation_id", "page_size", "page_token")
+    __slots__ = ("conversation_id", "page_size", "page_token", "branch_message_id")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     page_size: int
     page_token: str
-    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    branch_message_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., branch_message_id: _Optional[str] = ...) -> None: ...
 
 class ListMessagesResponse(_message.Message):
     __slots__ = ("messages", "next_page_token")
@@ -383,16 +397,18 @@ class SearchMessagesRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
-    __slots__ = ("message", "snippet", "conversation_title", "score")
+    __slots__ = ("message", "snippet", "conversation_title", "score", "on_current_branch")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     SNIPPET_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    ON_CURRENT_BRANCH_FIELD_NUMBER: _ClassVar[int]
     message: Message
     snippet: str
     conversation_title: str
     score: float
-    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., snippet: _Optional[str] = ..., conversation_title: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    on_current_branch: bool
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., snippet: _Optional[str] = ..., conversation_title: _Optional[str] = ..., score: _Optional[float] = ..., on_current_branch: _Optional[bool] = ...) -> None: ...
 
 class SearchMessagesResponse(_message.Message):
     __slots__ = ("results", "next_page_token")
@@ -403,16 +419,18 @@ class SearchMessagesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ExportConversationRequest(_message.Message):
-    __slots__ = ("conversation_id", "format", "first_index", "omit_header")
+    __slots__ = ("conversation_id", "format", "first_index", "omit_header", "branch_message_id")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     OMIT_HEADER_FIELD_NUMBER: _ClassVar[int]
+    BRANCH_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     format: ExportFormat
     first_index: int
     omit_header: bool
-    def __init__(self, conversation_id: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., first_index: _Optional[int] = ..., omit_header: _Optional[bool] = ...) -> None: ...
+    branch_message_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., first_index: _Optional[int] = ..., omit_header: _Optional[bool] = ..., branch_message_id: _Optional[str] = ...) -> None: ...
 
 class ExportConversationResponse(_message.Message):
     __slots__ = ("data", "content_type")
@@ -575,3 +593,79 @@ class CoachResponse(_message.Message):
     wrap_up_confirmation: CoachWrapUpConfirmation
     session_ended: CoachSessionEnded
     def __init__(self, session_started: _Optional[_Union[CoachSessionStarted, _Mapping]] = ..., delta: _Optional[_Union[ReplyDelta, _Mapping]] = ..., turn_completed: _Optional[_Union[CoachTurnCompleted, _Mapping]] = ..., wrap_up_confirmation: _Optional[_Union[CoachWrapUpConfirmation, _Mapping]] = ..., session_ended: _Optional[_Union[CoachSessionEnded, _Mapping]] = ...) -> None: ...
+
+class RegenerateReplyRequest(_message.Message):
+    __slots__ = ("message_id", "request_id")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    request_id: str
+    def __init__(self, message_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RegenerateReplyResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: ReplyEvent
+    def __init__(self, event: _Optional[_Union[ReplyEvent, _Mapping]] = ...) -> None: ...
+
+class EditMessageRequest(_message.Message):
+    __slots__ = ("message_id", "content", "request_id")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    content: str
+    request_id: str
+    def __init__(self, message_id: _Optional[str] = ..., content: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class EditMessageResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: ReplyEvent
+    def __init__(self, event: _Optional[_Union[ReplyEvent, _Mapping]] = ...) -> None: ...
+
+class SetCurrentBranchRequest(_message.Message):
+    __slots__ = ("conversation_id", "message_id")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    message_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., message_id: _Optional[str] = ...) -> None: ...
+
+class SetCurrentBranchResponse(_message.Message):
+    __slots__ = ("conversation",)
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
+
+class ListSiblingsRequest(_message.Message):
+    __slots__ = ("message_id", "page_size", "page_token")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, message_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListSiblingsResponse(_message.Message):
+    __slots__ = ("messages", "next_page_token")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    next_page_token: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class DeleteMessageRequest(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+
+class DeleteMessageResponse(_message.Message):
+    __slots__ = ("conversation", "deleted_count")
+    CONVERSATION_FIELD_NUMBER: _ClassVar[int]
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    conversation: Conversation
+    deleted_count: int
+    def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ..., deleted_count: _Optional[int] = ...) -> None: ...

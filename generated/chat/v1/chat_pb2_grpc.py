@@ -115,6 +115,31 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.ListPersonasRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.ListPersonasResponse.FromString,
                 _registered_method=True)
+        self.RegenerateReply = channel.unary_stream(
+                '/chat.v1.ChatService/RegenerateReply',
+                request_serializer=chat_dot_v1_dot_chat__pb2.RegenerateReplyRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.RegenerateReplyResponse.FromString,
+                _registered_method=True)
+        self.EditMessage = channel.unary_stream(
+                '/chat.v1.ChatService/EditMessage',
+                request_serializer=chat_dot_v1_dot_chat__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.EditMessageResponse.FromString,
+                _registered_method=True)
+        self.SetCurrentBranch = channel.unary_unary(
+                '/chat.v1.ChatService/SetCurrentBranch',
+                request_serializer=chat_dot_v1_dot_chat__pb2.SetCurrentBranchRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.SetCurrentBranchResponse.FromString,
+                _registered_method=True)
+        self.ListSiblings = channel.unary_unary(
+                '/chat.v1.ChatService/ListSiblings',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ListSiblingsRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ListSiblingsResponse.FromString,
+                _registered_method=True)
+        self.DeleteMessage = channel.unary_unary(
+                '/chat.v1.ChatService/DeleteMessage',
+                request_serializer=chat_dot_v1_dot_chat__pb2.DeleteMessageRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.DeleteMessageResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -235,6 +260,49 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegenerateReply(self, request, context):
+        """The message tree: every message has a parent, and a conversation has a current branch (the path from its
+        first message to `Conversation.current_message_id`, a leaf). New messages go on the current branch; the
+        model sees only the branch it answers. While a reply generates, nothing else may change the branches.
+
+        Generates a new reply to the same message (a sibling of the reply named), streamed like StreamReply; it
+        becomes the current branch. Resumable with ResumeReply, cancellable with CancelReply.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMessage(self, request, context):
+        """Edits a message by adding a sibling with the new text; the old branch stays. A user message's sibling gets a
+        reply, streamed like StreamReply; an assistant message's sibling is the correction itself (no model call).
+        The new message's branch becomes current.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCurrentBranch(self, request, context):
+        """Makes the branch through a message current: it ends at the newest leaf under that message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSiblings(self, request, context):
+        """Lists a message and its siblings (the messages sharing its parent), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessage(self, request, context):
+        """Deletes a message and every message under it; a reply generating among them is cancelled first. When the
+        current branch went with them, it moves to the newest leaf left under the deleted message's parent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -312,6 +380,31 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.ListPersonas,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.ListPersonasRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.ListPersonasResponse.SerializeToString,
+            ),
+            'RegenerateReply': grpc.unary_stream_rpc_method_handler(
+                    servicer.RegenerateReply,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.RegenerateReplyRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.RegenerateReplyResponse.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_stream_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.EditMessageRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.EditMessageResponse.SerializeToString,
+            ),
+            'SetCurrentBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCurrentBranch,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.SetCurrentBranchRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.SetCurrentBranchResponse.SerializeToString,
+            ),
+            'ListSiblings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSiblings,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ListSiblingsRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ListSiblingsResponse.SerializeToString,
+            ),
+            'DeleteMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessage,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.DeleteMessageRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.DeleteMessageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -725,6 +818,141 @@ class ChatService:
             '/chat.v1.ChatService/ListPersonas',
             chat_dot_v1_dot_chat__pb2.ListPersonasRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.ListPersonasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateReply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chat.v1.ChatService/RegenerateReply',
+            chat_dot_v1_dot_chat__pb2.RegenerateReplyRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.RegenerateReplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chat.v1.ChatService/EditMessage',
+            chat_dot_v1_dot_chat__pb2.EditMessageRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.EditMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCurrentBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/SetCurrentBranch',
+            chat_dot_v1_dot_chat__pb2.SetCurrentBranchRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.SetCurrentBranchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSiblings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ListSiblings',
+            chat_dot_v1_dot_chat__pb2.ListSiblingsRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ListSiblingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/DeleteMessage',
+            chat_dot_v1_dot_chat__pb2.DeleteMessageRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.DeleteMessageResponse.FromString,
             options,
             channel_credentials,
             insecure,
