@@ -170,6 +170,8 @@ NOT_FROM_CALLERS = {
     ("messages", "error_reason"): "a domain error's reason: one of the short constants in service/domain.py",
     ("messages", "continued_at"): "made by the service: at most CHAT_MAX_CONTINUATIONS (5) 'generation:offset' pairs",
     ("messages", "lease_owner"): "the replica id, from configuration (at most 200 characters: Settings)",
+    ("messages", "parent_id"): "a stored message's id (caller-given ids are checked UUIDs of stored messages)",
+    ("conversations", "current_message_id"): "a stored message's id",
     ("coaching_sessions", "id"): "made by the service",
     ("coaching_sessions", "owner"): "the caller's user id",
     ("coaching_sessions", "conversation_id"): "a conversation's id",
