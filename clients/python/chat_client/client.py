@@ -155,16 +155,27 @@ class ChatClient:
     # ------------------------------------------------------------------------------------------ messages
 
     async def list_messages(
-        self, conversation_id: str, *, page_size: int = 0, page_token: str = ""
+        self, conversation_id: str, *, page_size: int = 0, page_token: str = "", branch_message_id: str = ""
     ) -> pb.ListMessagesResponse:
-        request = pb.ListMessagesRequest(conversation_id=conversation_id, page_size=page_size, page_token=page_token)
+        """A page of the conversation's current branch (or of the branch through `branch_message_id`)."""
+        request = pb.ListMessagesRequest(
+            conversation_id=conversation_id,
+            page_size=page_size,
+            page_token=page_token,
+            branch_message_id=branch_message_id,
+        )
         return await self._unary("ListMessages", request)  # type: ignore[no-any-return]
 
-    async def iter_messages(self, conversation_id: str, *, page_size: int = 0) -> AsyncIterator[pb.Message]:
-        """Every message of a conversation, oldest first, page by page."""
+    async def iter_messages(
+        self, conversation_id: str, *, page_size: int = 0, branch_message_id: str = ""
+    ) -> AsyncIterator[pb.Message]:
+        """Every message of the conversation's current branch (or of the branch through `branch_message_id`),
+        oldest first, page by page."""
         token = ""
         while True:
-            page = await self.list_messages(conversation_id, page_size=page_size, page_token=token)
+            page = await self.list_messages(
+                conversation_id, page_size=page_size, page_token=token, branch_message_id=branch_message_id
+            )
             for message in page.messages:
                 yield message
             token = page.next_page_token
@@ -195,6 +206,53 @@ class ChatClient:
         """Catch up on a reply from `offset` (code points), then follow it live to its end."""
         return self._reply_stream(message_id=message_id, offset=offset)
 
+    # ------------------------------------------------------------------------------------------ the tree
+
+    def regenerate_reply(self, message_id: str, *, request_id: str = "") -> ReplyStream:
+        """A new reply beside the reply `message_id` (or to the user message `message_id`), streamed like
+        `stream_reply`; it becomes the current branch."""
+        request = pb.RegenerateReplyRequest(message_id=message_id, request_id=request_id or str(uuid.uuid4()))
+        return self._reply_stream(request=request, method="RegenerateReply")
+
+    def edit_message(self, message_id: str, content: str, *, request_id: str = "") -> ReplyStream:
+        """Edit a message as a new sibling that becomes the current branch. A user message's edit streams its reply;
+        an assistant message's is a correction (the stream's message, COMPLETED, with no `model`)."""
+        request = pb.EditMessageRequest(
+            message_id=message_id, content=content, request_id=request_id or str(uuid.uuid4())
+        )
+        return self._reply_stream(request=request, method="EditMessage")
+
+    async def set_current_branch(self, conversation_id: str, message_id: str) -> pb.Conversation:
+        """Make the branch through `message_id` current (it ends at the newest message under it)."""
+        request = pb.SetCurrentBranchRequest(conversation_id=conversation_id, message_id=message_id)
+        response = await self._unary("SetCurrentBranch", request)
+        return response.conversation  # type: ignore[no-any-return]
+
+    async def list_siblings(
+        self, message_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListSiblingsResponse:
+        """A page of `message_id` and the messages sharing its parent, oldest first."""
+        request = pb.ListSiblingsRequest(message_id=message_id, page_size=page_size, page_token=page_token)
+        return await self._unary("ListSiblings", request)  # type: ignore[no-any-return]
+
+    async def iter_siblings(self, message_id: str, *, page_size: int = 0) -> AsyncIterator[pb.Message]:
+        """`message_id` and every message sharing its parent, oldest first."""
+        token = ""
+        while True:
+            page = await self.list_siblings(message_id, page_size=page_size, page_token=token)
+            for message in page.messages:
+                yield message
+            token = page.next_page_token
+            if not token:
+                return
+
+    async def delete_message(self, message_id: str) -> pb.DeleteMessageResponse:
+        """Delete a message and every message under it (a reply generating among them is cancelled first)."""
+        # Not retried: a retry of a deletion that went through is NOT_FOUND.
+        return await self._unary(  # type: ignore[no-any-return]
+            "DeleteMessage", pb.DeleteMessageRequest(message_id=message_id), idempotent=False
+        )
+
     async def cancel_reply(self, message_id: str) -> pb.Message:
         response = await self._unary("CancelReply", pb.CancelReplyRequest(message_id=message_id))
         return response.message  # type: ignore[no-any-return]
@@ -207,14 +265,22 @@ class ChatClient:
         return await self._unary("SearchMessages", request)  # type: ignore[no-any-return]
 
     async def export_conversation(
-        self, conversation_id: str, fmt: str = "markdown", *, first_index: int = 0, omit_header: bool = False
+        self,
+        conversation_id: str,
+        fmt: str = "markdown",
+        *,
+        first_index: int = 0,
+        omit_header: bool = False,
+        branch_message_id: str = "",
     ) -> AsyncIterator[bytes]:
-        """The conversation as a file in `fmt` (markdown, json or csv), chunk by chunk."""
+        """The conversation's current branch (or the branch through `branch_message_id`) as a file in `fmt`
+        (markdown, json or csv), chunk by chunk."""
         request = pb.ExportConversationRequest(
             conversation_id=conversation_id,
             format=EXPORT_FORMATS[fmt],
             first_index=first_index,
             omit_header=omit_header,
+            branch_message_id=branch_message_id,
         )
         failures = 0
         while True:

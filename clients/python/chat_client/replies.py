@@ -42,7 +42,8 @@ class _Broken(Exception):
 
 class ReplyStream:
     """Async iterator of `chat.v1.ReplyEvent`: one `started`, deltas whose texts concatenate to the reply
-    (each `offset` where its text starts), one `completed`. Resumes on its own after a break."""
+    (each `offset` where its text starts), one `completed`. Resumes on its own after a break. Started by StreamReply,
+    RegenerateReply or EditMessage (`method`), or follows a reply by id (ResumeReply)."""
 
     def __init__(
         self,
@@ -51,7 +52,8 @@ class ReplyStream:
         metadata: tuple[tuple[str, str], ...],
         retry: RetryPolicy,
         timeout: float | None,
-        request: pb.StreamReplyRequest | None = None,
+        request: pb.StreamReplyRequest | pb.RegenerateReplyRequest | pb.EditMessageRequest | None = None,
+        method: str = "StreamReply",
         message_id: str = "",
         offset: int = 0,
         on_cancel: Callable[[str], Any] | None = None,
@@ -61,6 +63,7 @@ class ReplyStream:
         self._retry = retry
         self._timeout = timeout
         self._request = request
+        self._method = method  # the RPC that starts the reply (its request carries a request_id: a retry attaches)
         self._on_cancel = on_cancel
         self.message_id = message_id
         self.offset = offset
@@ -142,7 +145,8 @@ class ReplyStream:
     async def _open(self) -> AsyncIterator[pb.ReplyEvent]:
         if not self.message_id:
             assert self._request is not None, "a stream needs a request or a message id"
-            call = self._stub.StreamReply(self._request, metadata=self._metadata, timeout=self._timeout)
+            start = getattr(self._stub, self._method)
+            call = start(self._request, metadata=self._metadata, timeout=self._timeout)
         else:
             offset = self.offset if self._resume_from is None else self._resume_from
             request = pb.ResumeReplyRequest(message_id=self.message_id, offset=offset, generation=self.generation)

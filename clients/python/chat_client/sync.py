@@ -178,6 +178,24 @@ class SyncChatClient:
     def resume_reply(self, message_id: str, offset: int = 0) -> SyncReplyStream:
         return SyncReplyStream(self._runner, self.client.resume_reply(message_id, offset))
 
+    def regenerate_reply(self, message_id: str, **kwargs: Any) -> SyncReplyStream:
+        return SyncReplyStream(self._runner, self.client.regenerate_reply(message_id, **kwargs))
+
+    def edit_message(self, message_id: str, content: str, **kwargs: Any) -> SyncReplyStream:
+        return SyncReplyStream(self._runner, self.client.edit_message(message_id, content, **kwargs))
+
+    def set_current_branch(self, conversation_id: str, message_id: str) -> pb.Conversation:
+        return self._runner.run(self.client.set_current_branch(conversation_id, message_id))
+
+    def list_siblings(self, message_id: str, **kwargs: Any) -> pb.ListSiblingsResponse:
+        return self._runner.run(self.client.list_siblings(message_id, **kwargs))
+
+    def iter_siblings(self, message_id: str, **kwargs: Any) -> SyncIterator[pb.Message]:
+        return SyncIterator(self._runner, self.client.iter_siblings(message_id, **kwargs))
+
+    def delete_message(self, message_id: str) -> pb.DeleteMessageResponse:
+        return self._runner.run(self.client.delete_message(message_id))
+
     def cancel_reply(self, message_id: str) -> pb.Message:
         return self._runner.run(self.client.cancel_reply(message_id))
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from chat_client import config
-from chat_client.cli import commands, failures
+from chat_client.cli import branching, commands, failures
 from chat_client.cli.exporting import ExportError
 from chat_client.cli.interactive import Session
 from chat_client.cli.terminal import Terminal
@@ -51,9 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=50)
     listing.set_defaults(run=commands.conversations)
 
-    history = sub.add_parser("history", help="show a conversation's messages")
+    history = sub.add_parser("history", help="show a conversation's messages (its current branch)")
     history.add_argument("conversation_id")
+    history.add_argument("--branch", default="", metavar="MESSAGE_ID", help="the branch through this message instead")
     history.set_defaults(run=commands.history)
+    branching.add_commands(sub)
 
     export = sub.add_parser("export", help="export a conversation")
     export.add_argument("conversation_id")

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from chat.v1 import chat_pb2 as pb
 from chat_client.cli import coaching, exporting, failures
+from chat_client.cli.branching import place
 from chat_client.cli.replying import STATUS_NAMES, show_reply
 from chat_client.cli.terminal import Terminal, as_dict
 from chat_client.sync import SyncChatClient
@@ -52,7 +53,7 @@ def conversations(client: SyncChatClient, term: Terminal, args: argparse.Namespa
 
 
 def history(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
-    messages = list(client.iter_messages(args.conversation_id))
+    messages = list(client.iter_messages(args.conversation_id, branch_message_id=args.branch))
     if args.json:
         term.json([as_dict(m) for m in messages])
         return 0
@@ -67,8 +68,13 @@ def show_message(term: Terminal, message: pb.Message) -> None:
     if message.error_message:  # why a reply failed or was interrupted
         status = f"{status}: {message.error_message}"
     suffix = "" if status == "completed" else f" [{status}]"
-    heading = f"{role} · {when(message)}{suffix}"
-    term.line(term.style(heading, "bold", "green" if role == "user" else "blue"))
+    versions = place(message)  # one of several versions (edits, regenerated replies): `< 2/3 >`
+    heading = f"{role} · {when(message)}{suffix}" + (f" · {versions}" if versions else "")
+    term.line(
+        term.style(heading, "bold", "green" if role == "user" else "blue")
+        + "  "
+        + term.style(message.message_id, "dim")
+    )
     term.line(message.content)
     term.line()
 

@@ -7,7 +7,7 @@ import shlex
 from collections.abc import Callable
 
 from chat.v1 import chat_pb2 as pb
-from chat_client.cli import coaching, exporting, failures
+from chat_client.cli import branching, coaching, exporting, failures
 from chat_client.cli.commands import show_message, when
 from chat_client.cli.replying import show_reply
 from chat_client.cli.terminal import Terminal
@@ -18,7 +18,12 @@ HELP = """\
 /new [TITLE]            start a new conversation
 /list                   your conversations
 /open ID                continue a conversation
-/history                the current conversation's messages
+/history                the current conversation's messages (its current branch), with their ids
+/regenerate             a new reply to your last message
+/edit TEXT              edit your last message, and get a new reply
+/siblings [ID]          the versions of a message (default: the last one)
+/switch ID              make the branch through message ID current
+/delete ID              delete message ID and what follows it
 /export FORMAT [FILE]   export the current conversation (markdown, json, csv)
 /search QUERY           search your messages
 /coach PERSONA          a coaching session
@@ -46,6 +51,11 @@ class Session:
             "export": self.export,
             "search": self.search,
             "coach": self.coach,
+            "regenerate": self.regenerate,
+            "edit": self.edit,
+            "siblings": self.siblings,
+            "switch": self.switch,
+            "delete": self.delete,
             "help": lambda _: self.term.line(HELP),
         }
 
@@ -153,6 +163,54 @@ class Session:
             self.term.error("usage: /coach PERSONA")
             return
         coaching.coach(self.client, self.term, args[0], read=self.read)
+
+    def regenerate(self, args: list[str]) -> None:
+        last = self._last(pb.ROLE_USER)
+        if last is not None:
+            branching.follow(self.term, self.client.regenerate_reply(last.message_id), json=False)
+
+    def edit(self, args: list[str]) -> None:
+        if not args:
+            self.term.error("usage: /edit TEXT")
+            return
+        last = self._last(pb.ROLE_USER)
+        if last is not None:
+            branching.follow(self.term, self.client.edit_message(last.message_id, " ".join(args)), json=False)
+
+    def siblings(self, args: list[str]) -> None:
+        target = args[0] if args else (last.message_id if (last := self._last()) else "")
+        if target:
+            branching.show_siblings(self.client, self.term, target)
+
+    def switch(self, args: list[str]) -> None:
+        if len(args) != 1:
+            self.term.error("usage: /switch MESSAGE_ID")
+            return
+        if self._current() is None:
+            return
+        assert self.conversation is not None
+        self.conversation = self.client.set_current_branch(self.conversation.conversation_id, args[0])
+        for message in list(self.client.iter_messages(self.conversation.conversation_id, page_size=1000))[-2:]:
+            show_message(self.term, message)
+
+    def delete(self, args: list[str]) -> None:
+        if len(args) != 1:
+            self.term.error("usage: /delete MESSAGE_ID")
+            return
+        deleted = self.client.delete_message(args[0])
+        self.term.note(f"deleted {deleted.deleted_count} message(s)")
+
+    def _last(self, role: int | None = None) -> pb.Message | None:
+        """The last message (of `role`) on the current conversation's current branch."""
+        if self._current() is None:
+            return None
+        assert self.conversation is not None
+        messages = self.client.iter_messages(self.conversation.conversation_id, page_size=1000)
+        found = [m for m in messages if role is None or m.role == role]
+        if not found:
+            self.term.error("no such message on the current branch yet")
+            return None
+        return found[-1]
 
     def _current(self) -> pb.Conversation | None:
         if self.conversation is None:
