@@ -124,8 +124,11 @@ def pinned(leaf_id: str, cursor: str | None) -> str | None:
     return f"{leaf_id}|{cursor}" if cursor is not None else None
 
 
-def unpinned(after: str) -> tuple[str, str]:
-    """The leaf and the storage's position a branch listing's cursor holds (strictly: it came from a caller)."""
+def unpinned(after: str, current: str) -> tuple[str, str]:
+    """The leaf and the storage's position a branch listing's cursor holds (strictly: it came from a caller). A
+    cursor of the release before the tree (a position alone) lists the `current` branch."""
+    if "|" not in after:
+        return current, after
     leaf_id, _, position = after.partition("|")
     try:
         return check_id("page_token", leaf_id), position

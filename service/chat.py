@@ -211,8 +211,9 @@ class Conversations:
             if after is None:
                 leaf = await leaf_of(uow, conversation, branch_message_id, field="branch_message_id")
             else:
-                leaf, after = unpinned(after)
-                if await uow.messages.get(leaf) is None:
+                leaf, after = unpinned(after, conversation.current_message_id)
+                pinned_leaf = await uow.messages.get(leaf)
+                if pinned_leaf is None or pinned_leaf.conversation_id != conversation_id:
                     raise FailedPrecondition("the branch this page token lists was deleted; list it from the start")
             rows = await _bounded(functools.partial(_page_of, uow, conversation_id, leaf, after), limit)
         return Page(rows.items, self._tokens.encode(scope, pinned(leaf, rows.cursor)))

@@ -426,6 +426,24 @@ async def test_a_page_token_stays_on_its_branch_when_the_current_one_changes(tre
         await tree.conversations.messages(ALICE, conversation.id, 10, page.next_page_token, question.id)
 
 
+async def test_a_page_token_of_the_release_before_the_tree_goes_on_along_the_current_branch(tree: Tree) -> None:
+    conversation, other = await tree.conversation(), await tree.conversation()
+    await tree.send(conversation, "hello")
+    await tree.send(conversation, "again")
+    _, elsewhere = await tree.send(other, "elsewhere")
+    scope, tokens = f"messages:alice:{conversation.id}", PageTokens(b"page secret")
+    first = await tree.conversations.messages(ALICE, conversation.id, 2, "")
+    position = tokens.decode(scope, first.next_page_token)
+    assert position is not None
+
+    before = await tree.conversations.messages(ALICE, conversation.id, 10, tokens.encode(scope, position[37:]))
+
+    assert texts(before.items) == ["again", "reply 2"]  # a position alone, as the release before wrote it
+    foreign = tokens.encode(scope, f"{elsewhere.id}|{position[37:]}")
+    with pytest.raises(FailedPrecondition):  # pinned to a message of another conversation: never listed here
+        await tree.conversations.messages(ALICE, conversation.id, 10, foreign)
+
+
 async def test_search_covers_every_branch_and_says_which_hits_are_current(tree: Tree) -> None:
     conversation = await tree.conversation()
     question, _ = await tree.send(conversation, "tell me about narwhals")
