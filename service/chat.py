@@ -212,10 +212,9 @@ class Conversations:
                 leaf = await leaf_of(uow, conversation, branch_message_id, field="branch_message_id")
             else:
                 leaf, after = unpinned(after, conversation.current_message_id)
-                pinned_leaf = await uow.messages.get(leaf)
-                if pinned_leaf is None or pinned_leaf.conversation_id != conversation_id:
-                    raise FailedPrecondition("the branch this page token lists was deleted; list it from the start")
             rows = await _bounded(functools.partial(_page_of, uow, conversation_id, leaf, after), limit)
+            if after is not None and not rows.items and not await _in(uow, conversation_id, leaf):
+                raise FailedPrecondition("the branch this page token lists was deleted; list it from the start")
         return Page(rows.items, self._tokens.encode(scope, pinned(leaf, rows.cursor)))
 
     async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
@@ -303,9 +302,14 @@ T = TypeVar("T")
 async def _page_of(
     uow: UnitOfWork, conversation_id: str, leaf_id: str, after: str | None, limit: int
 ) -> RowsPage[Message]:
-    if not leaf_id:
-        return RowsPage([], None)
+    # Also without a leaf (an empty conversation): the storage reads `after` strictly all the same.
     return await uow.messages.list_branch(conversation_id, leaf_id, limit=limit, after=after)
+
+
+async def _in(uow: UnitOfWork, conversation_id: str, message_id: str) -> bool:
+    """Whether `message_id` is a message of the conversation."""
+    message = await uow.messages.get(message_id) if message_id else None
+    return message is not None and message.conversation_id == conversation_id
 
 
 async def _bounded(
