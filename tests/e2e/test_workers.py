@@ -75,8 +75,10 @@ async def test_two_workers_share_the_port_and_each_is_a_replica(servers: ServerF
         first.kill()  # a worker dies: the other serves on, and the supervisor starts a new one
         for call in calls:
             call.cancel()
-        stub = chat_pb2_grpc.ChatServiceStub(channels[0])
-        conversation = await stub.CreateConversation(pb.CreateConversationRequest(), metadata=auth)
+        # A new connection: the kernel hands it to a worker that is listening (the dead one's socket is gone).
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options))
+        stub = chat_pb2_grpc.ChatServiceStub(channels[-1])
+        conversation = await stub.CreateConversation(pb.CreateConversationRequest(), metadata=auth, wait_for_ready=True)
         async with asyncio.timeout(30):
             _, last, error = await drain(
                 stub.StreamReply(
