@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,6 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from chat.v1 import chat_pb2 as pb
 from service import logs
 from tests.integration.harness import Replica, running_replica, settings_for
+from tests.net import free_port
 
 
 class _Switchable(SimpleSpanProcessor):
@@ -159,12 +159,6 @@ async def test_errors_set_span_status(database_url: str, spans: InMemorySpanExpo
         # The provider's HTTP request is a child of the model-call span (httpx instrumentation).
         http = [s for s in spans.get_finished_spans() if s.parent and s.parent.span_id == generation.context.span_id]
         assert any(s.kind is SpanKind.CLIENT for s in http), [s.name for s in http]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_metrics_endpoint_is_scraped(database_url: str) -> None:
