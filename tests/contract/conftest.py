@@ -4,20 +4,25 @@ agree, or the unit tests prove things about a world that does not exist."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from service.coaching.state import CoachingSession, Limits
 from service.coaching.wrapup import EndReason, Stage
 from service.domain import Conversation, Lease, Message, MessageStatus, Role, new_id
-from service.ports import UnitOfWorkFactory
+from service.ports import RowsPage, UnitOfWork, UnitOfWorkFactory
 from service.storage.database import Database
 from tests.conftest import empty_database
 from tests.fakes import FakeStorage
 
+T = TypeVar("T")
+LOCK_GRACE_SECONDS = 0.3
 T0 = datetime(2025, 3, 1, 9, 30, 15, 123456, tzinfo=UTC)
 
 
@@ -107,3 +112,56 @@ async def stored(uow: UnitOfWorkFactory, *conversations: Conversation, messages:
         if messages:
             await work.messages.add(*messages)
         await work.commit()
+
+
+async def walk(
+    uow: UnitOfWorkFactory, read: Callable[[UnitOfWork, str | None], Awaitable[RowsPage[T]]]
+) -> list[list[T]]:
+    """Every page of a listing, each read in a unit of work of its own, following the cursors to the end."""
+    pages, after = [], None
+    while True:
+        async with uow() as work:
+            page = await read(work, after)
+        pages.append(list(page.items))
+        if page.cursor is None:
+            return pages
+        after = page.cursor
+
+
+def assert_paged(pages: list[list[T]], whole: Sequence[T], limit: int) -> None:
+    """The pages hold `whole` in order, each item once; every page is full but the last, which is not empty."""
+    assert [item for page in pages for item in page] == list(whole)
+    assert all(len(page) == limit for page in pages[:-1])
+    assert 1 <= len(pages[-1]) <= limit
+
+
+async def locked_twice(
+    uow: UnitOfWorkFactory,
+    read: Callable[[UnitOfWork], Awaitable[T]],
+    write: Callable[[UnitOfWork, T], Awaitable[None]],
+) -> None:
+    """Read-modify-write in two units of work at once, the second starting while the first holds the row it read
+    (`read` locks it): the second's read must wait for the first's commit, or one of the writes is lost."""
+    first_holds, second_read = asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        async with uow() as work:
+            current = await read(work)
+            first_holds.set()
+            # Room for the second read to come back, which only a missing lock lets it do before this commit.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(LOCK_GRACE_SECONDS):
+                    await second_read.wait()
+            await write(work, current)
+            await work.commit()
+
+    async def second() -> None:
+        await first_holds.wait()
+        async with uow() as work:
+            current = await read(work)
+            second_read.set()
+            await write(work, current)
+            await work.commit()
+
+    async with asyncio.timeout(10):
+        await asyncio.gather(first(), second())

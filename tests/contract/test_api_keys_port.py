@@ -9,7 +9,7 @@ import pytest
 
 from service.domain import ApiKey, InvalidArgument
 from service.ports import UnitOfWorkFactory
-from tests.contract.conftest import T0, at
+from tests.contract.conftest import T0, assert_paged, at, walk
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -91,18 +91,9 @@ async def test_list_pages_cover_every_key_once(uow: UnitOfWorkFactory, limit: in
     keys = [api_key() for _ in range(5)]
     await keep(uow, *keys, api_key("bob"))
 
-    pages, after = [], None
-    while True:
-        async with uow() as work:
-            page = await work.api_keys.list(user_id="alice", limit=limit, after=after)
-        pages.append(list(page.items))
-        if page.cursor is None:
-            break
-        after = page.cursor
+    pages = await walk(uow, lambda work, after: work.api_keys.list(user_id="alice", limit=limit, after=after))
 
-    assert [k for items in pages for k in items] == sorted(keys, key=lambda k: k.id)
-    assert all(len(items) == limit for items in pages[:-1])
-    assert 1 <= len(pages[-1]) <= limit
+    assert_paged(pages, sorted(keys, key=lambda k: k.id), limit)
 
 
 @pytest.mark.parametrize("cursor", ["", "not-hex!", "x" * 33])

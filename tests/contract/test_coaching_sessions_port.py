@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from datetime import timedelta
 
@@ -10,8 +9,8 @@ import pytest
 
 from service.coaching.state import CoachingSession
 from service.coaching.wrapup import EndReason, Stage
-from service.ports import UnitOfWorkFactory
-from tests.contract.conftest import at, coaching_session, conversation, stored
+from service.ports import UnitOfWork, UnitOfWorkFactory
+from tests.contract.conftest import at, coaching_session, conversation, locked_twice, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -55,20 +54,11 @@ async def test_update_writes_where_the_session_stands(uow: UnitOfWorkFactory) ->
 
 async def test_get_for_update_serialises_turns(uow: UnitOfWorkFactory) -> None:
     session = await begun(uow)
-    first_holds = asyncio.Event()
 
-    async def take_a_turn(*, hold: asyncio.Event | None, after: asyncio.Event | None) -> None:
-        if after is not None:
-            await after.wait()
-        async with uow() as work:
-            current = await work.coaching_sessions.get(session.id, for_update=True)
-            assert current is not None
-            if hold is not None:
-                hold.set()  # the other turn starts now: its locked read must wait for this commit
-            await work.coaching_sessions.update(dataclasses.replace(current, turns_used=current.turns_used + 1))
-            await work.commit()
+    async def take_a_turn(work: UnitOfWork, current: CoachingSession | None) -> None:
+        assert current is not None
+        await work.coaching_sessions.update(dataclasses.replace(current, turns_used=current.turns_used + 1))
 
-    async with asyncio.timeout(10):
-        await asyncio.gather(take_a_turn(hold=first_holds, after=None), take_a_turn(hold=None, after=first_holds))
+    await locked_twice(uow, lambda work: work.coaching_sessions.get(session.id, for_update=True), take_a_turn)
 
     assert (await fetch(uow, session.id)) == dataclasses.replace(session, turns_used=2)

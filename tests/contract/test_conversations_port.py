@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 
 import pytest
 
 from service.domain import Conversation, DuplicateRequest, InvalidArgument
-from service.ports import UnitOfWorkFactory
-from tests.contract.conftest import T0, at, coaching_session, conversation, message, reply, stored
+from service.ports import UnitOfWork, UnitOfWorkFactory
+from tests.contract.conftest import (
+    T0,
+    assert_paged,
+    at,
+    coaching_session,
+    conversation,
+    locked_twice,
+    message,
+    reply,
+    stored,
+    walk,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -17,17 +27,6 @@ pytestmark = pytest.mark.timeout(30)
 async def fetch(uow: UnitOfWorkFactory, conversation_id: str) -> Conversation | None:
     async with uow() as work:
         return await work.conversations.get(conversation_id)
-
-
-async def all_pages(uow: UnitOfWorkFactory, owner: str, limit: int) -> list[list[str]]:
-    pages, after = [], None
-    while True:
-        async with uow() as work:
-            page = await work.conversations.list_by_owner(owner, limit=limit, after=after)
-        pages.append([c.id for c in page.items])
-        if page.cursor is None:
-            return pages
-        after = page.cursor
 
 
 # ------------------------------------------------------------------------------------------ unit of work
@@ -147,24 +146,15 @@ async def test_touch_and_lock_returns_the_touched_conversation(uow: UnitOfWorkFa
 async def test_get_for_update_serialises_read_modify_write(uow: UnitOfWorkFactory) -> None:
     conv = conversation(title="")
     await stored(uow, conv)
-    first_holds = asyncio.Event()
 
-    async def append(letter: str, *, hold: asyncio.Event | None, after: asyncio.Event | None) -> None:
-        if after is not None:
-            await after.wait()
-        async with uow() as work:
-            current = await work.conversations.get(conv.id, for_update=True)
-            assert current is not None
-            if hold is not None:
-                hold.set()  # the other unit of work starts now: its locked read must wait for this commit
-            await work.conversations.update(dataclasses.replace(current, title=current.title + letter))
-            await work.commit()
+    async def append(work: UnitOfWork, current: Conversation | None) -> None:
+        assert current is not None
+        await work.conversations.update(dataclasses.replace(current, title=current.title + "+"))
 
-    async with asyncio.timeout(10):
-        await asyncio.gather(append("a", hold=first_holds, after=None), append("b", hold=None, after=first_holds))
+    await locked_twice(uow, lambda work: work.conversations.get(conv.id, for_update=True), append)
 
     stored_conv = await fetch(uow, conv.id)
-    assert stored_conv is not None and stored_conv.title == "ab"
+    assert stored_conv is not None and stored_conv.title == "++"
 
 
 async def test_delete_takes_the_messages_and_coaching_sessions_with_it(uow: UnitOfWorkFactory) -> None:
@@ -222,13 +212,11 @@ async def test_list_by_owner_pages_cover_every_conversation_once(uow: UnitOfWork
     convs = [conversation(when=at(i // 2)) for i in range(5)]  # pairs share an update time
     await stored(uow, *convs)
     async with uow() as work:
-        whole = [c.id for c in (await work.conversations.list_by_owner("alice", limit=10, after=None)).items]
+        whole = (await work.conversations.list_by_owner("alice", limit=10, after=None)).items
 
-    pages = await all_pages(uow, "alice", limit)
+    pages = await walk(uow, lambda work, after: work.conversations.list_by_owner("alice", limit=limit, after=after))
 
-    assert [conv_id for page in pages for conv_id in page] == whole
-    assert all(len(page) == limit for page in pages[:-1])
-    assert 1 <= len(pages[-1]) <= limit  # a full last page ends the listing: no empty page after it
+    assert_paged(pages, whole, limit)  # a full last page ends the listing: no empty page after it
 
 
 async def test_a_touch_moves_a_conversation_to_the_front(uow: UnitOfWorkFactory) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from service.domain import InvalidArgument, Message, MessageStatus, Role, SearchHit
 from service.ports import Flush, UnitOfWorkFactory
-from tests.contract.conftest import at, conversation, lease, message, reply, stored
+from tests.contract.conftest import assert_paged, at, conversation, lease, message, reply, stored, walk
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -137,18 +137,10 @@ async def test_search_pages_cover_every_hit_once_in_order(uow: UnitOfWorkFactory
     await stored(uow, conv, messages=added)
     whole = await search(uow, "zebra")
 
-    pages, after = [], None
-    while True:
-        async with uow() as work:
-            page = await work.messages.search("alice", ("zebra",), limit=limit, after=after)
-        pages.append(list(page.items))
-        if page.cursor is None:
-            break
-        after = page.cursor
+    pages = await walk(uow, lambda work, after: work.messages.search("alice", ("zebra",), limit=limit, after=after))
 
-    assert [hit.message.id for items in pages for hit in items] == [hit.message.id for hit in whole]
     assert len(whole) == 7
-    assert all(len(items) == limit for items in pages[:-1])
+    assert_paged([[hit.message.id for hit in page] for page in pages], [hit.message.id for hit in whole], limit)
 
 
 @pytest.mark.parametrize("cursor", ["x", "1.0", "nan|3", "inf|3", "1.0|x"])

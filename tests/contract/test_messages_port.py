@@ -19,7 +19,7 @@ from service.domain import (
     new_id,
 )
 from service.ports import Flush, Held, UnitOfWorkFactory
-from tests.contract.conftest import at, conversation, lease, message, reply, stored
+from tests.contract.conftest import assert_paged, at, conversation, lease, message, reply, stored, walk
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -112,18 +112,9 @@ async def test_list_by_conversation_pages_cover_every_message_once(uow: UnitOfWo
     added = [message(conv, f"m{i}") for i in range(5)]
     await stored(uow, conv, messages=added)
 
-    pages, after = [], None
-    while True:
-        async with uow() as work:
-            page = await work.messages.list_by_conversation(conv.id, limit=limit, after=after)
-        pages.append(page.items)
-        if page.cursor is None:
-            break
-        after = page.cursor
+    pages = await walk(uow, lambda work, after: work.messages.list_by_conversation(conv.id, limit=limit, after=after))
 
-    assert [m for items in pages for m in items] == added
-    assert all(len(items) == limit for items in pages[:-1])
-    assert 1 <= len(pages[-1]) <= limit
+    assert_paged(pages, added, limit)
 
 
 @pytest.mark.parametrize("cursor", ["x", "-1", "1.5", "9" * 19])

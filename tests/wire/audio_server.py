@@ -19,12 +19,11 @@ import io
 import wave
 from dataclasses import dataclass
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from aiohttp import web
 
-from tests.wire.httpserver import WireServer
+from tests.wire.httpserver import Served, WireServer
 from tests.wire.openai_server import authorized, openai_error
 
 
@@ -66,9 +65,11 @@ def parse_multipart(content_type: str, body: bytes) -> Upload:
     return Upload(file, filename, content_type, fields)
 
 
-class AudioServer:
+class AudioServer(Served):
     """Transcribes every upload as `transcript`; speaks every input as `speech` (WAV by default). A non-200
     `status` makes both endpoints fail with an OpenAI error body. With `api_key`, other callers get a 401."""
+
+    base_path = "/v1"
 
     def __init__(
         self, *, transcript: str = "hello there", speech: bytes | None = None, api_key: str | None = None
@@ -85,19 +86,6 @@ class AudioServer:
                 web.route("*", "/{path:.*}", authorized(api_key, self._unknown)),
             ]
         )
-
-    @property
-    def url(self) -> str:
-        return self.http.url + "/v1"
-
-    async def __aenter__(self) -> Self:
-        await self.http.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.http.stop()
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         if self.status != HTTPStatus.OK:

@@ -108,6 +108,30 @@ class WireServer:
         self.client_gone.set()
 
 
+class Served:
+    """A server of the wire-format tests: `async with` serves it, `url` is what clients are configured with."""
+
+    http: WireServer
+    base_path = ""  # where the API lives, in the URL clients are configured with
+
+    @property
+    def url(self) -> str:
+        return self.http.url + self.base_path
+
+    @property
+    def requests(self) -> list[Request]:
+        return self.http.requests
+
+    async def __aenter__(self) -> Self:
+        await self.http.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.stop()
+
+
 def bearer_ok(request: web.Request, api_key: str | None) -> bool:
     """Whether the request carries `Authorization: Bearer <api_key>` (always, without a key)."""
     if api_key is None:
@@ -173,11 +197,10 @@ class ChatScript:
     stall_after: int | None = None  # send nothing more after this many pieces, until the client gives up
 
 
-class ChatServer:
+class ChatServer(Served):
     """What Ollama's and OpenAI's servers share: models, scripts, and playing a script as a stream. Subclasses
     name their routes and spell each part of their wire format."""
 
-    base_path = ""  # where the API lives, in the URL clients are configured with
     chat_path: str
     media_type: str
     garbage: bytes  # a line that is not JSON, as the format frames lines
@@ -220,15 +243,6 @@ class ChatServer:
     # What they share.
 
     @property
-    def url(self) -> str:
-        """The base URL clients are configured with."""
-        return self.http.url + self.base_path
-
-    @property
-    def requests(self) -> list[Request]:
-        return self.http.requests
-
-    @property
     def chat_requests(self) -> list[dict[str, Any]]:
         """The JSON bodies of the chat requests received, oldest first."""
         return [r.json() for r in self.http.requests if r.path == self.chat_path]
@@ -241,15 +255,6 @@ class ChatServer:
     def enqueue(self, *scripts: ChatScript) -> None:
         """Answer the next chat requests with these scripts, in order; then with `script`."""
         self._queued.extend(scripts)
-
-    async def __aenter__(self) -> Self:
-        await self.http.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.http.stop()
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
