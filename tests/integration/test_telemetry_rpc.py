@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from chat.v1 import chat_pb2 as pb
 from service import logs
-from tests.integration.harness import Replica, running_replica, settings_for
+from tests.integration.harness import Replica, running_replica, secret_of, settings_for
 from tests.net import free_port
 
 
@@ -242,7 +242,7 @@ async def _log_content_and_secrets(replica: Replica, read_log: Callable[[], list
     assert len(lines) > 5  # DEBUG: the libraries' lines too
     dump = json.dumps(lines)
     assert marker not in dump
-    assert key.rsplit("_", 1)[1] not in dump
+    assert secret_of(key) not in dump
     assert "Bearer" not in dump
 
     access = [line for line in lines if line["logger"] == "service.access" and line["event"] == "rpc"]
