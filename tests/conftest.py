@@ -6,7 +6,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -71,17 +71,21 @@ async def _truncate(url: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Every repository/RPC test runs on both databases."""
-    if request.param == "sqlite":
+async def empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """The URL of a migrated, empty database of `kind` ("sqlite" or "postgres") for one test."""
+    if kind == "sqlite":
         path = tmp_path / "chat.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        yield f"sqlite+aiosqlite:///{path}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-        await _truncate(url)
-        yield url
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_database")
+    await _truncate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every repository/RPC test runs on both databases."""
+    return await empty_database(request, request.param, tmp_path)
 
 
 NO_SKIPS = os.environ.get("CHAT_TEST_NO_SKIPS", "") not in ("", "0", "false")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from service.domain import (
     Usage,
 )
 from service.ports import Clock, Flush, Held, Provider, RowsPage, UnitOfWorkFactory
+from service.storage import cursors
 
 T = TypeVar("T")
 
@@ -202,10 +204,9 @@ class FakeConversations:
         items = [c for c in self._tx.state.conversations.values() if c.owner == owner]
         items.sort(key=lambda c: (c.update_time, c.id), reverse=True)
         if after is not None:
-            when, _, last_id = after.partition("|")
-            key = (datetime.fromisoformat(when), last_id)
+            key = cursors.read_activity(after)
             items = [c for c in items if (c.update_time, c.id) < key]
-        return _page(items, limit, lambda c: f"{c.update_time.isoformat()}|{c.id}")
+        return _page(items, limit, lambda c: cursors.activity(c.update_time, c.id))
 
     async def update(self, conversation: Conversation) -> None:
         conversations = self._tx.state.conversations
@@ -271,25 +272,28 @@ class FakeMessages:
     async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Message]:
         rows = [r for r in _by_seq(self._rows().values()) if r.message.conversation_id == conversation_id]
         if after is not None:
-            rows = [r for r in rows if r.seq > int(after)]
+            position = cursors.seq(after)
+            rows = [r for r in rows if r.seq > position]
         page = _page(rows, limit, lambda r: str(r.seq))
         return RowsPage([r.message for r in page.items], page.cursor)
 
     async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
-        """Substring matching scored by occurrences: enough for the use case's scoping and paging."""
+        """Whole words, any case, scored by how often they occur: the databases' scoping, order and paging without
+        their stemming and ranking. The excerpt is the whole message with `**` around the words found."""
         state = self._tx.state
         hits = []
         for row in _by_seq(self._rows().values()):
-            m, text = row.message, row.message.content.lower()
-            if m.owner == owner and m.status.is_final and all(t in text for t in terms):
-                score = float(sum(text.count(t) for t in terms))
+            m = row.message
+            words = [w.lower() for w in _WORD.findall(m.content)]
+            if m.owner == owner and m.status.is_final and all(t in words for t in terms):
+                score = float(sum(words.count(t) for t in terms))
                 title = state.conversations[m.conversation_id].title
-                hits.append((score, row.seq, SearchHit(m, title, m.content, score)))
+                hits.append((score, row.seq, SearchHit(m, title, _marked(m.content, terms), score)))
         hits.sort(key=lambda hit: (-hit[0], -hit[1]))
         if after is not None:
-            score, _, seq = after.partition("|")
-            hits = [h for h in hits if (-h[0], -h[1]) > (-float(score), -int(seq))]
-        page = _page(hits, limit, lambda hit: f"{hit[0]!r}|{hit[1]}")
+            score, seq = cursors.read_relevance(after)
+            hits = [h for h in hits if (-h[0], -h[1]) > (-score, -seq)]
+        page = _page(hits, limit, lambda hit: cursors.relevance(hit[0], hit[1]))
         return RowsPage([hit[2] for hit in page.items], page.cursor)
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
@@ -409,6 +413,13 @@ class FakeMessages:
         return changed
 
 
+_WORD = re.compile(r"\w+")
+
+
+def _marked(content: str, terms: tuple[str, ...]) -> str:
+    return _WORD.sub(lambda word: f"**{word[0]}**" if word[0].lower() in terms else word[0], content)
+
+
 def _same_request(stored: Message, new: Message) -> bool:
     # SQL stores an empty request_id as NULL, and NULLs never collide in a unique constraint.
     return bool(new.request_id) and (stored.owner, stored.request_id, stored.role) == (
@@ -434,7 +445,8 @@ class FakeApiKeys:
 
     async def list(self, *, user_id: str | None, limit: int, after: str | None) -> RowsPage[ApiKey]:
         keys = sorted(self._tx.state.api_keys.values(), key=lambda k: k.id)
-        keys = [k for k in keys if (user_id is None or k.user_id == user_id) and (after is None or k.id > after)]
+        last = None if after is None else cursors.key_id(after)
+        keys = [k for k in keys if (user_id is None or k.user_id == user_id) and (last is None or k.id > last)]
         return _page(keys, limit, lambda k: k.id)
 
     async def revoke(self, key_id: str, when: datetime) -> bool:

@@ -143,6 +143,8 @@ class SqlMessages:
         return [_message(r) for r in await self._conn.execute(query)]
 
     async def flush(self, batch: Sequence[Flush]) -> None:
+        if not batch:
+            return  # an executemany of no rows is deprecated in SQLAlchemy (a future error), and writes nothing
         c = messages.c
         statement = (
             messages.update()

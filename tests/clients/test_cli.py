@@ -13,8 +13,8 @@ from chat.v1 import chat_pb2 as pb
 from chat_client import ChatClient
 from tests.clients.proxy import BreakingProxy
 from tests.clients.terminal import TerminalSession, chat_env, run_chat
-from tests.e2e.process import free_port
 from tests.integration.harness import Replica
+from tests.net import free_port
 
 
 async def env_for(replica: Replica, tmp_path: Path, user: str = "alice", **extra: str) -> dict[str, str]:

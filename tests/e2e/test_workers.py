@@ -17,8 +17,9 @@ from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.storage.tables import messages
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.process import BIN, free_port, poll_until
+from tests.e2e.process import BIN, poll_until
 from tests.e2e.test_faults import drain, mint_key
+from tests.net import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(120)]
 CONNECTIONS = 24  # all landing on one of two workers by chance: 2 in 2**23

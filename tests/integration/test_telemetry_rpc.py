@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,7 +20,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from chat.v1 import chat_pb2 as pb
 from service import logs
-from tests.integration.harness import Replica, running_replica, settings_for
+from tests.integration.harness import Replica, running_replica, secret_of, settings_for
+from tests.net import free_port
 
 
 class _Switchable(SimpleSpanProcessor):
@@ -161,12 +161,6 @@ async def test_errors_set_span_status(database_url: str, spans: InMemorySpanExpo
         assert any(s.kind is SpanKind.CLIENT for s in http), [s.name for s in http]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_metrics_endpoint_is_scraped(database_url: str) -> None:
     port = free_port()
     settings = settings_for(database_url, metrics_port=port, rate_limit_per_minute=3)
@@ -248,7 +242,7 @@ async def _log_content_and_secrets(replica: Replica, read_log: Callable[[], list
     assert len(lines) > 5  # DEBUG: the libraries' lines too
     dump = json.dumps(lines)
     assert marker not in dump
-    assert key.rsplit("_", 1)[1] not in dump
+    assert secret_of(key) not in dump
     assert "Bearer" not in dump
 
     access = [line for line in lines if line["logger"] == "service.access" and line["event"] == "rpc"]
