@@ -380,3 +380,82 @@ async def test_the_sweep_leaves_final_messages_alone(uow: UnitOfWorkFactory) -> 
     assert await sweep(uow, now=50) == []
     assert await sweep(uow, now=50, lease_owner="replica-a") == []
     assert (await fetch(uow, in_flight.id)) == finished(in_flight)
+
+
+# ------------------------------------------------------------------------------------------ takeovers
+
+
+async def expired(uow: UnitOfWorkFactory, *, now: float, owner: str | None = None) -> list[Message]:
+    async with uow() as work:
+        return list(await work.messages.expired(at(now), owner=owner))
+
+
+async def take_over(uow: UnitOfWorkFactory, m: Message, owner: str, *, now: float, mine: bool = False) -> Lease | None:
+    async with uow() as work:
+        won = await work.messages.take_over(m, Lease(owner, 0, at(now + 30)), now=at(now), mine=mine)
+        await work.commit()
+    return won
+
+
+async def test_expired_lists_streaming_replies_whose_lease_ran_out_or_that_an_owner_held(
+    uow: UnitOfWorkFactory,
+) -> None:
+    dead = await started(uow, lease("replica-a", 1, until=10))
+    alive = await started(uow, lease("replica-b", 1, until=100))
+
+    assert [m.id for m in await expired(uow, now=20)] == [dead.id]
+    assert [m.id for m in await expired(uow, now=20, owner="replica-b")] == [dead.id, alive.id]
+    assert await expired(uow, now=5) == []
+
+
+async def test_a_takeover_moves_the_epoch_on_records_where_it_continues_and_fences_the_old_owner(
+    uow: UnitOfWorkFactory,
+) -> None:
+    old = lease("replica-a", 1, until=10)
+    m = await started(uow, old)
+    async with uow() as work:
+        await work.messages.flush([progress(m, "partial", old, until=10)])
+        await work.commit()
+
+    won = await take_over(uow, m, "replica-b", now=20)
+
+    assert won == Lease("replica-b", 2, at(50))
+    after = await fetch(uow, m.id)
+    assert after is not None
+    assert (after.status, after.content, after.continued_at) == (MessageStatus.STREAMING, "partial", ((2, 7),))
+    assert await leased(uow, "replica-b") == {m.id: Held(2, False)}
+    async with uow() as work:  # the old owner comes back: fenced
+        await work.messages.flush([progress(m, "partial and more", old)])
+        assert await work.messages.finish(finished(m), old) is False
+        await work.commit()
+    assert (await fetch(uow, m.id)) == after
+
+
+async def test_of_two_takeovers_of_one_reading_exactly_one_wins(uow: UnitOfWorkFactory) -> None:
+    m = await started(uow, lease("replica-a", 1, until=10))
+    (seen,) = await expired(uow, now=20)
+
+    first = await take_over(uow, seen, "replica-b", now=20)
+    second = await take_over(uow, seen, "replica-c", now=20)
+
+    assert first is not None and second is None
+    after = await fetch(uow, m.id)
+    assert after is not None and len(after.continued_at) == 1
+
+
+async def test_a_live_lease_cannot_be_taken_over_except_by_its_own_restarted_owner(uow: UnitOfWorkFactory) -> None:
+    m = await started(uow, lease("replica-a", 1, until=100))
+
+    assert await take_over(uow, m, "replica-b", now=20) is None
+    assert await take_over(uow, m, "replica-a", now=20) is None  # not without `mine`
+    assert await take_over(uow, m, "replica-a", now=20, mine=True) == Lease("replica-a", 2, at(50))
+
+
+async def test_a_final_reply_is_never_taken_over(uow: UnitOfWorkFactory) -> None:
+    held = lease("replica-a", 1, until=10)
+    m = await started(uow, held)
+    async with uow() as work:
+        assert await work.messages.finish(finished(m), held)
+        await work.commit()
+
+    assert await take_over(uow, m, "replica-b", now=20) is None
