@@ -6,6 +6,7 @@ import logging
 from typing import NoReturn
 
 import grpc
+from opentelemetry import trace
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
@@ -80,5 +81,13 @@ async def abort(context: Context, error: BaseException) -> NoReturn:
     if isinstance(error, DomainError):
         status = to_status(error)
         await context.abort(status.code, status.details, status.trailing_metadata)
-    logger.error("unhandled error", exc_info=error)
+    span = trace.get_current_span().get_span_context()
+    logger.error(
+        "unhandled error",
+        exc_info=error,
+        extra={
+            "trace_id": trace.format_trace_id(span.trace_id) if span.is_valid else None,
+            "span_id": trace.format_span_id(span.span_id) if span.is_valid else None,
+        },
+    )
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)

@@ -252,3 +252,59 @@ async def _log_content_and_secrets(replica: Replica, read_log: Callable[[], list
     assert {"trace_id", "span_id", "timestamp"} <= set(line)
     refused = [a for a in access if a["code"] == "UNAUTHENTICATED"]
     assert refused and refused[0]["user"] is None
+
+
+class BrokenModels:
+    """A provider whose model list fails with a bug (not a domain error): what INTERNAL is for."""
+
+    name = "fake"
+    continues = False
+
+    def stream(self, prompt: object) -> Any:
+        raise NotImplementedError
+
+    async def list_models(self) -> Any:
+        raise RuntimeError("a bug")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_an_unhandled_error_is_logged_with_the_calls_trace_id(
+    database_url: str, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_replica(settings_for(database_url), provider=BrokenModels()) as replica:  # type: ignore[arg-type]
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await replica.stub.ListModels(pb.ListModelsRequest(), metadata=await replica.auth("alice"))
+    assert failed.value.code() == grpc.StatusCode.INTERNAL and failed.value.details() == "internal error"
+    server = rpc_span(spans.get_finished_spans(), "ListModels")
+    (record,) = [r for r in caplog.records if r.getMessage() == "unhandled error"]
+    assert record.trace_id == f"{server.context.trace_id:032x}"  # type: ignore[attr-defined]
+    assert record.span_id == f"{server.context.span_id:016x}"  # type: ignore[attr-defined]
+
+
+async def test_cancelled_streams_leave_no_context_errors_in_the_log(
+    slow_replica: Replica, spans: InMemorySpanExporter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """OpenTelemetry's grpc instrumentation logged `ERROR Failed to detach context` for cancelled streams (16 in
+    400): a context attached in a stream's generator was detached from another one when it was closed."""
+    auth = await slow_replica.auth("alice")
+    for _ in range(10):
+        conversation = await slow_replica.conversation("alice")
+        call = slow_replica.stub.StreamReply(
+            pb.StreamReplyRequest(conversation_id=conversation.conversation_id, content="hi"), metadata=auth
+        )
+        started = (await call.read()).event.started
+        await call.read()
+        call.cancel()
+        resumed = slow_replica.stub.ResumeReply(
+            pb.ResumeReplyRequest(message_id=started.assistant_message.message_id), metadata=auth
+        )
+        await resumed.read()
+        resumed.cancel()
+        await slow_replica.stub.CancelReply(
+            pb.CancelReplyRequest(message_id=started.assistant_message.message_id), metadata=auth
+        )
+    assert [s.name for s in spans.get_finished_spans() if s.name.endswith("StreamReply")]  # traced all along
+    noise = [r for r in caplog.records if r.name.startswith("opentelemetry") and r.levelno >= logging.WARNING]
+    assert noise == []
