@@ -6,11 +6,11 @@ import logging
 from typing import NoReturn
 
 import grpc
-from opentelemetry import trace
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from service.domain import (
     DeadlineExceeded,

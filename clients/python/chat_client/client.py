@@ -3,7 +3,6 @@ retries with backoff for idempotent calls, resumable reply streams and typed err
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
@@ -15,7 +14,7 @@ from google.protobuf import field_mask_pb2
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from chat_client.coaching import CoachSession, open_coach_session
-from chat_client.errors import Unimplemented, from_rpc_error
+from chat_client.errors import ChatError, Unimplemented, from_rpc_error
 from chat_client.replies import ReplyStream
 from chat_client.retry import RetryPolicy, retryable
 
@@ -216,22 +215,20 @@ class ChatClient:
             first_index=first_index,
             omit_header=omit_header,
         )
-        failures = 0
-        while True:
-            received = False
-            try:
-                call = self._stub.ExportConversation(request, metadata=self._metadata, timeout=self.stream_timeout)
-                async for chunk in call:
-                    received = True
-                    yield chunk.data
-                return
-            except grpc.RpcError as error:
-                failures += 1
-                failure = from_rpc_error(error)
-                # Restarting is only safe before the caller has seen any bytes.
-                if received or not retryable(failure) or self.retry.gives_up(failures):
-                    raise failure from error
-                await asyncio.sleep(self.retry.delay(failures))
+        received = False
+
+        def restartable(error: BaseException) -> bool:  # only before the caller has seen any bytes
+            return not received and isinstance(error, ChatError) and retryable(error)
+
+        async for attempt in self.retry.retrying(restartable):
+            with attempt:
+                try:
+                    call = self._stub.ExportConversation(request, metadata=self._metadata, timeout=self.stream_timeout)
+                    async for chunk in call:
+                        received = True
+                        yield chunk.data
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from error
 
     # ------------------------------------------------------------------------------- models, coaching
 
@@ -273,13 +270,14 @@ class ChatClient:
 
     async def _unary(self, method: str, request: Any, *, idempotent: bool = True, deadline: float | None = None) -> Any:
         call = getattr(self._stub, method)
-        failures = 0
-        while True:
-            try:
-                return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
-            except grpc.RpcError as error:
-                failures += 1
-                failure = from_rpc_error(error)
-                if not idempotent or not retryable(failure) or self.retry.gives_up(failures):
-                    raise failure from error
-                await asyncio.sleep(self.retry.delay(failures))
+
+        def repeatable(error: BaseException) -> bool:
+            return idempotent and isinstance(error, ChatError) and retryable(error)
+
+        async for attempt in self.retry.retrying(repeatable):
+            with attempt:
+                try:
+                    return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from error
+        raise AssertionError("unreachable: tenacity returns or raises")
