@@ -154,8 +154,8 @@ async def test_prints_the_reply_as_text(server: Replica, node: str) -> None:
         stderr=asyncio.subprocess.PIPE,
         env={
             "PATH": os.environ.get("PATH", ""),
-            "CHAT_ADDRESS": server.address,
-            "CHAT_API_KEY": await server.key("bob"),
+            "CHAT_CLIENT_ADDRESS": server.address,
+            "CHAT_CLIENT_API_KEY": await server.key("bob"),
         },
     )
     async with asyncio.timeout(RUN_LIMIT):

@@ -14,7 +14,7 @@ import { ChatClient, ChatError, type ReplyEvent, type ReplyStream } from "./inde
 const USAGE = `usage: chat-node [--address HOST:PORT] [--api-key KEY] [--json] COMMAND
   ask TEXT [--conversation ID] [--system-prompt TEXT]   send TEXT, stream the reply
   resume MESSAGE_ID [--offset N]                        follow a reply from code point N
-environment: CHAT_ADDRESS (default 127.0.0.1:50051), CHAT_API_KEY
+environment: CHAT_CLIENT_ADDRESS (default 127.0.0.1:50051), CHAT_CLIENT_API_KEY
 exit status: 0 done, 1 the call failed, 2 usage`;
 
 interface Output {
@@ -91,8 +91,8 @@ async function run(client: ChatClient, command: string, argument: string, option
 }
 
 const OPTIONS = {
-  address: { type: "string", default: process.env["CHAT_ADDRESS"] ?? "127.0.0.1:50051" },
-  "api-key": { type: "string", default: process.env["CHAT_API_KEY"] ?? "" },
+  address: { type: "string", default: process.env["CHAT_CLIENT_ADDRESS"] ?? "127.0.0.1:50051" },
+  "api-key": { type: "string", default: process.env["CHAT_CLIENT_API_KEY"] ?? "" },
   json: { type: "boolean", default: false },
   conversation: { type: "string" },
   "system-prompt": { type: "string" },

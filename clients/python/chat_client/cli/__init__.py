@@ -23,19 +23,22 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chat",
         description="Talk to chat-service from a terminal. Without a command: an interactive conversation.",
-        epilog="Settings: flags, then CHAT_ADDRESS / CHAT_API_KEY / CHAT_JWT / CHAT_TLS / CHAT_CA_FILE, "
-        "then the config file (CHAT_CONFIG, default ~/.config/chat/config.toml). "
+        epilog="Settings: flags, then CHAT_CLIENT_ADDRESS / CHAT_CLIENT_API_KEY / CHAT_CLIENT_JWT / CHAT_CLIENT_TLS / "
+        "CHAT_CLIENT_CA_FILE, "
+        "then the config file (CHAT_CLIENT_CONFIG, default ~/.config/chat/config.toml). "
         "Exit status: 0 done, 1 the server refused or failed the request, 2 bad usage, 3 chat-service "
         "unreachable, 4 no or refused credentials, 5 the model provider is unavailable or failed the reply, "
         "130 interrupted.",
     )
-    parser.add_argument("--address", help="host:port of the server (CHAT_ADDRESS, default 127.0.0.1:50051)")
-    parser.add_argument("--api-key", help="API key (CHAT_API_KEY)")
-    parser.add_argument("--jwt", help="a JWT instead of an API key (CHAT_JWT)")
-    parser.add_argument("--tls", action="store_const", const=True, default=None, help="use TLS (CHAT_TLS)")
-    parser.add_argument("--ca-file", help="PEM roots to trust for TLS (CHAT_CA_FILE)")
-    parser.add_argument("--timeout", type=float, help="deadline of each call in seconds (CHAT_TIMEOUT, default 30)")
-    parser.add_argument("--config", help="config file (CHAT_CONFIG)")
+    parser.add_argument("--address", help="host:port of the server (CHAT_CLIENT_ADDRESS, default 127.0.0.1:50051)")
+    parser.add_argument("--api-key", help="API key (CHAT_CLIENT_API_KEY)")
+    parser.add_argument("--jwt", help="a JWT instead of an API key (CHAT_CLIENT_JWT)")
+    parser.add_argument("--tls", action="store_const", const=True, default=None, help="use TLS (CHAT_CLIENT_TLS)")
+    parser.add_argument("--ca-file", help="PEM roots to trust for TLS (CHAT_CLIENT_CA_FILE)")
+    parser.add_argument(
+        "--timeout", type=float, help="deadline of each call in seconds (CHAT_CLIENT_TIMEOUT, default 30)"
+    )
+    parser.add_argument("--config", help="config file (CHAT_CLIENT_CONFIG)")
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
     parser.add_argument("--model", default="", help="model for new conversations")
     parser.add_argument("--persona", default="", help="persona for new conversations")
@@ -99,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         term.error(str(error))
         return failures.EXIT_USAGE
     if not (settings.api_key or settings.jwt):
-        term.error("no credentials: pass --api-key, set CHAT_API_KEY, or put api_key in the config file")
+        term.error("no credentials: pass --api-key, set CHAT_CLIENT_API_KEY, or put api_key in the config file")
         return failures.EXIT_AUTH
     try:
         with SyncChatClient(**client_arguments) as client:
