@@ -45,7 +45,7 @@ def render(template: str, values: dict[str, str]) -> str:
 
 
 class Nginx:
-    def __init__(self, root: Path, replicas: list[str], *, fail_timeout: int) -> None:
+    def __init__(self, root: Path, replicas: list[str]) -> None:
         found = binary()
         if found is None:
             raise FileNotFoundError("nginx is not installed (apt-get install nginx-light)")
@@ -53,7 +53,7 @@ class Nginx:
         self.root = root
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        upstreams = " ".join(f"server {r} max_fails=1 fail_timeout={fail_timeout}s;" for r in replicas)
+        upstreams = " ".join(f"server {replica} max_fails=0;" for replica in replicas)  # as the template advises
         (root / "conf.d").mkdir(parents=True)
         (root / "conf.d" / "chat-service.conf").write_text(
             render(TEMPLATE.read_text(), {"PROXY_LISTEN": self.address, "PROXY_UPSTREAMS": upstreams})

@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+import redis.asyncio
 
 from tests.e2e.conftest import ServerFactory
 from tests.e2e.process import poll_until
@@ -31,6 +32,20 @@ async def stream_opens(client: Client, message_id: str) -> bool:
         call.cancel()
 
 
+async def renewed_once(url: str, key: str) -> None:
+    """Until the one stream in `key` has had its expiry pushed back by its replica."""
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        [(_, first)] = await client.zrange(key, 0, -1, withscores=True)
+
+        async def renewed() -> bool:
+            return any(score > first for _, score in await client.zrange(key, 0, -1, withscores=True))
+
+        await poll_until(renewed, within=STREAM_TTL * 2, interval=0.05)
+    finally:
+        await client.aclose()
+
+
 async def test_the_streams_of_a_killed_replica_free_themselves_within_the_ttl(
     servers: ServerFactory, postgres_database: str, redis_server: str, redis_prefix: str
 ) -> None:
@@ -48,6 +63,7 @@ async def test_the_streams_of_a_killed_replica_free_themselves_within_the_ttl(
         call = on_a.stream(await on_a.conversation(), "hold the only slot")
         message_id = (await call.read()).event.started.assistant_message.message_id
         assert not await stream_opens(on_b, message_id)  # A's stream counts on B
+        await renewed_once(redis_server, f"{redis_prefix}streams:dies-with-streams")  # A keeps it alive
 
         a.signal(signal.SIGKILL)
         killed = time.monotonic()
