@@ -25,10 +25,11 @@ from service.coaching.store import SessionStore
 from service.coaching.voice import Voice
 from service.domain import Principal
 from service.jwt_auth import JwtVerifier, authenticator
-from service.limits import RateLimiter
+from service.limits import RateLimiter, ReplicaLimits, UserLimits
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, Synthesizer, Transcriber
+from service.redis_limits import RedisLimits
 from service.replies import Replies, ReplyLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
@@ -66,7 +67,7 @@ class Dependencies:
     synthesizer: Synthesizer
     # --- security and observability
     authenticate: Callable[[str], Awaitable[Principal]] | None = None
-    rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=0, max_streams=0))
+    rate_limiter: UserLimits = field(default_factory=lambda: ReplicaLimits(RateLimiter(per_minute=0, max_streams=0)))
     metrics: telemetry.Metrics = field(default_factory=telemetry.noop_metrics)
     metrics_endpoint: telemetry.MetricsEndpoint | None = None
     page_tokens: PageTokens = field(default_factory=PageTokens)
@@ -80,6 +81,7 @@ class Dependencies:
         await self.provider.aclose()
         await self.notifications.close()
         await self.database.dispose()
+        await self.rate_limiter.aclose()
 
 
 async def page_token_secret(settings: Settings, database: Database) -> bytes:
@@ -182,13 +184,27 @@ def build(
         transcriber,
         synthesizer,
         authenticate=authenticator(api_keys.authenticate, jwts),
-        rate_limiter=RateLimiter(
-            per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams
-        ),
+        rate_limiter=user_limits(settings),
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
         page_tokens=tokens,
         model_calls=model_calls,
+    )
+
+
+def user_limits(settings: Settings) -> UserLimits:
+    """Per replica, or shared by the replicas through Redis (with the replica's own as the fallback)."""
+    local = RateLimiter(per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams)
+    if not settings.redis_url:
+        return ReplicaLimits(local)
+    return RedisLimits.connect(
+        settings.redis_url,
+        local,
+        timeout=settings.redis_timeout_seconds,
+        prefix=settings.redis_key_prefix,
+        per_minute=settings.rate_limit_per_minute,
+        max_streams=settings.max_concurrent_streams,
+        stream_ttl=settings.redis_stream_ttl_seconds,
     )
 
 

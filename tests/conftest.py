@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -19,6 +20,8 @@ from service.storage.tables import metadata
 
 POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("CHAT_TEST_REQUIRE_POSTGRES", "") not in ("", "0", "false")
+REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_REDIS = os.environ.get("CHAT_TEST_REQUIRE_REDIS", "") not in ("", "0", "false")
 
 
 def _off_loop(function, *args):  # type: ignore[no-untyped-def]
@@ -51,6 +54,34 @@ def postgres_database() -> Iterator[str]:
     _off_loop(migrate.upgrade, url)
     yield url
     _off_loop(asyncio.run, _postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The shared Redis server's URL (CHAT_TEST_REDIS_URL); tests keep to their own keys (`redis_prefix`)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        if REQUIRE_REDIS:
+            pytest.fail(f"Redis is required (CHAT_TEST_REQUIRE_REDIS=1) but unreachable: {error}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL} ({type(error).__name__}); set CHAT_TEST_REDIS_URL")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix of this test's own (CHAT_REDIS_KEY_PREFIX), its keys deleted afterwards."""
+    prefix = f"chat-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_server, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")
