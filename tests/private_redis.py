@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from tests.e2e.process import free_port
+from tests.net import free_port
 
 
 class PrivateRedis:

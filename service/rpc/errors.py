@@ -90,4 +90,10 @@ async def abort(context: Context, error: BaseException) -> NoReturn:
             "span_id": trace.format_span_id(span.span_id) if span.is_valid else None,
         },
     )
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    # With an ErrorInfo, as every status this service sends: a client tells it from an INTERNAL a proxy made
+    # up when a stream was reset (which a read may resume), by the details.
+    info = error_details_pb2.ErrorInfo(reason=grpc.StatusCode.INTERNAL.name, domain=DOMAIN)
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE, details=[_pack(info)])
+    )
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -30,7 +30,8 @@ from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.limits import RateLimiter, ReplicaLimits, UserLimits
 from service.redis_limits import RedisLimits
-from tests.e2e.process import Server, command, free_port
+from tests.e2e.process import Server, command
+from tests.net import free_port
 
 HIGH = 10**9  # a rate no benchmark reaches: every check passes
 Call = Callable[[], Awaitable[object]]

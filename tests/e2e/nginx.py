@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.process import free_port
+from tests.net import free_port
 
 TEMPLATE = Path(__file__).parents[2] / "deploy" / "nginx" / "chat-service.conf.template"
 

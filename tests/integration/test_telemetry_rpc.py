@@ -19,6 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from chat.v1 import chat_pb2 as pb
+from chat_client.errors import from_rpc_error
 from service import logs
 from tests.integration.harness import Replica, running_replica, secret_of, settings_for
 from tests.net import free_port
@@ -277,6 +278,8 @@ async def test_an_unhandled_error_is_logged_with_the_calls_trace_id(
         with pytest.raises(grpc.aio.AioRpcError) as failed:
             await replica.stub.ListModels(pb.ListModelsRequest(), metadata=await replica.auth("alice"))
     assert failed.value.code() == grpc.StatusCode.INTERNAL and failed.value.details() == "internal error"
+    # Its ErrorInfo tells it from an INTERNAL a proxy makes up for a reset stream (which clients resume).
+    assert from_rpc_error(failed.value).reason == "INTERNAL"
     server = rpc_span(spans.get_finished_spans(), "ListModels")
     (record,) = [r for r in caplog.records if r.getMessage() == "unhandled error"]
     assert record.trace_id == f"{server.context.trace_id:032x}"  # type: ignore[attr-defined]

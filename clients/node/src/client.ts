@@ -24,6 +24,8 @@ export const DEFAULT_PROTOS_DIR = path.resolve(__dirname, "..", "..", "..", "pro
 
 /** ErrorInfo reasons of a reply whose model failed: every reader gets that status, so resuming cannot help. */
 const MODEL_REASONS = new Set(["MODEL_UNAVAILABLE", "MODEL_FAILED"]);
+/** How a proxy (nginx, Envoy) in front of a replica that died ends a stream: reset (INTERNAL) or no status. */
+const PROXY_BREAKS = new Set<grpc.status>([grpc.status.INTERNAL, grpc.status.UNKNOWN]);
 
 export interface RetryPolicy {
   /** Attempts to resume a broken reply stream before giving up. */
@@ -142,8 +144,8 @@ export class ChatClient {
 class StreamBroken extends Error {}
 
 /**
- * A reply as an async iterable of events. When the connection breaks (UNAVAILABLE, or a stream that ends
- * before `completed`), it calls ResumeReply from `text.offset`, the code points received so far, so the
+ * A reply as an async iterable of events. When the connection breaks (UNAVAILABLE, a stream a proxy reset, or a
+ * stream that ends before `completed`), it calls ResumeReply from `text.offset`, the code points received so far, so the
  * deltas it yields concatenate to the reply exactly once. If the replica writing the reply stopped and another
  * continued it from stored text short of what this stream had received, a `rewind` event says where the text
  * is replaced from (`text` is kept exact: it always ends as the stored reply). A reply whose model failed is not resumed: its
@@ -227,12 +229,24 @@ export class ReplyStream implements AsyncIterable<ReplyEvent> {
     }
   }
 
+  /**
+   * A read may be resumed after UNAVAILABLE (unless the model failed), or after a break a proxy reported rather
+   * than the server: a reset stream (INTERNAL) or one closed without a status (UNKNOWN), with no ErrorInfo
+   * (every status chat-service sends has one).
+   */
   private resumable(error: unknown): boolean {
     if (error instanceof StreamBroken) {
       return true;
     }
-    return error instanceof ChatError && error.code === grpc.status.UNAVAILABLE && !MODEL_REASONS.has(error.reason);
+    if (!(error instanceof ChatError)) {
+      return false;
+    }
+    if (error.code === grpc.status.UNAVAILABLE) {
+      return !MODEL_REASONS.has(error.reason);
+    }
+    return PROXY_BREAKS.has(error.code) && !error.reason;
   }
+
 
   private *accept(event: ReplyEvent__Output | null): Generator<ReplyEvent> {
     if (event?.started) {

@@ -15,6 +15,18 @@ from chat_client.errors import ChatError, ModelUnavailable
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
 
 
+# How a stream's end looks when a proxy between client and server (nginx, Envoy, HAProxy) lost the server: it
+# resets the stream (INTERNAL) or closes it without a status (UNKNOWN). chat-service's own statuses always
+# carry an ErrorInfo, so one without is a transport break.
+PROXY_BREAKS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def resumable(error: ChatError) -> bool:
+    """Whether a broken reply stream may be resumed (a read: resuming repeats nothing): a retryable error, or
+    a break a proxy reported rather than the server."""
+    return retryable(error) or (error.code in PROXY_BREAKS and not error.reason)
+
+
 def retryable(error: ChatError) -> bool:
     """Whether a failed call may be tried again: UNAVAILABLE, unless chat-service answered that its model
     provider is down. The call got through then; repeating it at once only delays that answer."""
