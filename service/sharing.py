@@ -44,7 +44,8 @@ class Sharing:
         conversation_id = check_id("conversation_id", conversation_id)
         user_id = _user_id(user_id)
         async with self._uow() as uow:
-            conversation = await conversation_for(uow, principal, conversation_id, Need.WRITE)
+            # Locked: two shares with the same user at once store one grant, and the second returns it.
+            conversation = await conversation_for(uow, principal, conversation_id, Need.WRITE, for_update=True)
             if user_id == conversation.owner:
                 raise InvalidArgument.field("user_id", "is the conversation's owner, who has every access already")
             share = await uow.shares.add(Share(conversation_id, user_id, role, self._clock()))

@@ -25,6 +25,7 @@ from service.domain import (
     InvalidArgument,
     Message,
     Need,
+    NotFound,
     Principal,
     Role,
     attachment_tokens,
@@ -104,7 +105,7 @@ class Attachments:
     async def download(self, principal: Principal, attachment_id: str) -> Download:
         """DownloadAttachment: the metadata (access checked as for `get`), and the bytes to stream."""
         attachment = await self.get(principal, attachment_id)
-        return Download(attachment, self._store.get(attachment.id))
+        return Download(attachment, _whole(attachment, self._store.get(attachment.id)))
 
     async def delete(self, principal: Principal, attachment_id: str) -> None:
         """DeleteAttachment (the owner only): messages that carried it no longer do."""
@@ -173,6 +174,17 @@ def _filename(value: str) -> str:
 
 async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
+
+
+async def _whole(attachment: Attachment, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The stored bytes, ending in an error rather than quietly short when the store lost some of them."""
+    sent = 0
+    async for chunk in chunks:
+        sent += len(chunk)
+        yield chunk
+    if sent != attachment.size_bytes:
+        logger.error("attachment %s has %d of its %d bytes in the store", attachment.id, sent, attachment.size_bytes)
+        raise NotFound("the attachment's bytes are missing from the attachment store")
 
 
 # ------------------------------------------------------------------------------------- files of a message

@@ -283,6 +283,18 @@ async def test_the_owner_gets_and_downloads_an_attachment(service: Service) -> N
     assert b"".join([chunk async for chunk in download.chunks]) == png()
 
 
+async def test_a_download_whose_bytes_the_store_lost_ends_in_an_error_not_a_short_file(service: Service) -> None:
+    attachment = await upload(service, png(), "image/png")
+    service.store.blobs[attachment.id] = png()[:10]
+
+    download = await service.attachments.download(ALICE, attachment.id)
+    received = b""
+    with pytest.raises(NotFound, match="missing from the attachment store"):
+        async for chunk in download.chunks:
+            received += chunk
+    assert received == png()[:10]
+
+
 async def test_another_user_may_not_get_download_use_or_delete_an_attachment(service: Service) -> None:
     attachment = await upload(service, png(), "image/png")
     conversation = await conversation_of(service, BOB)
