@@ -325,7 +325,8 @@ class Replies:
     ) -> _Reply:
         """One transaction on the first-token path, in as few round trips as it can: lock and touch the
         conversation (one statement), look for an earlier attempt (only for a request id the client chose), read
-        the history, insert both messages (one statement), commit."""
+        the history, insert both messages (one statement), read the files the history carries (one statement; the
+        new message's files are checked and linked first, when it has any), commit."""
         now = self._clock()
         # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
         later = now + timedelta(microseconds=1)

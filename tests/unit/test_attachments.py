@@ -288,11 +288,15 @@ async def test_a_download_whose_bytes_the_store_lost_ends_in_an_error_not_a_shor
     service.store.blobs[attachment.id] = png()[:10]
 
     download = await service.attachments.download(ALICE, attachment.id)
-    received = b""
-    with pytest.raises(NotFound, match="missing from the attachment store"):
+    received: list[bytes] = []
+
+    async def read_all() -> None:
         async for chunk in download.chunks:
-            received += chunk
-    assert received == png()[:10]
+            received.append(chunk)
+
+    with pytest.raises(NotFound, match="missing from the attachment store"):
+        await read_all()
+    assert b"".join(received) == png()[:10]
 
 
 async def test_another_user_may_not_get_download_use_or_delete_an_attachment(service: Service) -> None:
