@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
+from service.auth import check_user_id
 from service.domain import (
     Conversation,
     InvalidArgument,
@@ -28,8 +29,6 @@ from service.domain import (
 from service.pagination import PageTokens, page_size
 from service.ports import UnitOfWork, UnitOfWorkFactory
 
-USER_ID_MAX = 128  # the column's size (service/storage/tables.py)
-
 
 class Sharing:
     def __init__(self, uow: UnitOfWorkFactory, tokens: PageTokens, *, clock: Callable[[], datetime]) -> None:
@@ -42,7 +41,7 @@ class Sharing:
     ) -> Share:
         """ShareConversation (the owner only): the grant, or the one `user_id` already had."""
         conversation_id = check_id("conversation_id", conversation_id)
-        user_id = _user_id(user_id)
+        user_id = check_user_id(user_id)  # as API keys and JWTs name users
         async with self._uow() as uow:
             # Locked: two shares with the same user at once store one grant, and the second returns it.
             conversation = await conversation_for(uow, principal, conversation_id, Need.WRITE, for_update=True)
@@ -55,7 +54,7 @@ class Sharing:
     async def unshare(self, principal: Principal, conversation_id: str, user_id: str) -> None:
         """UnshareConversation (the owner only): `user_id` can no longer read the conversation."""
         conversation_id = check_id("conversation_id", conversation_id)
-        user_id = _user_id(user_id)
+        user_id = check_user_id(user_id)
         async with self._uow() as uow:
             await conversation_for(uow, principal, conversation_id, Need.WRITE)
             if not await uow.shares.remove(conversation_id, user_id):
@@ -94,11 +93,3 @@ async def conversation_for(
     await authorize(uow, principal, conversation, "conversation", need)
     assert conversation is not None
     return conversation
-
-
-def _user_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument.field("user_id", "is required")
-    if len(value) > USER_ID_MAX or not value.isprintable():
-        raise InvalidArgument.field("user_id", f"must be at most {USER_ID_MAX} printable characters")
-    return value
