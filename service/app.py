@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
 from service import audio, llm, telemetry
+from service.attachments import Attachments
+from service.attachments.prompts import FileReadingProvider
 from service.auth import REVOKED_CHANNEL, ApiKeys
 from service.chat import Conversations, ModelCatalog
 from service.coaching.classifier import FinishClassifier
@@ -35,8 +37,10 @@ from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import Guards, ServiceInterceptor
 from service.settings import Settings
+from service.sharing import Sharing
 from service.startup import CannotStart
 from service.storage import migrate
+from service.storage.attachments import DatabaseAttachmentStore
 from service.storage.database import Database
 from service.storage.notifications import notifications_for
 from service.storage.shared_secrets import shared_secret
@@ -65,6 +69,8 @@ class Dependencies:
     coaching: Coaching
     transcriber: Transcriber
     synthesizer: Synthesizer
+    attachments: Attachments
+    sharing: Sharing
     # --- security and observability
     authenticate: Callable[[str], Awaitable[Principal]] | None = None
     rate_limiter: UserLimits = field(default_factory=lambda: ReplicaLimits(RateLimiter(per_minute=0, max_streams=0)))
@@ -122,9 +128,11 @@ def build(
         max_continuations=settings.max_continuations,
     )
     uow = database.unit_of_work
+    # The database holds attachments' bytes; an object store would be another `ports.AttachmentStore` here.
+    attachment_store = DatabaseAttachmentStore(database)
     replies = Replies(
         uow,
-        provider,
+        FileReadingProvider(provider, attachment_store),
         personas,
         replica_id=settings.resolved_replica_id,
         clock=clock,
@@ -183,6 +191,8 @@ def build(
         coaching,
         transcriber,
         synthesizer,
+        Attachments(uow, attachment_store, clock=clock, max_bytes=settings.max_attachment_bytes),
+        Sharing(uow, tokens, clock=clock),
         authenticate=authenticator(api_keys.authenticate, jwts),
         rate_limiter=user_limits(settings),
         metrics=metrics,
@@ -294,6 +304,8 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
             deps.conversations,
             deps.replies,
             deps.coaching,
+            attachments=deps.attachments,
+            sharing=deps.sharing,
             default_model=settings.resolved_model,
             link_to_generation=deps.model_calls.link_to_generation if deps.model_calls else lambda _: None,
         ),

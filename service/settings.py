@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     flush_interval_ms: int = Field(250, ge=10, le=250, description="partial reply flush period")
     lease_seconds: float = Field(10.0, gt=0, description="lease on a reply in flight, renewed on flush")
 
+    # --- attachments
+    max_attachment_bytes: int = Field(
+        5 * 1024 * 1024, gt=0, le=64 * 1024 * 1024, description="largest attachment accepted by UploadAttachment"
+    )
+
     # --- personas
     personas_file: Path | None = Field(None, description="TOML file adding/overriding personas")
 

@@ -55,6 +55,7 @@ def conversation(c: Conversation) -> pb.Conversation:
         system_prompt=c.system_prompt,
         create_time=timestamp(c.create_time),
         update_time=timestamp(c.update_time),
+        owner_user_id=c.owner,
     )
 
 
@@ -73,6 +74,7 @@ def message(m: Message) -> pb.Message:
         request_id=m.request_id,
         error_message=m.error_message,
         continuations=len(m.continued_at),
+        attachment_ids=m.attachment_ids,
     )
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.domain import (
     ApiKey,
     Conversation,
+    ConversationScope,
     DuplicateRequest,
     FinishReason,
     Lease,
@@ -25,7 +26,7 @@ from service.domain import (
 from service.ports import Flush, Held, RowsPage
 from service.storage import cursors
 from service.storage.search import search_postgres, search_sqlite
-from service.storage.tables import api_keys, conversations, messages
+from service.storage.tables import api_keys, conversation_shares, conversations, message_attachments, messages
 
 STREAMING = MessageStatus.STREAMING.value
 T = TypeVar("T")
@@ -84,6 +85,13 @@ class SqlConversations:
 
     async def delete(self, conversation_id: str) -> None:
         # Explicit, so it holds whether or not the database enforces the foreign key's cascade.
+        in_conversation = sa.select(messages.c.id).where(messages.c.conversation_id == conversation_id)
+        await self._conn.execute(
+            message_attachments.delete().where(message_attachments.c.message_id.in_(in_conversation))
+        )
+        await self._conn.execute(
+            conversation_shares.delete().where(conversation_shares.c.conversation_id == conversation_id)
+        )
         await self._conn.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
         await self._conn.execute(conversations.delete().where(conversations.c.id == conversation_id))
 
@@ -121,9 +129,17 @@ class SqlMessages:
         page = _page(rows, limit, lambda row: str(row.seq))
         return RowsPage([_message(r) for r in page.items], page.cursor)
 
-    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
+    async def search(
+        self,
+        user_id: str,
+        terms: tuple[str, ...],
+        *,
+        limit: int,
+        after: str | None,
+        scope: ConversationScope = ConversationScope.OWNED,
+    ) -> RowsPage[SearchHit]:
         run = search_sqlite if self._conn.dialect.name == "sqlite" else search_postgres
-        rows = await run(self._conn, owner, terms, limit=limit + 1, after=after)
+        rows = await run(self._conn, user_id, terms, limit=limit + 1, after=after, scope=scope)
         page = _page(rows, limit, lambda hit: cursors.relevance(float(hit[0].score), hit[0].seq))
         hits = [
             SearchHit(_message(row), row.conversation_title, snippet, float(row.score)) for row, snippet in page.items

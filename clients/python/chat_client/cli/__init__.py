@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from chat_client import config
-from chat_client.cli import commands, failures
+from chat_client.cli import commands, failures, sharing
 from chat_client.cli.exporting import ExportError
 from chat_client.cli.interactive import Session
 from chat_client.cli.terminal import Terminal
@@ -48,10 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("text")
     ask.add_argument("--conversation", help="continue this conversation (default: a new one)")
     ask.add_argument("--title", default="", help="title of the new conversation")
+    ask.add_argument(
+        "--attach",
+        action="append",
+        metavar="FILE",
+        help="send FILE with the question (an image or text; repeatable)",
+    )
     ask.set_defaults(run=commands.ask)
 
     listing = sub.add_parser("conversations", help="list your conversations, newest first")
     listing.add_argument("--limit", type=int, default=50)
+    _scope_options(listing, "list")
     listing.set_defaults(run=commands.conversations)
 
     history = sub.add_parser("history", help="show a conversation's messages")
@@ -70,7 +77,27 @@ def _parser() -> argparse.ArgumentParser:
     search = sub.add_parser("search", help="full-text search over your messages")
     search.add_argument("query")
     search.add_argument("--limit", type=int, default=20)
+    _scope_options(search, "search")
     search.set_defaults(run=commands.search)
+
+    share = sub.add_parser("share", help="let USER read one of your conversations")
+    share.add_argument("conversation_id")
+    share.add_argument("user")
+    share.set_defaults(run=sharing.share)
+
+    unshare = sub.add_parser("unshare", help="take USER's access to one of your conversations back")
+    unshare.add_argument("conversation_id")
+    unshare.add_argument("user")
+    unshare.set_defaults(run=sharing.unshare)
+
+    shares = sub.add_parser("shares", help="who one of your conversations is shared with")
+    shares.add_argument("conversation_id")
+    shares.set_defaults(run=sharing.shares)
+
+    download = sub.add_parser("download", help="download an attachment")
+    download.add_argument("attachment_id")
+    download.add_argument("--output", "-o", help="write to FILE instead of stdout")
+    download.set_defaults(run=sharing.download)
 
     coach = sub.add_parser("coach", help="a coaching session with PERSONA")
     coach.add_argument("persona")
@@ -80,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="models the server offers")
     models.set_defaults(run=commands.models)
     return parser
+
+
+def _scope_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "--shared", dest="scope", action="store_const", const="shared", help=f"{verb} what others shared with you"
+    )
+    scope.add_argument(
+        "--all", dest="scope", action="store_const", const="all", help=f"{verb} yours and what is shared with you"
+    )
+    parser.set_defaults(scope="owned")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
