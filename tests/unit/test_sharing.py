@@ -72,7 +72,7 @@ async def create(service: Service, principal: Principal = ALICE, title: str = "t
 
 async def shared_with_bob(service: Service) -> Conversation:
     conversation = await create(service)
-    await service.replies.send(ALICE, conversation.id, "tell me about narwhals", "", background=False)
+    await service.replies.send(ALICE, conversation.id, "tell me about a narwhal", "", background=False)
     await service.sharing.share(ALICE, conversation.id, "bob")
     return conversation
 
@@ -160,7 +160,7 @@ async def test_a_viewer_reads_the_conversation_its_messages_and_its_export(servi
         ALICE, conversation.id
     )
     messages = (await service.conversations.messages(BOB, conversation.id, 0, "")).items
-    assert [m.content for m in messages] == ["tell me about narwhals", "a narwhal story"]
+    assert [m.content for m in messages] == ["tell me about a narwhal", "a narwhal story"]
     exported = "".join([p async for p in service.conversations.export(BOB, conversation.id, ExportFormat.CSV)])
     assert "a narwhal story" in exported
 
@@ -257,6 +257,6 @@ async def test_search_covers_shared_conversations_only_when_asked(service: Servi
         return sorted(hit.message.content for hit in page.items)
 
     assert await found(BOB, ConversationScope.OWNED) == ["a narwhal story", "my own narwhal"]
-    assert await found(BOB, ConversationScope.SHARED) == ["a narwhal story", "tell me about narwhals"]
+    assert await found(BOB, ConversationScope.SHARED) == ["a narwhal story", "tell me about a narwhal"]
     assert len(await found(BOB, ConversationScope.ALL)) == 4
     assert await found(CAROL, ConversationScope.ALL) == []
