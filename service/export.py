@@ -113,8 +113,19 @@ class JsonWriter:
         return "\n]}\n"
 
 
+# A cell a spreadsheet would read as a formula (OWASP "CSV injection"): a message is the user's or the model's
+# words, never a formula, so such a cell is made text with a leading apostrophe (what spreadsheets show as text).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def inert(text: str) -> str:
+    """`text` as a spreadsheet cell that cannot run: a leading formula character gets an apostrophe before it."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
 class CsvWriter:
-    """RFC 4180: CRLF line ends, fields quoted when they hold a comma, a quote or a line break."""
+    """RFC 4180: CRLF line ends, fields quoted when they hold a comma, a quote or a line break; message text
+    that a spreadsheet would run as a formula is made inert (see `inert`)."""
 
     def __init__(self, *, first_index: int = 1, header: bool = True) -> None:
         self._index = first_index
@@ -129,7 +140,7 @@ class CsvWriter:
         return self._rows([CSV_HEADER]) if self._header else ""
 
     def messages(self, page: Sequence[Message]) -> str:
-        rows = [(self._index + i, m.role.value, m.content, _time(m.create_time)) for i, m in enumerate(page)]
+        rows = [(self._index + i, m.role.value, inert(m.content), _time(m.create_time)) for i, m in enumerate(page)]
         self._index += len(page)
         return self._rows(rows)
 

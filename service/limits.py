@@ -1,14 +1,47 @@
-"""Per-user rate limits on one replica: a token bucket of requests per minute, and concurrent streams."""
+"""Per-user limits: requests per minute (a token bucket) and concurrent streams.
+
+`RateLimiter` counts on one replica, in memory. The interceptor sees the limits through `UserLimits`: per
+replica (`ReplicaLimits`), or shared by every replica through Redis (service/redis_limits.py).
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from service.domain import ResourceExhausted
 
 _PRUNE_AT = 10_000  # buckets kept before full (idle) ones are dropped
+STREAM_RETRY_SECONDS = 1.0  # a refused stream's RetryInfo: nobody knows when another stream will end
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSlot:
+    """One open stream's place in its user's count: `stream_id` names it in a shared count ("" when only this
+    replica counts it)."""
+
+    user: str
+    stream_id: str = ""
+
+
+class UserLimits(Protocol):
+    """What the interceptor asks of the limits: a request per call and per further client message, a slot per
+    open stream. Refusals are ResourceExhausted with the time until a retry may succeed."""
+
+    async def check_request(self, user: str) -> None: ...
+
+    async def open_stream(self, user: str) -> StreamSlot: ...
+
+    def close_stream(self, slot: StreamSlot) -> None:
+        """Give a slot back; never waits (it runs as a stream ends, cancelled or not)."""
+
+    @property
+    def open_streams(self) -> int:
+        """Streams open on this replica."""
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -43,16 +76,14 @@ class RateLimiter:
         bucket.updated = now
         if bucket.tokens < 1.0:
             retry_after = (1.0 - bucket.tokens) / self._rate
-            raise ResourceExhausted(
-                f"rate limit of {int(self._capacity)} requests per minute reached", retry_after=retry_after
-            )
+            raise rate_exceeded(int(self._capacity), retry_after)
         bucket.tokens -= 1.0
 
     def open_stream(self, user: str) -> None:
         """Take one of the user's stream slots (give it back with `close_stream`), or raise ResourceExhausted."""
         open_now = self._streams.get(user, 0)
         if self._max_streams and open_now >= self._max_streams:
-            raise ResourceExhausted(f"at most {self._max_streams} streams may be open at once", retry_after=1.0)
+            raise streams_exceeded(self._max_streams)
         self._streams[user] = open_now + 1
 
     def close_stream(self, user: str) -> None:
@@ -70,3 +101,35 @@ class RateLimiter:
         full = [u for u, b in self._buckets.items() if b.tokens + (now - b.updated) * self._rate >= self._capacity]
         for user in full:
             del self._buckets[user]
+
+
+class ReplicaLimits:
+    """`UserLimits` kept by this replica alone: a user spread over N replicas gets up to N times the limits."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self._limiter = limiter
+
+    async def check_request(self, user: str) -> None:
+        self._limiter.check_request(user)
+
+    async def open_stream(self, user: str) -> StreamSlot:
+        self._limiter.open_stream(user)
+        return StreamSlot(user)
+
+    def close_stream(self, slot: StreamSlot) -> None:
+        self._limiter.close_stream(slot.user)
+
+    @property
+    def open_streams(self) -> int:
+        return self._limiter.open_streams
+
+    async def aclose(self) -> None:
+        return None
+
+
+def rate_exceeded(per_minute: int, retry_after: float) -> ResourceExhausted:
+    return ResourceExhausted(f"rate limit of {per_minute} requests per minute reached", retry_after=retry_after)
+
+
+def streams_exceeded(max_streams: int) -> ResourceExhausted:
+    return ResourceExhausted(f"at most {max_streams} streams may be open at once", retry_after=STREAM_RETRY_SECONDS)

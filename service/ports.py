@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
 from service.coaching.state import CoachingSession
-from service.domain import ApiKey, Completion, Conversation, Lease, Message, ModelInfo, Prompt, SearchHit
+from service.domain import (
+    ApiKey,
+    Attachment,
+    Completion,
+    Conversation,
+    ConversationScope,
+    Lease,
+    Message,
+    ModelInfo,
+    Prompt,
+    SearchHit,
+    Share,
+)
 
 T = TypeVar("T")
 
@@ -25,6 +37,8 @@ class Provider(Protocol):
     name: str
     # Whether `stream` can continue a partial reply (`Prompt.prefix`): the model writes on from that text.
     continues: bool
+    # Whether the backend's models can be sent images (`ChatTurn.images`).
+    takes_images: bool
 
     def stream(self, prompt: Prompt) -> AsyncIterator[str | Completion]:
         """Yield the reply's text pieces in order, then exactly one `Completion`. With `prompt.prefix`, the text
@@ -177,9 +191,18 @@ class MessageRepository(Protocol):
         """Delete `message_id` and every message under it; how many were deleted."""
         ...
 
-    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
-        """The owner's messages in a final state that contain every term, most relevant first, on any branch (each
-        hit says whether it is on its conversation's current branch)."""
+    async def search(
+        self,
+        user_id: str,
+        terms: tuple[str, ...],
+        *,
+        limit: int,
+        after: str | None,
+        scope: ConversationScope = ConversationScope.OWNED,
+    ) -> RowsPage[SearchHit]:
+        """Messages in a final state that contain every term, most relevant first, from the conversations `scope`
+        gives `user_id` (theirs, shared with them, or both), on every branch (each hit says whether it is on
+        its conversation's current branch)."""
         ...
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
@@ -266,6 +289,78 @@ class CoachingSessionRepository(Protocol):
         ...
 
 
+class AttachmentRepository(Protocol):
+    """Attachments' metadata, and which messages carry them (their bytes are in the `AttachmentStore`)."""
+
+    async def add(self, attachment: Attachment) -> None: ...
+
+    async def get(self, attachment_id: str) -> Attachment | None: ...
+
+    async def get_many(self, attachment_ids: Sequence[str]) -> Mapping[str, Attachment]:
+        """The attachments among `attachment_ids` that exist, by id."""
+        ...
+
+    async def delete(self, attachment_id: str) -> None:
+        """Delete the metadata; messages that carried it no longer do."""
+        ...
+
+    async def link(self, message_id: str, attachment_ids: Sequence[str]) -> None:
+        """Record that a (just added) message carries these attachments, in this order."""
+        ...
+
+    async def linked(self, message_ids: Sequence[str]) -> Mapping[str, tuple[Attachment, ...]]:
+        """The attachments each of these messages carries, in order (messages without any are left out)."""
+        ...
+
+    async def shared_with(self, attachment_id: str, user_id: str) -> bool:
+        """Whether a message carrying the attachment is in a conversation shared with `user_id`."""
+        ...
+
+
+class ShareRepository(Protocol):
+    """Who may read which conversation besides its owner."""
+
+    async def add(self, share: Share) -> Share:
+        """Store the grant, or return the one already stored for (conversation, user) unchanged."""
+        ...
+
+    async def get(self, conversation_id: str, user_id: str) -> Share | None: ...
+
+    async def remove(self, conversation_id: str, user_id: str) -> bool:
+        """Revoke a grant; False when there was none."""
+        ...
+
+    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Share]:
+        """A conversation's grants, by user id."""
+        ...
+
+    async def conversations(
+        self, user_id: str, scope: ConversationScope, *, limit: int, after: str | None
+    ) -> RowsPage[Conversation]:
+        """The conversations `scope` gives `user_id` (theirs, shared with them, or both), most recently updated
+        first, with the same cursors as `ConversationRepository.list_by_owner`."""
+        ...
+
+
+class AttachmentStore(Protocol):
+    """Where attachments' bytes live, by key (the attachment id): the database by default
+    (service/storage/attachments.py), or an object store. Writes are not part of a unit of work: callers write
+    the bytes first, then the metadata, and delete the bytes if the metadata cannot be written."""
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        """Store the bytes under `key`, all or nothing. It may hold a transaction or connection while it iterates,
+        so callers pass bytes already received (never a slow client's stream)."""
+        ...
+
+    def get(self, key: str) -> AsyncIterator[bytes]:
+        """The bytes under `key`, in chunks; no transaction is held between chunks. Nothing for an unknown key."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Delete the bytes under `key`, if any."""
+        ...
+
+
 class UnitOfWork(Protocol):
     """One database transaction. `async with uow:` begins it; `commit()` ends it; leaving without commit
     rolls back."""
@@ -281,6 +376,12 @@ class UnitOfWork(Protocol):
 
     @property
     def coaching_sessions(self) -> CoachingSessionRepository: ...
+
+    @property
+    def attachments(self) -> AttachmentRepository: ...
+
+    @property
+    def shares(self) -> ShareRepository: ...
 
     async def __aenter__(self) -> Self: ...
 

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     flush_interval_ms: int = Field(250, ge=10, le=250, description="partial reply flush period")
     lease_seconds: float = Field(10.0, gt=0, description="lease on a reply in flight, renewed on flush")
 
+    # --- attachments
+    max_attachment_bytes: int = Field(
+        5 * 1024 * 1024, gt=0, le=64 * 1024 * 1024, description="largest attachment accepted by UploadAttachment"
+    )
+
     # --- personas
     personas_file: Path | None = Field(None, description="TOML file adding/overriding personas")
 
@@ -127,6 +132,16 @@ class Settings(BaseSettings):
     max_concurrent_streams: int = Field(
         16, ge=0, description="streaming RPCs open at once per user per replica; 0 = off"
     )
+    redis_url: str = Field(
+        "", description="redis://host:port/db keeping the rate and stream limits for every replica; empty = per replica"
+    )
+    redis_key_prefix: str = Field("chat-service:", description="prefix of this deployment's keys in Redis")
+    redis_timeout_seconds: float = Field(
+        0.25, gt=0, description="longest wait for Redis before a check falls back to the replica's own limits"
+    )
+    redis_stream_ttl_seconds: float = Field(
+        15.0, gt=0, description="the streams of a replica that died stop counting within this time"
+    )
     tls_cert_file: Path | None = Field(None, description="PEM server certificate chain; set with the key for TLS")
     tls_key_file: Path | None = Field(None, description="PEM private key of the server certificate")
     tls_client_ca_file: Path | None = Field(
@@ -150,6 +165,13 @@ class Settings(BaseSettings):
         host, sep, port = value.rpartition(":")
         if not sep or not host or not port.isdigit():
             raise ValueError("must be host:port")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str) -> str:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @model_validator(mode="after")

@@ -6,11 +6,12 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -19,6 +20,8 @@ from service.storage.tables import metadata
 
 POSTGRES_URL = os.environ.get("CHAT_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
 REQUIRE_POSTGRES = os.environ.get("CHAT_TEST_REQUIRE_POSTGRES", "") not in ("", "0", "false")
+REDIS_URL = os.environ.get("CHAT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+REQUIRE_REDIS = os.environ.get("CHAT_TEST_REQUIRE_REDIS", "") not in ("", "0", "false")
 
 
 def _off_loop(function, *args):  # type: ignore[no-untyped-def]
@@ -54,6 +57,34 @@ def postgres_database() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def redis_server() -> str:
+    """The shared Redis server's URL (CHAT_TEST_REDIS_URL); tests keep to their own keys (`redis_prefix`)."""
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as error:
+        if REQUIRE_REDIS:
+            pytest.fail(f"Redis is required (CHAT_TEST_REQUIRE_REDIS=1) but unreachable: {error}")
+        pytest.skip(f"Redis not reachable at {REDIS_URL} ({type(error).__name__}); set CHAT_TEST_REDIS_URL")
+    finally:
+        client.close()
+    return REDIS_URL
+
+
+@pytest.fixture
+def redis_prefix(redis_server: str) -> Iterator[str]:
+    """A key prefix of this test's own (CHAT_REDIS_KEY_PREFIX), its keys deleted afterwards."""
+    prefix = f"chat-test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(redis_server, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated SQLite file, copied for each test (migrating once is faster than per test)."""
     path = tmp_path_factory.mktemp("sqlite") / "template.db"
@@ -71,17 +102,21 @@ async def _truncate(url: str) -> None:
         await engine.dispose()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """Every repository/RPC test runs on both databases."""
-    if request.param == "sqlite":
+async def empty_database(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> str:
+    """The URL of a migrated, empty database of `kind` ("sqlite" or "postgres") for one test."""
+    if kind == "sqlite":
         path = tmp_path / "chat.db"
         shutil.copy(request.getfixturevalue("sqlite_template"), path)
-        yield f"sqlite+aiosqlite:///{path}"
-    else:
-        url = request.getfixturevalue("postgres_database")
-        await _truncate(url)
-        yield url
+        return f"sqlite+aiosqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_database")
+    await _truncate(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Every repository/RPC test runs on both databases."""
+    return await empty_database(request, request.param, tmp_path)
 
 
 NO_SKIPS = os.environ.get("CHAT_TEST_NO_SKIPS", "") not in ("", "0", "false")

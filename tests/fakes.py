@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import re
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -18,8 +19,10 @@ from typing import TYPE_CHECKING, Any, Self, TypeVar
 from service.coaching.state import CoachingSession
 from service.domain import (
     ApiKey,
+    Attachment,
     Completion,
     Conversation,
+    ConversationScope,
     DuplicateRequest,
     FinishReason,
     Lease,
@@ -31,11 +34,13 @@ from service.domain import (
     ModelUnavailable,
     Prompt,
     SearchHit,
+    Share,
     Siblings,
     Unavailable,
     Usage,
 )
-from service.ports import Clock, Flush, Held, Provider, RowsPage, UnitOfWorkFactory
+from service.ports import AttachmentStore, Clock, Flush, Held, Provider, RowsPage, UnitOfWorkFactory
+from service.storage import cursors
 
 T = TypeVar("T")
 
@@ -63,6 +68,9 @@ class StorageState:
     endings: list[tuple[str, MessageStatus]] = field(default_factory=list)
     next_seq: int = 1
     coaching_sessions: dict[str, CoachingSession] = field(default_factory=dict)
+    attachments: dict[str, Attachment] = field(default_factory=dict)
+    links: dict[str, tuple[str, ...]] = field(default_factory=dict)  # message id -> attachment ids, in order
+    shares: dict[tuple[str, str], Share] = field(default_factory=dict)  # (conversation id, user id) -> grant
 
     def copy(self) -> StorageState:
         # Rows are frozen, so copying the containers is a full snapshot.
@@ -73,7 +81,17 @@ class StorageState:
             list(self.endings),
             self.next_seq,
             dict(self.coaching_sessions),
+            dict(self.attachments),
+            dict(self.links),
+            dict(self.shares),
         )
+
+    def visible(self, user_id: str, scope: ConversationScope, conversation_id: str) -> bool:
+        """Whether `scope` gives `user_id` the conversation (like service/storage/shares.py `visible_to`)."""
+        conversation = self.conversations.get(conversation_id)
+        owned = conversation is not None and conversation.owner == user_id
+        shared = (conversation_id, user_id) in self.shares
+        return (scope.owned and owned) or (scope.shared and shared)
 
 
 class FakeStorage:
@@ -140,6 +158,8 @@ class FakeUnitOfWork:
     messages: FakeMessages
     api_keys: FakeApiKeys
     coaching_sessions: FakeCoachingSessions
+    attachments: FakeAttachments
+    shares: FakeShares
 
     def __init__(self, storage: FakeStorage) -> None:
         self._storage = storage
@@ -173,6 +193,8 @@ class FakeUnitOfWork:
         self.messages = FakeMessages(self._tx)
         self.api_keys = FakeApiKeys(self._tx)
         self.coaching_sessions = FakeCoachingSessions(self._tx)
+        self.attachments = FakeAttachments(self._tx)
+        self.shares = FakeShares(self._tx)
 
 
 def _page(items: list[T], limit: int, cursor_of: Callable[[T], str]) -> RowsPage[T]:
@@ -203,10 +225,9 @@ class FakeConversations:
         items = [c for c in self._tx.state.conversations.values() if c.owner == owner]
         items.sort(key=lambda c: (c.update_time, c.id), reverse=True)
         if after is not None:
-            when, _, last_id = after.partition("|")
-            key = (datetime.fromisoformat(when), last_id)
+            key = cursors.read_activity(after)
             items = [c for c in items if (c.update_time, c.id) < key]
-        return _page(items, limit, lambda c: f"{c.update_time.isoformat()}|{c.id}")
+        return _page(items, limit, lambda c: cursors.activity(c.update_time, c.id))
 
     async def update(self, conversation: Conversation) -> None:
         conversations = self._tx.state.conversations
@@ -237,6 +258,9 @@ class FakeConversations:
 
     async def delete(self, conversation_id: str) -> None:
         state = self._tx.state
+        gone = {k for k, r in state.messages.items() if r.message.conversation_id == conversation_id}
+        state.links = {k: ids for k, ids in state.links.items() if k not in gone}
+        state.shares = {k: s for k, s in state.shares.items() if s.conversation_id != conversation_id}
         state.messages = {k: r for k, r in state.messages.items() if r.message.conversation_id != conversation_id}
         state.coaching_sessions = {
             k: s for k, s in state.coaching_sessions.items() if s.conversation_id != conversation_id
@@ -262,6 +286,7 @@ class FakeMessages:
 
     def _add_one(self, message: Message, lease: Lease | None) -> None:
         state = self._tx.state
+        message = dataclasses.replace(message, attachment_ids=())  # like a row: the links are stored apart
         if message.id in state.messages or any(_same_request(r.message, message) for r in state.messages.values()):
             self._tx.aborted = True
             raise DuplicateRequest(message.request_id)
@@ -321,12 +346,14 @@ class FakeMessages:
     async def list_branch(
         self, conversation_id: str, leaf_id: str, *, limit: int, after: str | None
     ) -> RowsPage[Message]:
-        rows = [r for r in self._path(conversation_id, leaf_id) if after is None or r.seq > int(after)]
+        position = cursors.seq(after) if after is not None else 0  # read strictly, as SQL does, whatever the leaf
+        rows = [r for r in self._path(conversation_id, leaf_id) if r.seq > position]
         page = _page(rows, limit, lambda r: str(r.seq))
         return RowsPage([self._placed(r) for r in page.items], page.cursor)
 
     async def list_siblings(self, message: Message, *, limit: int, after: str | None) -> RowsPage[Message]:
-        rows = [r for r in self._family(message) if after is None or r.seq > int(after)]
+        position = cursors.seq(after) if after is not None else 0
+        rows = [r for r in self._family(message) if r.seq > position]
         page = _page(rows, limit, lambda r: str(r.seq))
         return RowsPage([self._placed(r) for r in page.items], page.cursor)
 
@@ -347,22 +374,34 @@ class FakeMessages:
             del self._rows()[row.message.id]
         return len(below)
 
-    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
-        """Substring matching scored by occurrences: enough for the use case's scoping and paging."""
+    async def search(
+        self,
+        user_id: str,
+        terms: tuple[str, ...],
+        *,
+        limit: int,
+        after: str | None,
+        scope: ConversationScope = ConversationScope.OWNED,
+    ) -> RowsPage[SearchHit]:
+        """Whole words, any case, scored by how often they occur: the databases' scoping, order and paging without
+        their stemming and ranking. The excerpt is the whole message with `**` around the words found."""
         state = self._tx.state
         hits = []
         for row in _by_seq(self._rows().values()):
-            m, text = row.message, row.message.content.lower()
-            if m.owner == owner and m.status.is_final and all(t in text for t in terms):
-                score = float(sum(text.count(t) for t in terms))
+            m = row.message
+            words = [w.lower() for w in _WORD.findall(m.content)]
+            visible = state.visible(user_id, scope, m.conversation_id)
+            if visible and m.status.is_final and all(t in words for t in terms):
+                score = float(sum(words.count(t) for t in terms))
                 conversation = state.conversations[m.conversation_id]
                 current = row in self._path(conversation.id, conversation.current_message_id)
-                hits.append((score, row.seq, SearchHit(m, conversation.title, m.content, score, current)))
+                hit = SearchHit(m, conversation.title, _marked(m.content, terms), score, current)
+                hits.append((score, row.seq, hit))
         hits.sort(key=lambda hit: (-hit[0], -hit[1]))
         if after is not None:
-            score, _, seq = after.partition("|")
-            hits = [h for h in hits if (-h[0], -h[1]) > (-float(score), -int(seq))]
-        page = _page(hits, limit, lambda hit: f"{hit[0]!r}|{hit[1]}")
+            score, seq = cursors.read_relevance(after)
+            hits = [h for h in hits if (-h[0], -h[1]) > (-score, -seq)]
+        page = _page(hits, limit, lambda hit: cursors.relevance(hit[0], hit[1]))
         return RowsPage([hit[2] for hit in page.items], page.cursor)
 
     async def recent(self, conversation_id: str, *, limit: int) -> Sequence[Message]:
@@ -482,6 +521,13 @@ class FakeMessages:
         return changed
 
 
+_WORD = re.compile(r"\w+")
+
+
+def _marked(content: str, terms: tuple[str, ...]) -> str:
+    return _WORD.sub(lambda word: f"**{word[0]}**" if word[0].lower() in terms else word[0], content)
+
+
 def _same_request(stored: Message, new: Message) -> bool:
     # SQL stores an empty request_id as NULL, and NULLs never collide in a unique constraint.
     return bool(new.request_id) and (stored.owner, stored.request_id, stored.role) == (
@@ -507,7 +553,8 @@ class FakeApiKeys:
 
     async def list(self, *, user_id: str | None, limit: int, after: str | None) -> RowsPage[ApiKey]:
         keys = sorted(self._tx.state.api_keys.values(), key=lambda k: k.id)
-        keys = [k for k in keys if (user_id is None or k.user_id == user_id) and (after is None or k.id > after)]
+        last = None if after is None else cursors.key_id(after)
+        keys = [k for k in keys if (user_id is None or k.user_id == user_id) and (last is None or k.id > last)]
         return _page(keys, limit, lambda k: k.id)
 
     async def revoke(self, key_id: str, when: datetime) -> bool:
@@ -541,6 +588,110 @@ class FakeCoachingSessions:
         sessions = self._tx.state.coaching_sessions
         if session.id in sessions:
             sessions[session.id] = session
+
+
+class FakeAttachments:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def add(self, attachment: Attachment) -> None:
+        attachments = self._tx.state.attachments
+        if attachment.id in attachments:
+            raise ValueError(f"duplicate attachment id {attachment.id}")
+        attachments[attachment.id] = attachment
+
+    async def get(self, attachment_id: str) -> Attachment | None:
+        return self._tx.state.attachments.get(attachment_id)
+
+    async def get_many(self, attachment_ids: Sequence[str]) -> Mapping[str, Attachment]:
+        stored = self._tx.state.attachments
+        return {i: stored[i] for i in attachment_ids if i in stored}
+
+    async def delete(self, attachment_id: str) -> None:
+        state = self._tx.state
+        state.attachments.pop(attachment_id, None)
+        state.links = {k: tuple(i for i in ids if i != attachment_id) for k, ids in state.links.items()}
+
+    async def link(self, message_id: str, attachment_ids: Sequence[str]) -> None:
+        state = self._tx.state
+        if message_id not in state.messages or any(i not in state.attachments for i in attachment_ids):
+            raise LookupError("foreign key: no such message or attachment")
+        if attachment_ids:
+            state.links[message_id] = tuple(attachment_ids)
+
+    async def linked(self, message_ids: Sequence[str]) -> Mapping[str, tuple[Attachment, ...]]:
+        state = self._tx.state
+        found = {m: tuple(state.attachments[i] for i in state.links.get(m, ())) for m in message_ids}
+        return {m: files for m, files in found.items() if files}
+
+    async def shared_with(self, attachment_id: str, user_id: str) -> bool:
+        state = self._tx.state
+        return any(
+            attachment_id in ids and (state.messages[m].message.conversation_id, user_id) in state.shares
+            for m, ids in state.links.items()
+        )
+
+
+class FakeShares:
+    def __init__(self, tx: _Transaction) -> None:
+        self._tx = tx
+
+    async def add(self, share: Share) -> Share:
+        shares = self._tx.state.shares
+        if share.conversation_id not in self._tx.state.conversations:
+            raise LookupError(f"foreign key: no conversation {share.conversation_id}")
+        return shares.setdefault((share.conversation_id, share.user_id), share)
+
+    async def get(self, conversation_id: str, user_id: str) -> Share | None:
+        return self._tx.state.shares.get((conversation_id, user_id))
+
+    async def remove(self, conversation_id: str, user_id: str) -> bool:
+        return self._tx.state.shares.pop((conversation_id, user_id), None) is not None
+
+    async def list_by_conversation(self, conversation_id: str, *, limit: int, after: str | None) -> RowsPage[Share]:
+        shares = sorted(
+            (s for s in self._tx.state.shares.values() if s.conversation_id == conversation_id), key=lambda s: s.user_id
+        )
+        return _page([s for s in shares if after is None or s.user_id > after], limit, lambda s: s.user_id)
+
+    async def conversations(
+        self, user_id: str, scope: ConversationScope, *, limit: int, after: str | None
+    ) -> RowsPage[Conversation]:
+        state = self._tx.state
+        items = [c for c in state.conversations.values() if state.visible(user_id, scope, c.id)]
+        items.sort(key=lambda c: (c.update_time, c.id), reverse=True)
+        if after is not None:
+            when, _, last_id = after.partition("|")
+            key = (datetime.fromisoformat(when), last_id)
+            items = [c for c in items if (c.update_time, c.id) < key]
+        return _page(items, limit, lambda c: f"{c.update_time.isoformat()}|{c.id}")
+
+
+class FakeAttachmentStore:
+    """Implements `ports.AttachmentStore` in memory. `fail_puts` makes `put` raise `Unavailable` after storing
+    part of the bytes (as a store that fails midway would, had it no transaction); `deleted` records deletions."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.fail_puts = False
+        self.deleted: list[str] = []
+
+    async def put(self, key: str, chunks: AsyncIterable[bytes]) -> None:
+        received = b""
+        async for chunk in chunks:
+            received += chunk
+            self.blobs[key] = received
+            if self.fail_puts:
+                raise Unavailable("the attachment store is unavailable")
+
+    async def get(self, key: str) -> AsyncIterator[bytes]:
+        data = self.blobs.get(key, b"")
+        for start in range(0, len(data), 4):  # small chunks: readers must join them
+            yield data[start : start + 4]
+
+    async def delete(self, key: str) -> None:
+        self.deleted.append(key)
+        self.blobs.pop(key, None)
 
 
 # ---------------------------------------------------------------------------------------------- clock
@@ -577,6 +728,7 @@ class ScriptedProvider:
 
     name = "scripted"
     continues = True
+    takes_images = True
 
     def __init__(
         self,
@@ -653,5 +805,6 @@ class ScriptedProvider:
 
 if TYPE_CHECKING:  # mypy proves the fakes implement the ports
     _storage: UnitOfWorkFactory = FakeStorage().unit_of_work
+    _store: AttachmentStore = FakeAttachmentStore()
     _provider: Provider = ScriptedProvider()
     _clock: Clock = FakeClock()

@@ -16,9 +16,10 @@ from service.domain import (
     InvalidArgument,
     Message,
     MessageStatus,
+    Need,
     NotFound,
-    PermissionDenied,
     Principal,
+    check_access,
     check_id,
     check_name,
     new_id,
@@ -80,10 +81,8 @@ class SessionStore:
         session_id = check_id("start.session_id", session_id)
         async with self._uow() as uow:
             session = await uow.coaching_sessions.get(session_id)
-        if session is None:
-            raise NotFound("coaching session not found")
-        if session.owner != principal.user_id:
-            raise PermissionDenied("the coaching session belongs to another user")
+        check_access(session, principal, "coaching session", need=Need.WRITE)
+        assert session is not None
         return session
 
     async def claim(self, seen: CoachingSession, position: Position, *, turns: int = 0) -> CoachingSession | None:
@@ -146,7 +145,7 @@ class SessionStore:
         if not conversation_id:
             fields = ConversationFields(title=f"Coaching with {persona.display_name}", persona=persona.name)
             return (await self._conversations.create(principal, fields)).id
-        conversation = await self._conversations.get(principal, conversation_id)
+        conversation = await self._conversations.get(principal, conversation_id, need=Need.WRITE)
         if conversation.persona == persona.name:
             return conversation.id
         if conversation.persona or conversation.system_prompt:

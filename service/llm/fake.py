@@ -65,6 +65,7 @@ class FakeProvider:
 
     name = "fake"
     continues = True
+    takes_images = True  # and ignores them: the text depends on the last user turn's text only
 
     def __init__(self, *, tokens_per_second: float = 0.0, reply_tokens: int = 64) -> None:
         self._interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0

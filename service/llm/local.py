@@ -99,6 +99,7 @@ class LocalProvider:
 
     name = "local"
     continues = True  # a raw completion after the partial text
+    takes_images = False  # the bundled models read text only
 
     def __init__(
         self,

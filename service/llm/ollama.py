@@ -6,6 +6,7 @@ its httpx transport and pydantic models cost more CPU than everything else the s
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import orjson
 
 from service.domain import (
+    ChatTurn,
     Completion,
     DomainError,
     ModelFailed,
@@ -33,6 +35,7 @@ class OllamaProvider:
 
     name = "ollama"
     continues = True  # a final assistant message is continued, not answered
+    takes_images = True  # vision models read `images`; a model that cannot says so in its error
 
     def __init__(self, base_url: str, *, timeout: float, max_streams: int = 1024) -> None:
         self._upstream = Upstream(self.name, base_url, timeout=timeout, max_connections=max_streams)
@@ -84,11 +87,18 @@ class OllamaProvider:
         await self._upstream.aclose()
 
 
-def _messages(prompt: Prompt) -> list[dict[str, str]]:
-    messages = [{"role": turn.role.value, "content": turn.content} for turn in prompt.turns]
+def _messages(prompt: Prompt) -> list[dict[str, Any]]:
+    messages = [_wire_message(turn) for turn in prompt.turns]
     if prompt.prefix:
         messages.append({"role": "assistant", "content": prompt.prefix})
     return messages
+
+
+def _wire_message(turn: ChatTurn) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": turn.role.value, "content": turn.content}
+    if turn.images:  # Ollama takes a message's images as base64 strings, whatever their format
+        message["images"] = [base64.b64encode(image.data).decode() for image in turn.images]
+    return message
 
 
 def _completion(final: dict[str, Any], prompt: Prompt, pieces: int) -> Completion:

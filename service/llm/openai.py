@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import orjson
 
 from service.domain import (
+    ChatTurn,
     Completion,
     DomainError,
     ModelFailed,
@@ -65,6 +67,7 @@ class OpenAIProvider:
 
     name = "openai"
     continues: bool
+    takes_images = True  # as `image_url` content parts (data URLs); a text-only model says so in its error
 
     def __init__(
         self,
@@ -114,7 +117,7 @@ class OpenAIProvider:
 def _request_body(prompt: Prompt) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": prompt.model,
-        "messages": [{"role": turn.role.value, "content": turn.content} for turn in prompt.turns],
+        "messages": [_wire_message(turn) for turn in prompt.turns],
         "max_tokens": prompt.max_tokens,
         "stream": True,
         "stream_options": {"include_usage": True},  # the last event then carries the token counts
@@ -123,6 +126,17 @@ def _request_body(prompt: Prompt) -> dict[str, Any]:
         body["messages"].append({"role": "assistant", "content": prompt.prefix})
         body |= {"continue_final_message": True, "add_generation_prompt": False}
     return body
+
+
+def _wire_message(turn: ChatTurn) -> dict[str, Any]:
+    if not turn.images:
+        return {"role": turn.role.value, "content": turn.content}
+    # With images, the content is a list of parts: the text, then each image as a data URL.
+    parts: list[dict[str, Any]] = [{"type": "text", "text": turn.content}]
+    for image in turn.images:
+        url = f"data:{image.media_type};base64,{base64.b64encode(image.data).decode()}"
+        parts.append({"type": "image_url", "image_url": {"url": url}})
+    return {"role": turn.role.value, "content": parts}
 
 
 def _parse_chunk(data: bytes) -> tuple[str, str | None, Usage | None]:

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+
 from service.domain import (
     Completion,
     DomainError,
@@ -149,10 +151,12 @@ class Generations:
             return None, ModelFailed("the reply failed unexpectedly")
 
     async def _finish(self, generation: Generation, final: Message) -> Outcome:
-        """Store the final state under the lease, retrying through database outages. A row the database refuses
-        (it should not happen: the text is cleaned and bounded) is stored FAILED with the text it last accepted,
-        then without text. Fenced: the outcome is what whoever took the reply stored."""
-        fallbacks = [
+        """Store the final state under the lease, retrying through database outages (the text stays here; readers
+        wait for the stored state). A row the database refuses (it should not happen: the text is cleaned and
+        bounded) is stored FAILED with the text it last accepted, then without text. Fenced: the outcome is what
+        whoever took the reply stored."""
+        candidates = [
+            final,
             dataclasses.replace(
                 final,
                 content=final.content[: generation.flushed_length],
@@ -161,61 +165,49 @@ class Generations:
                 error_reason=ModelFailed.reason,
             ),
         ]
-        fallbacks.append(dataclasses.replace(fallbacks[0], content=""))
-        candidate, delay = final, 0.1
-        while True:
-            try:
-                async with self._uow() as uow:
-                    written = await uow.messages.finish(candidate, generation.lease)
-                    stored = None if written else await uow.messages.get(generation.id)
-                    await uow.commit()
-            except Unavailable:
-                # Keep the text: the database will come back. Readers wait for the stored final state.
-                logger.warning("storing the end of reply %s failed; retrying in %.1fs", generation.id, delay)
-            except Exception:
-                logger.exception("the database refused the end of reply %s", generation.id)
-                candidate = fallbacks.pop(0) if fallbacks else candidate
-            else:
-                if written:
-                    return _outcome(candidate)
-                generation.fenced = True
-                logger.warning("reply %s was ended or taken by another replica; not writing it", generation.id)
-                return _fenced(stored) if stored else _deleted(candidate)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _MAX_BACKOFF)
+        candidates.append(dataclasses.replace(candidates[1], content=""))
+        async for attempt in _persistently(f"storing the end of reply {generation.id}"):
+            with attempt:
+                candidate = candidates[0]
+                try:
+                    async with self._uow() as uow:
+                        written = await uow.messages.finish(candidate, generation.lease)
+                        stored = None if written else await uow.messages.get(generation.id)
+                        await uow.commit()
+                except Unavailable:
+                    raise
+                except Exception as error:
+                    logger.exception("the database refused the end of reply %s", generation.id)
+                    if len(candidates) > 1:
+                        candidates.pop(0)
+                    raise _Refused from error
+        if written:
+            return _outcome(candidate)
+        generation.fenced = True
+        logger.warning("reply %s was ended or taken by another replica; not writing it", generation.id)
+        return _fenced(stored) if stored else _deleted(candidate)
 
     async def _stored_outcome(self, generation: Generation) -> Outcome:
-        delay = 0.1
-        while True:
-            try:
+        async for attempt in _persistently(f"reading reply {generation.id}"):
+            with attempt:
                 async with self._uow() as uow:
                     stored = await uow.messages.get(generation.id)
-            except Unavailable:
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _MAX_BACKOFF)
-                continue
-            final = final_message(generation, completion=None, error=None, now=self._clock())
-            return _fenced(stored) if stored else _deleted(final)
+        final = final_message(generation, completion=None, error=None, now=self._clock())
+        return _fenced(stored) if stored else _deleted(final)
 
     # ------------------------------------------------------------------------------------------ flushing
 
     async def run_flusher(self) -> None:
-        """Tick until cancelled; a failing database slows the ticks down (exponential backoff) but never stops
-        them, and nothing is lost: unflushed text stays in the buffers."""
-        ticks, backoff = 0, self._interval
+        """Tick until cancelled; a failing tick is retried with exponential backoff (a database outage slows the
+        ticks down but never stops them), and nothing is lost: unflushed text stays in the buffers."""
+        ticks = 0
         while True:
-            await asyncio.sleep(backoff)
+            await asyncio.sleep(self._interval)
             ticks += 1
-            try:
-                await self.tick(sweep=ticks % self._sweep_every == 0)
-            except Unavailable:
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-                logger.warning("flush failed; retrying in %.2fs", backoff)
-            except Exception:
-                logger.exception("flush failed unexpectedly")
-                backoff = min(backoff * 2, _MAX_BACKOFF)
-            else:
-                backoff = self._interval
+            sweep = ticks % self._sweep_every == 0
+            async for attempt in _persistently("flush", initial=self._interval, any_error=True):
+                with attempt:
+                    await self.tick(sweep=sweep)
 
     async def tick(self, *, sweep: bool = False) -> None:
         """One flush transaction: write what grew, renew leases, learn of cancels and lost leases; with `sweep`,
@@ -312,6 +304,36 @@ class Generations:
         if ended:
             logger.warning("marked reply %s INTERRUPTED: its replica stopped", message_id)
             self._on_changed(ended)
+
+
+class _Refused(Exception):
+    """The database refused a write (not an outage): retried with the next, plainer candidate."""
+
+
+def _persistently(what: str, *, initial: float = 0.1, any_error: bool = False) -> AsyncRetrying:
+    """Retries until it works, with exponential backoff up to 5 s and jitter: for writes that must happen
+    eventually (the database comes back). `any_error`: not only outages (a flush must never stop for good)."""
+    errors: tuple[type[BaseException], ...] = (Exception,) if any_error else (Unavailable, _Refused)
+
+    def log(state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome is not None else None
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
+        level = logging.WARNING if isinstance(error, Unavailable) else logging.ERROR
+        logger.log(
+            level,
+            "%s failed (%s); retrying in %.2fs",
+            what,
+            type(error).__name__,
+            delay,
+            exc_info=level > logging.WARNING,
+        )
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(errors),
+        wait=wait_exponential_jitter(multiplier=initial, max=_MAX_BACKOFF, jitter=initial / 2),
+        before_sleep=log,
+        reraise=True,
+    )
 
 
 def _outcome(stored: Message) -> Outcome:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from service.attachments import check_attachment_ids, for_message, with_attachment_ids
 from service.domain import (
     ChatTurn,
     Conversation,
@@ -17,6 +18,7 @@ from service.domain import (
     InvalidArgument,
     Message,
     MessageStatus,
+    Need,
     NotFound,
     OutOfRange,
     Principal,
@@ -24,7 +26,6 @@ from service.domain import (
     Role,
     Unavailable,
     check_id,
-    check_owner,
     check_request_id,
     check_text,
     estimate_tokens,
@@ -38,6 +39,7 @@ from service.replies.buffer import Delta, Ended, Rewind, read
 from service.replies.generation import Generation, Producer, StreamGate
 from service.replies.generations import ABANDONED_MESSAGE, Generations
 from service.replies.remote import RemoteFollower
+from service.sharing import authorize
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class Replies:
         self._replica_id = replica_id
         self._clock = clock
         self._limits = limits
+        self._takes_images = provider.takes_images
         self._closing = False
         self._remote = RemoteFollower(
             uow,
@@ -146,11 +149,18 @@ class Replies:
     # ------------------------------------------------------------------------------------------ use cases
 
     async def stream(
-        self, principal: Principal, conversation_id: str, content: str, request_id: str, *, steer: str = ""
+        self,
+        principal: Principal,
+        conversation_id: str,
+        content: str,
+        request_id: str,
+        *,
+        steer: str = "",
+        attachment_ids: Sequence[str] = (),
     ) -> AsyncIterator[ReplyEvent]:
-        """StreamReply: store the user message, start (or attach to) the reply, and follow it. `steer` is an
-        instruction the model sees after the history for this reply only (never stored)."""
-        reply = await self._begin(principal, conversation_id, content, request_id, steer)
+        """StreamReply: store the user message (carrying `attachment_ids`), start (or attach to) the reply, and
+        follow it. `steer` is an instruction the model sees after the history for this reply only (never stored)."""
+        reply = await self._begin(principal, conversation_id, content, request_id, steer, attachment_ids)
         yield Started(reply.user, reply.assistant)
         async for event in self._follow(reply.assistant, 0):
             yield event
@@ -174,7 +184,7 @@ class Replies:
         now = self._clock()
         async with self._uow() as uow:
             conversation = await uow.conversations.get(conversation_id, for_update=True)
-            check_owner(conversation, principal, "conversation")
+            await authorize(uow, principal, conversation, "conversation", Need.WRITE)
             assert conversation is not None
             await self.ensure_idle(uow, conversation, now)
             request_id = new_id()
@@ -189,10 +199,17 @@ class Replies:
         return user, assistant
 
     async def send(
-        self, principal: Principal, conversation_id: str, content: str, request_id: str, *, background: bool
+        self,
+        principal: Principal,
+        conversation_id: str,
+        content: str,
+        request_id: str,
+        *,
+        background: bool,
+        attachment_ids: Sequence[str] = (),
     ) -> tuple[Message, Message]:
         """SendMessage: (user message, assistant message) — the latter final, or STREAMING if `background`."""
-        reply = await self._begin(principal, conversation_id, content, request_id)
+        reply = await self._begin(principal, conversation_id, content, request_id, attachment_ids=attachment_ids)
         user = reply.user
         assert user is not None  # a reply to a message always has its user message
         if background:
@@ -217,8 +234,9 @@ class Replies:
         self, principal: Principal, message_id: str, content: str, request_id: str
     ) -> AsyncIterator[ReplyEvent]:
         """EditMessage: a sibling of `message_id` with the new `content`, which becomes current; the old branch stays.
-        A user message's sibling gets a reply (streamed as by `stream`); an assistant message's sibling is the
-        correction itself, stored COMPLETED: a reply's stored text never changes, and the model is not called."""
+        A user message's sibling carries the same files and gets a reply (streamed as by `stream`); an assistant
+        message's sibling is the correction itself, stored COMPLETED: a reply's stored text never changes, and the
+        model is not called."""
         target = await self._owned_message(principal, message_id)
         check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
         if target.role is Role.ASSISTANT:
@@ -227,7 +245,10 @@ class Replies:
             yield Delta(correction.content, 0, correction.generation)
             yield Ended(correction)
             return
-        reply = await self._begin(principal, target.conversation_id, content, request_id, parent=target.parent_id)
+        files = target.attachment_ids  # the edit changes the text; the files the message carries stay
+        reply = await self._begin(
+            principal, target.conversation_id, content, request_id, attachment_ids=files, parent=target.parent_id
+        )
         yield Started(reply.user, reply.assistant)
         async for event in self._follow(reply.assistant, 0):
             yield event
@@ -241,8 +262,10 @@ class Replies:
         if offset < 0:
             raise InvalidArgument.field("offset", "must not be negative")
         async with self._uow() as uow:
-            message = await self._owned_reply(uow, principal, message_id)
-            related = await uow.messages.find_by_request(message.owner, message.request_id)
+            message = await self._reply(uow, principal, message_id, Need.READ)
+            related = await with_attachment_ids(
+                uow, await uow.messages.find_by_request(message.owner, message.request_id)
+            )
         user = next((m for m in related if m.role is Role.USER), None)
         if generation < 0:
             raise InvalidArgument.field("generation", "must not be negative")
@@ -261,7 +284,7 @@ class Replies:
         """CancelReply: stop a reply in flight, here or on another replica; returns it CANCELLED."""
         message_id = check_id("message_id", message_id)
         async with self._uow() as uow:
-            message = await self._owned_reply(uow, principal, message_id)
+            message = await self._reply(uow, principal, message_id, Need.WRITE)
             if message.status is MessageStatus.STREAMING and self.generations.get(message.id) is None:
                 await uow.messages.request_cancel(message.id)
                 await uow.commit()
@@ -327,6 +350,7 @@ class Replies:
         content: str | None,
         request_id: str,
         steer: str = "",
+        attachment_ids: Sequence[str] = (),
         *,
         parent: str | None = None,
     ) -> _Reply:
@@ -336,12 +360,20 @@ class Replies:
         if content is not None:
             check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
         request_id = check_request_id(request_id)
+        files = check_attachment_ids(attachment_ids)
         if self._closing:
             raise Unavailable("the service is shutting down; retry on another replica")
         # Shielded: once the user message is committed the model must be called, even if the caller's deadline
         # passes (or it disconnects) in between — otherwise the reply is left STREAMING with nothing generating.
         inserting = self._insert(
-            principal, conversation_id, content, request_id or new_id(), steer, retry=bool(request_id), parent=parent
+            principal,
+            conversation_id,
+            content,
+            request_id or new_id(),
+            steer,
+            retry=bool(request_id),
+            files=files,
+            parent=parent,
         )
         starting = asyncio.create_task(inserting)
         self._starting.add(starting)
@@ -363,19 +395,21 @@ class Replies:
         steer: str,
         *,
         retry: bool,
-        parent: str | None,
+        files: tuple[str, ...] = (),
+        parent: str | None = None,
     ) -> _Reply:
         """One transaction on the first-token path, in as few round trips as it can: lock and touch the
         conversation (one statement), look for an earlier attempt (only for a request id the client chose), read
-        the branch the reply answers (its history), insert both messages (one statement), make the reply the
-        current branch's leaf, commit."""
+        the branch the reply answers (its history), insert both messages (one statement), make the reply the current
+        branch's leaf, read the files the history carries (one statement; the new message's files are checked and
+        linked first, when it has any), commit."""
         now = self._clock()
         # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
         later = now + timedelta(microseconds=1)
         async with self._uow() as uow:
             # Locked and touched in one statement; a refusal below leaves the transaction uncommitted.
             conversation = await uow.conversations.touch_and_lock(conversation_id, later)
-            check_owner(conversation, principal, "conversation")
+            await authorize(uow, principal, conversation, "conversation", Need.WRITE)
             assert conversation is not None
             # Looked up under the conversation's lock: a concurrent retry with this request_id that got the lock
             # first has committed its messages by now, and this one attaches to them. A request id made here is new.
@@ -388,7 +422,7 @@ class Replies:
                 raise NotFound("message not found")  # deleted since the request read it
             await self.ensure_idle(uow, conversation, now, branch=history)
             user = (
-                _message(conversation_id, principal, Role.USER, content, now, request_id, after)
+                await self._user_message(uow, principal, conversation_id, content, now, request_id, files, after)
                 if content is not None
                 else None
             )
@@ -408,11 +442,31 @@ class Replies:
             lease = self.generations.new_lease(now)
             await uow.messages.add(*([user] if user is not None else []), assistant, lease=lease)
             await uow.conversations.set_current(conversation_id, assistant.id, later)
+            if user is not None and user.attachment_ids:
+                await uow.attachments.link(user.id, user.attachment_ids)
+            prompt = await self._prompt(uow, conversation, [*history, user] if user is not None else history, steer)
             await uow.commit()
         # The user message is committed: only now is the model called.
-        asked = [*history, user] if user is not None else list(history)
-        self.generations.launch(assistant, self._prompt(conversation, asked, steer), lease)
+        self.generations.launch(assistant, prompt, lease)
         return _Reply(user, assistant)
+
+    async def _user_message(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        conversation_id: str,
+        content: str,
+        now: datetime,
+        request_id: str,
+        files: tuple[str, ...],
+        parent_id: str,
+    ) -> Message:
+        """A new user message after `parent_id`, carrying `files` (checked: the caller's, sendable, within the
+        context budget)."""
+        user = _message(conversation_id, principal, Role.USER, content, now, request_id, parent_id)
+        budget = self._limits.history_token_budget
+        await for_message(uow, principal, files, content=content, takes_images=self._takes_images, budget=budget)
+        return dataclasses.replace(user, attachment_ids=files)
 
     def _started(self, task: asyncio.Task[_Reply]) -> None:
         self._starting.discard(task)
@@ -449,7 +503,7 @@ class Replies:
         try:
             async with self._uow() as uow:
                 conversation = await uow.conversations.touch_and_lock(target.conversation_id, now)
-                check_owner(conversation, principal, "conversation")
+                await authorize(uow, principal, conversation, "conversation", Need.WRITE)
                 assert conversation is not None
                 existing = await uow.messages.find_by_request(principal.user_id, request_id) if request_id else ()
                 if existing:
@@ -481,13 +535,18 @@ class Replies:
         conversation = await uow.conversations.get(reply.conversation_id)
         if conversation is None:
             return None
-        prompt = self._prompt(conversation, await self._branch(uow, conversation.id, reply.parent_id))
+        prompt = await self._prompt(uow, conversation, await self._branch(uow, conversation.id, reply.parent_id))
         return dataclasses.replace(prompt, prefix=reply.content)
 
-    def _prompt(self, conversation: Conversation, history: Sequence[Message], steer: str = "") -> Prompt:
+    async def _prompt(
+        self, uow: UnitOfWork, conversation: Conversation, history: Sequence[Message], steer: str = ""
+    ) -> Prompt:
+        """The prompt for a reply after `history`: the instructions, the newest messages (and the files they carry,
+        read by the provider wrapper when the model is called) that fit the token budget, and `steer`."""
         instructions = conversation.system_prompt or self._personas.instructions(conversation.persona)
         system = ChatTurn(Role.SYSTEM, instructions) if instructions else None
-        turns = [ChatTurn(m.role, m.content) for m in history if _belongs_in_history(m)]
+        files = await uow.attachments.linked([m.id for m in history if m.role is Role.USER])
+        turns = [ChatTurn(m.role, m.content, files.get(m.id, ())) for m in history if _belongs_in_history(m)]
         budget = self._limits.history_token_budget - (estimate_tokens(steer) if steer else 0)
         window = history_window(system, turns, budget=budget)
         if steer:  # after the history: the model reads it last, as the instruction for this reply
@@ -528,12 +587,14 @@ class Replies:
             yield event
 
     async def _owned_message(self, principal: Principal, message_id: str) -> Message:
+        """A message the caller may write (regenerate, edit), with the files it carries."""
         message_id = check_id("message_id", message_id)
         async with self._uow() as uow:
             message = await uow.messages.get(message_id)
-        check_owner(message, principal, "message")
-        assert message is not None
-        return message
+            await authorize(uow, principal, message, "message", Need.WRITE)
+            assert message is not None
+            (carrying,) = await with_attachment_ids(uow, [message])
+        return carrying
 
     async def _message_or_none(self, message_id: str) -> Message | None:
         if not message_id:
@@ -541,9 +602,9 @@ class Replies:
         async with self._uow() as uow:
             return await uow.messages.get(message_id)
 
-    async def _owned_reply(self, uow: UnitOfWork, principal: Principal, message_id: str) -> Message:
+    async def _reply(self, uow: UnitOfWork, principal: Principal, message_id: str, need: Need) -> Message:
         message = await uow.messages.get(message_id)
-        check_owner(message, principal, "message")
+        await authorize(uow, principal, message, "message", need)
         assert message is not None
         if message.role is not Role.ASSISTANT:
             raise InvalidArgument.field("message_id", "must name an assistant reply")

@@ -6,29 +6,36 @@ from collections.abc import AsyncIterator, Callable
 
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
+from service.attachments import Attachments
 from service.branches import Branches
 from service.chat import Conversations
 from service.coaching.sessions import Coaching
 from service.replies import Replies, Started
-from service.rpc import convert
+from service.rpc import convert, sharing_convert
 from service.rpc.coach_servicer import CoachingMethods
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context
+from service.rpc.sharing_servicer import AttachmentMethods, SharingMethods
+from service.sharing import Sharing
 
 EXPORT_CHUNK_BYTES = 256 * 1024
 
 
-class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
+class ChatServicer(CoachingMethods, AttachmentMethods, SharingMethods, chat_pb2_grpc.ChatServiceServicer):
     def __init__(
         self,
         conversations: Conversations,
         replies: Replies,
         coaching: Coaching,
-        branches: Branches,
         *,
+        attachments: Attachments,
+        sharing: Sharing,
+        branches: Branches,
         default_model: str,
         link_to_generation: Callable[[str], None] = lambda conversation_id: None,
     ) -> None:
+        self._attachments = attachments
+        self._sharing = sharing
         self._link_to_generation = link_to_generation
         self._conversations = conversations
         self._replies = replies
@@ -49,7 +56,9 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
     async def ListConversations(
         self, request: pb.ListConversationsRequest, context: Context
     ) -> pb.ListConversationsResponse:
-        page = await self._conversations.list(current_principal(), request.page_size, request.page_token)
+        page = await self._conversations.list(
+            current_principal(), request.page_size, request.page_token, sharing_convert.scope(request.scope)
+        )
         return pb.ListConversationsResponse(
             conversations=[convert.conversation(c) for c in page.items], next_page_token=page.next_page_token
         )
@@ -90,13 +99,20 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
             request.content,
             request.request_id,
             background=request.background,
+            attachment_ids=request.attachment_ids,
         )
         return pb.SendMessageResponse(message=convert.message(assistant), user_message=convert.message(user))
 
     async def StreamReply(
         self, request: pb.StreamReplyRequest, context: Context
     ) -> AsyncIterator[pb.StreamReplyResponse]:
-        events = self._replies.stream(current_principal(), request.conversation_id, request.content, request.request_id)
+        events = self._replies.stream(
+            current_principal(),
+            request.conversation_id,
+            request.content,
+            request.request_id,
+            attachment_ids=request.attachment_ids,
+        )
         async for event in events:
             yield pb.StreamReplyResponse(event=convert.reply_event(event))
 
@@ -122,7 +138,11 @@ class ChatServicer(CoachingMethods, chat_pb2_grpc.ChatServiceServicer):
 
     async def SearchMessages(self, request: pb.SearchMessagesRequest, context: Context) -> pb.SearchMessagesResponse:
         page = await self._conversations.search(
-            current_principal(), request.query, request.page_size, request.page_token
+            current_principal(),
+            request.query,
+            request.page_size,
+            request.page_token,
+            sharing_convert.scope(request.scope),
         )
         return pb.SearchMessagesResponse(
             results=[convert.search_result(hit) for hit in page.items], next_page_token=page.next_page_token

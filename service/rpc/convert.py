@@ -55,6 +55,7 @@ def conversation(c: Conversation) -> pb.Conversation:
         system_prompt=c.system_prompt,
         create_time=timestamp(c.create_time),
         update_time=timestamp(c.update_time),
+        owner_user_id=c.owner,
         current_message_id=c.current_message_id,
     )
 
@@ -75,6 +76,7 @@ def message(m: Message) -> pb.Message:
         request_id=m.request_id,
         error_message=m.error_message,
         continuations=len(m.continued_at),
+        attachment_ids=m.attachment_ids,
         parent_message_id=m.parent_id,
         sibling_count=place.count if place else 0,
         sibling_index=place.index if place else 0,

@@ -10,6 +10,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry import trace
 
 from service.domain import (
     DeadlineExceeded,
@@ -80,5 +81,19 @@ async def abort(context: Context, error: BaseException) -> NoReturn:
     if isinstance(error, DomainError):
         status = to_status(error)
         await context.abort(status.code, status.details, status.trailing_metadata)
-    logger.error("unhandled error", exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
+    span = trace.get_current_span().get_span_context()
+    logger.error(
+        "unhandled error",
+        exc_info=error,
+        extra={
+            "trace_id": trace.format_trace_id(span.trace_id) if span.is_valid else None,
+            "span_id": trace.format_span_id(span.span_id) if span.is_valid else None,
+        },
+    )
+    # With an ErrorInfo, as every status this service sends: a client tells it from an INTERNAL a proxy made
+    # up when a stream was reset (which a read may resume), by the details.
+    info = error_details_pb2.ErrorInfo(reason=grpc.StatusCode.INTERNAL.name, domain=DOMAIN)
+    status = rpc_status.to_status(
+        status_pb2.Status(code=code_pb2.INTERNAL, message=INTERNAL_MESSAGE, details=[_pack(info)])
+    )
+    await context.abort(status.code, status.details, status.trailing_metadata)

@@ -25,7 +25,7 @@ import grpc
 from opentelemetry import trace
 
 from service.domain import InvalidArgument, Principal, ResourceExhausted, Unauthenticated
-from service.limits import RateLimiter
+from service.limits import StreamSlot, UserLimits
 from service.rpc import errors, tracing
 from service.rpc.context import principal_var
 from service.rpc.handlers import Context, Handler, StreamBehavior, UnaryBehavior, Undecodable, tolerant, wrap
@@ -44,7 +44,7 @@ class Guards:
     """The collaborators of the steps: who authenticates, what limits, what counts revocations."""
 
     authenticate: Authenticate
-    limiter: RateLimiter
+    limiter: UserLimits
     revocations: Callable[[], int] = lambda: 0
     public_prefixes: Sequence[str] = PUBLIC_METHOD_PREFIXES
 
@@ -123,11 +123,11 @@ class _Steps:
         def wrapped(behavior: StreamBehavior) -> StreamBehavior:
             async def call(request: Any, context: Context) -> AsyncIterator[Any]:
                 state = self._open(context, request)
-                user = None
+                slot = None
                 self._metrics.active_streams.add(1, {"rpc.method": self._method})
                 try:
                     recheck = await self._admit(state)
-                    user = self._open_stream(state)
+                    slot = await self._open_stream()
                     request = self._requests(request, recheck) if request_streaming else _parsed(request)
                     responses = cast(AsyncGenerator[Any, None], behavior(request, context))
                     try:
@@ -145,8 +145,8 @@ class _Steps:
                     state.error = error
                     await errors.abort(context, error)
                 finally:
-                    if user is not None:
-                        self._guards.limiter.close_stream(user)
+                    if slot is not None:
+                        self._guards.limiter.close_stream(slot)
                     self._metrics.active_streams.add(-1, {"rpc.method": self._method})
                     self._close(state, context)
 
@@ -169,26 +169,25 @@ class _Steps:
         token = _bearer(self._metadata.get("authorization", ""))
         principal = await self._guards.authenticate(token)
         principal_var.set(principal)
-        self._take(principal.user_id)
+        await self._take(principal.user_id)
         return Recheck(self._guards.authenticate, token, principal, self._guards.revocations)
 
-    def _take(self, user: str) -> None:
+    async def _take(self, user: str) -> None:
         try:
-            self._guards.limiter.check_request(user)
+            await self._guards.limiter.check_request(user)
         except ResourceExhausted:
             self._metrics.rate_limit_rejections.add(1, {"chat.limit": "requests"})
             raise
 
-    def _open_stream(self, state: _Call) -> str | None:
+    async def _open_stream(self) -> StreamSlot | None:
         principal = principal_var.get()
         if principal is None:
             return None
         try:
-            self._guards.limiter.open_stream(principal.user_id)
+            return await self._guards.limiter.open_stream(principal.user_id)
         except ResourceExhausted:
             self._metrics.rate_limit_rejections.add(1, {"chat.limit": "streams"})
             raise
-        return principal.user_id
 
     async def _requests(self, requests: AsyncIterator[Any], recheck: Recheck | None) -> AsyncIterator[Any]:
         """A client's stream of messages: each parsed, each after the first re-authorised and counted against the
@@ -197,7 +196,7 @@ class _Steps:
         async for request in requests:
             if not first and recheck is not None:
                 await recheck()
-                self._take(recheck.principal.user_id)
+                await self._take(recheck.principal.user_id)
             first = False
             yield _parsed(request)
 

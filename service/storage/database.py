@@ -15,8 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import StaticPool
 
 from service.domain import Unavailable
+from service.storage.attachments import SqlAttachments
 from service.storage.coaching_sessions import SqlCoachingSessions
 from service.storage.repository import SqlApiKeys, SqlConversations, SqlMessages
+from service.storage.shares import SqlShares
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,8 @@ class SqlUnitOfWork:
     messages: SqlMessages
     api_keys: SqlApiKeys
     coaching_sessions: SqlCoachingSessions
+    attachments: SqlAttachments
+    shares: SqlShares
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -110,6 +114,8 @@ class SqlUnitOfWork:
         self.messages = SqlMessages(self._conn)
         self.api_keys = SqlApiKeys(self._conn)
         self.coaching_sessions = SqlCoachingSessions(self._conn)
+        self.attachments = SqlAttachments(self._conn)
+        self.shares = SqlShares(self._conn)
         return self
 
     async def __aexit__(

@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class LocalNotifications(_Subscribers):
         return None
 
 
+def _log_connect_failure(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    logger.warning("notifications: cannot connect (%s); retrying in %.1fs", type(error).__name__, delay)
+
+
 class PostgresNotifications(_Subscribers):
     """Implements `ports.Notifications` over one dedicated asyncpg connection: LISTEN on every subscribed
     channel, NOTIFY in batches (one round trip for everything published since the last). Reconnects with
@@ -87,26 +94,29 @@ class PostgresNotifications(_Subscribers):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    async def _connect(self) -> Any:
+        """A listening connection, retried with exponential backoff (and jitter) until Postgres answers."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type((OSError, asyncpg.PostgresError, TimeoutError)),
+            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.05),
+            before_sleep=_log_connect_failure,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await asyncpg.connect(self._dsn, timeout=5)
+        raise AssertionError("unreachable: tenacity retries until it connects")
+
     async def _run(self) -> None:
-        backoff = 0.1
         while True:
-            try:
-                connection: Any = await asyncpg.connect(self._dsn, timeout=5)
-            except (OSError, asyncpg.PostgresError, TimeoutError) as error:
-                logger.warning("notifications: cannot connect (%s); retrying in %.1fs", type(error).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._max_backoff)
-                continue
+            connection = await self._connect()
             try:
                 await self._serve(connection)
                 logger.warning("notifications: connection lost")
-                backoff = 0.1
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
                 logger.warning("notifications: connection lost (%s)", type(error).__name__)
             except Exception:
                 # Never let the listener die: a bug here would silently cost every follower its wake-ups.
                 logger.exception("notifications: unexpected error")
-                await asyncio.sleep(backoff)
             finally:
                 self.connected = False
                 with contextlib.suppress(Exception):

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from service.domain import (
     ApiKey,
     Conversation,
+    ConversationScope,
     DuplicateRequest,
     FinishReason,
     Lease,
@@ -26,7 +27,7 @@ from service.domain import (
 from service.ports import Flush, Held, RowsPage
 from service.storage import branches, cursors
 from service.storage.search import search_postgres, search_sqlite
-from service.storage.tables import api_keys, conversations, messages
+from service.storage.tables import api_keys, conversation_shares, conversations, message_attachments, messages
 
 STREAMING = MessageStatus.STREAMING.value
 T = TypeVar("T")
@@ -92,6 +93,13 @@ class SqlConversations:
 
     async def delete(self, conversation_id: str) -> None:
         # Explicit, so it holds whether or not the database enforces the foreign key's cascade.
+        in_conversation = sa.select(messages.c.id).where(messages.c.conversation_id == conversation_id)
+        await self._conn.execute(
+            message_attachments.delete().where(message_attachments.c.message_id.in_(in_conversation))
+        )
+        await self._conn.execute(
+            conversation_shares.delete().where(conversation_shares.c.conversation_id == conversation_id)
+        )
         await self._conn.execute(messages.delete().where(messages.c.conversation_id == conversation_id))
         await self._conn.execute(conversations.delete().where(conversations.c.id == conversation_id))
 
@@ -171,9 +179,17 @@ class SqlMessages:
         deleted = messages.delete().where(messages.c.seq.in_(sa.select(tree.c.seq))).returning(messages.c.seq)
         return len((await self._conn.execute(deleted)).all())  # rowcount: -1 on SQLite for a statement with WITH
 
-    async def search(self, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None) -> RowsPage[SearchHit]:
+    async def search(
+        self,
+        user_id: str,
+        terms: tuple[str, ...],
+        *,
+        limit: int,
+        after: str | None,
+        scope: ConversationScope = ConversationScope.OWNED,
+    ) -> RowsPage[SearchHit]:
         run = search_sqlite if self._conn.dialect.name == "sqlite" else search_postgres
-        rows = await run(self._conn, owner, terms, limit=limit + 1, after=after)
+        rows = await run(self._conn, user_id, terms, limit=limit + 1, after=after, scope=scope)
         page = _page(rows, limit, lambda hit: cursors.relevance(float(hit[0].score), hit[0].seq))
         current = await self._on_current_branches([row for row, _ in page.items])
         hits = [
@@ -203,6 +219,8 @@ class SqlMessages:
         return [_message(r) for r in await self._conn.execute(query)]
 
     async def flush(self, batch: Sequence[Flush]) -> None:
+        if not batch:
+            return  # an executemany of no rows is deprecated in SQLAlchemy (a future error), and writes nothing
         c = messages.c
         statement = (
             messages.update()

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.domain import ConversationScope
 from service.storage.cursors import read_relevance
 from service.storage.tables import messages
 
@@ -36,7 +37,7 @@ _SQLITE_PAGE = """
 WITH hits AS MATERIALIZED (
     SELECT m.seq AS seq, m.content AS content, highlight(messages_fts, 0, char(1), '') AS marked
     FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid
-    WHERE messages_fts MATCH :match AND m.owner = :owner
+    WHERE messages_fts MATCH :match AND {visible}
 ), scored AS MATERIALIZED (
     SELECT seq, {score} AS score FROM hits
 )
@@ -58,11 +59,21 @@ SELECT page.*, ts_headline('english', page.content, plainto_tsquery('english', :
 FROM (
     SELECT {columns}, c.title AS conversation_title, {rank} AS score
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
-    WHERE m.owner = :owner AND m.search_vector @@ plainto_tsquery('english', :query) {keyset}
+    WHERE {visible} AND m.search_vector @@ plainto_tsquery('english', :query) {keyset}
     ORDER BY score DESC, m.seq DESC LIMIT :limit
 ) AS page
 ORDER BY page.score DESC, page.seq DESC
 """
+
+
+# The conversations a search covers (`ConversationScope`): the user's own, those shared with them, or both.
+_OWNED = "m.owner = :owner"
+_SHARED = "m.conversation_id IN (SELECT s.conversation_id FROM conversation_shares s WHERE s.user_id = :owner)"
+_VISIBLE = {
+    ConversationScope.OWNED: _OWNED,
+    ConversationScope.SHARED: _SHARED,
+    ConversationScope.ALL: f"({_OWNED} OR {_SHARED})",
+}
 
 
 def _typed(statement: sa.TextClause, *extra: sa.ColumnClause[Any]) -> sa.TextualSelect:
@@ -80,12 +91,20 @@ def _params(after: str | None, **params: Any) -> dict[str, Any]:
 
 
 async def search_sqlite(
-    conn: AsyncConnection, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None
+    conn: AsyncConnection,
+    owner: str,
+    terms: tuple[str, ...],
+    *,
+    limit: int,
+    after: str | None,
+    scope: ConversationScope = ConversationScope.OWNED,
 ) -> list[tuple[Any, str]]:
     """Rows (message columns, conversation_title, score) with their snippets, best first."""
     match = " ".join(f'"{term}"' for term in terms)
     keyset = _KEYSET.format(score="scored.score") if after is not None else ""
-    page = _typed(sa.text(_SQLITE_PAGE.format(columns=_COLUMNS, score=_SQLITE_SCORE, keyset=keyset)))
+    page = _typed(
+        sa.text(_SQLITE_PAGE.format(columns=_COLUMNS, score=_SQLITE_SCORE, keyset=keyset, visible=_VISIBLE[scope]))
+    )
     rows = list(await conn.execute(page, _params(after, owner=owner, match=match, limit=limit)))
     if not rows:
         return []
@@ -96,10 +115,18 @@ async def search_sqlite(
 
 
 async def search_postgres(
-    conn: AsyncConnection, owner: str, terms: tuple[str, ...], *, limit: int, after: str | None
+    conn: AsyncConnection,
+    owner: str,
+    terms: tuple[str, ...],
+    *,
+    limit: int,
+    after: str | None,
+    scope: ConversationScope = ConversationScope.OWNED,
 ) -> list[tuple[Any, str]]:
     keyset = _KEYSET.format(score=_POSTGRES_RANK) if after is not None else ""
-    statement = sa.text(_POSTGRES_PAGE.format(columns=_COLUMNS, rank=_POSTGRES_RANK, keyset=keyset))
+    statement = sa.text(
+        _POSTGRES_PAGE.format(columns=_COLUMNS, rank=_POSTGRES_RANK, keyset=keyset, visible=_VISIBLE[scope])
+    )
     page = _typed(statement, sa.column("snippet", sa.String))
     rows = await conn.execute(page, _params(after, owner=owner, query=" ".join(terms), limit=limit))
     return [(row, row.snippet) for row in rows]

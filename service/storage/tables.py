@@ -132,3 +132,52 @@ service_secrets = sa.Table(
     sa.Column("value", sa.String(128), nullable=False),
     sa.Column("create_time", Time, nullable=False),
 )
+
+# Attachments: metadata here, bytes in the attachment store (by default `attachment_chunks`, keyed by the id).
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("owner", sa.String(128), nullable=False, index=True),
+    sa.Column("filename", sa.String(255), nullable=False),
+    sa.Column("content_type", sa.String(127), nullable=False),
+    sa.Column("sniffed_content_type", sa.String(127), nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("create_time", Time, nullable=False),
+)
+
+# The database's attachment store: an attachment's bytes as numbered chunks. No foreign key: the store is a
+# place for bytes like an object store would be, written before the metadata (service/attachments.py).
+attachment_chunks = sa.Table(
+    "attachment_chunks",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+# Which user message carries which attachments, in order.
+message_attachments = sa.Table(
+    "message_attachments",
+    metadata,
+    sa.Column("message_id", sa.String(36), sa.ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column(
+        "attachment_id", sa.String(36), sa.ForeignKey("attachments.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
+)
+
+# Read-only grants: the conversation's owner shared it with `user_id` (role `viewer`).
+conversation_shares = sa.Table(
+    "conversation_shares",
+    metadata,
+    sa.Column(
+        "conversation_id", sa.String(36), sa.ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("create_time", Time, nullable=False),
+    # "Shared with me": the user's grants.
+    sa.Index("ix_conversation_shares_user_id", "user_id"),
+)

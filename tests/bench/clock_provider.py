@@ -29,6 +29,8 @@ class ClockProvider:
     """Implements `ports.Provider`: `reply_tokens` tokens at `tokens_per_second` (0: no delay at all)."""
 
     name = "fake"
+    continues = False
+    takes_images = False
 
     def __init__(self, *, tokens_per_second: float, reply_tokens: int) -> None:
         self._interval = 1.0 / tokens_per_second if tokens_per_second > 0 else 0.0

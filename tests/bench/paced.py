@@ -40,6 +40,7 @@ from chat.v1 import chat_pb2 as pb
 from tests.bench.__main__ import RESULTS, postgres_database
 from tests.bench.clock_provider import MODEL, SEPARATOR, stamps
 from tests.bench.scenarios import Target, percentile
+from tests.net import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BIN = Path(sys.executable).parent
@@ -286,14 +287,6 @@ def chat_service(*args: str, env: dict[str, str]) -> str:
         [str(BIN / "chat-service"), *args], env={**os.environ, **env}, check=True, capture_output=True, text=True
     )
     return done.stdout
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -23,9 +23,9 @@ _ON_TTY = (
 
 def chat_env(address: str, key: str | None, tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_") and k != "NO_COLOR"}
-    env.update(CHAT_ADDRESS=address, CHAT_CONFIG=str(tmp_path / "no-config.toml"), **extra)
+    env.update(CHAT_CLIENT_ADDRESS=address, CHAT_CLIENT_CONFIG=str(tmp_path / "no-config.toml"), **extra)
     if key is not None:
-        env["CHAT_API_KEY"] = key
+        env["CHAT_CLIENT_API_KEY"] = key
     return env
 
 

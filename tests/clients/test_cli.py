@@ -13,8 +13,8 @@ from chat.v1 import chat_pb2 as pb
 from chat_client import ChatClient
 from tests.clients.proxy import BreakingProxy
 from tests.clients.terminal import TerminalSession, chat_env, run_chat
-from tests.e2e.process import free_port
 from tests.integration.harness import Replica
+from tests.net import free_port
 
 
 async def env_for(replica: Replica, tmp_path: Path, user: str = "alice", **extra: str) -> dict[str, str]:
@@ -95,7 +95,7 @@ async def test_clear_messages_when_unreachable_or_the_key_is_wrong(server: Repli
 
     wrong = chat_env(server.address, "csk_not_a_real_key", tmp_path)
     code, _, err = await run_chat("conversations", env=wrong)
-    assert code == 4 and "refused the credentials" in err and "CHAT_API_KEY" in err
+    assert code == 4 and "refused the credentials" in err and "CHAT_CLIENT_API_KEY" in err
 
     code, _, err = await run_chat("conversations", env=chat_env(server.address, None, tmp_path))
     assert code == 4 and "no credentials" in err
@@ -108,11 +108,11 @@ async def test_settings_from_a_config_file_and_flags(server: Replica, tmp_path: 
     config = tmp_path / "config.toml"
     config.write_text(f'address = "{server.address}"\napi_key = "{await server.key("alice")}"\n')
     env = chat_env("127.0.0.1:1", None, tmp_path)  # env names a wrong address: the flag wins over it
-    del env["CHAT_ADDRESS"]
+    del env["CHAT_CLIENT_ADDRESS"]
     code, out, err = await run_chat("--config", str(config), "--json", "models", env=env)
     assert code == 0, err
     assert json.loads(out)[0]["name"] == "fake-echo"
-    env["CHAT_ADDRESS"] = "127.0.0.1:1"
+    env["CHAT_CLIENT_ADDRESS"] = "127.0.0.1:1"
     code, _, err = await run_chat("--config", str(config), "--address", server.address, "models", env=env)
     assert code == 0, err
 

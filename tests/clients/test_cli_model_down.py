@@ -13,8 +13,8 @@ import pytest
 from chat_client.errors import MODEL_REASONS
 from service.domain import ModelFailed, ModelUnavailable
 from tests.clients.terminal import TerminalSession, chat_env, run_chat
-from tests.e2e.process import free_port
 from tests.integration.harness import Replica, running_replica, settings_for
+from tests.net import free_port
 from tests.wire.ollama_server import ChatScript, OllamaServer, TagModel
 
 EXIT_MODEL = 5

@@ -25,8 +25,8 @@ from chat_client import (
 from chat_client.retry import NO_RETRY
 from tests.clients.conftest import FAST_RETRY, ThreadedServer, proxy_to
 from tests.clients.proxy import BreakingProxy
-from tests.e2e.process import free_port
 from tests.integration.harness import Replica
+from tests.net import free_port
 
 
 async def stored_content(replica: Replica, user: str, message_id: str, conversation_id: str) -> str:

@@ -12,7 +12,8 @@ import pytest
 from chat.v1 import chat_pb2 as pb
 from chat_client import ChatClient, RetryPolicy
 from service.llm.fake import scripted_tokens
-from tests.e2e.process import Server, command, free_port
+from tests.e2e.process import Server, command
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -1,16 +1,15 @@
-"""TLS: the client (and `chat --tls --ca-file`) against a server with a certificate from a private CA."""
+"""TLS: the client (and `chat --tls --ca-file`) against a server with a certificate from a private CA (trustme)."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
+import trustme
 from grpc_health.v1 import health
 
 from chat_client import ChatClient, Unavailable
@@ -23,25 +22,24 @@ from tests.integration.harness import settings_for
 @dataclass
 class TlsServer:
     address: str
-    certificate: Path
+    ca_file: Path  # the CA that issued the server's certificate
     key: str
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    assert openssl, "the TLS tests need the openssl command"
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-    return cert, key
+def certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA's certificate, and a certificate and key it issued for 127.0.0.1."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    paths = directory / "ca.pem", directory / "cert.pem", directory / "key.pem"
+    ca.cert_pem.write_to_path(paths[0])
+    issued.cert_chain_pems[0].write_to_path(paths[1])
+    issued.private_key_pem.write_to_path(paths[2])
+    return paths
 
 
 @pytest.fixture
 async def tls_server(sqlite_url: str, tmp_path: Path) -> AsyncIterator[TlsServer]:
-    cert, key = self_signed(tmp_path)
+    ca, cert, key = certificates(tmp_path)
     deps = build(settings_for(sqlite_url))
     server = create_server(deps, health.aio.HealthServicer())
     credentials = grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
@@ -49,14 +47,14 @@ async def tls_server(sqlite_url: str, tmp_path: Path) -> AsyncIterator[TlsServer
     await server.start()
     try:
         _, secret = await deps.api_keys.create("alice")
-        yield TlsServer(f"127.0.0.1:{port}", cert, secret)
+        yield TlsServer(f"127.0.0.1:{port}", ca, secret)
     finally:
         await server.stop(0)
         await deps.aclose()
 
 
 async def test_tls_trusts_only_the_given_roots(tls_server: TlsServer) -> None:
-    roots = tls_server.certificate.read_bytes()
+    roots = tls_server.ca_file.read_bytes()
     async with ChatClient(tls_server.address, api_key=tls_server.key, tls=True, root_certificates=roots) as client:
         assert (await client.list_models()).models[0].name == "fake-echo"
     async with ChatClient(tls_server.address, api_key=tls_server.key, tls=True, retry=NO_RETRY) as untrusting:
@@ -69,6 +67,6 @@ async def test_tls_trusts_only_the_given_roots(tls_server: TlsServer) -> None:
 
 async def test_cli_over_tls(tls_server: TlsServer, tmp_path: Path) -> None:
     env = chat_env(tls_server.address, tls_server.key, tmp_path)
-    code, out, err = await run_chat("--tls", "--ca-file", str(tls_server.certificate), "--json", "models", env=env)
+    code, out, err = await run_chat("--tls", "--ca-file", str(tls_server.ca_file), "--json", "models", env=env)
     assert code == 0, err
     assert json.loads(out)[0]["name"] == "fake-echo"

@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import shutil
+import signal
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -22,8 +24,11 @@ from typing import Any
 import pytest
 
 from chat.v1 import chat_pb2 as pb
+from service.llm.fake import scripted_tokens
 from tests.clients.proxy import BreakingProxy
+from tests.e2e.process import Server, command
 from tests.integration.harness import Replica, running_replica, settings_for
+from tests.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 NODE_CLIENT = ROOT / "clients" / "node"
@@ -154,8 +159,8 @@ async def test_prints_the_reply_as_text(server: Replica, node: str) -> None:
         stderr=asyncio.subprocess.PIPE,
         env={
             "PATH": os.environ.get("PATH", ""),
-            "CHAT_ADDRESS": server.address,
-            "CHAT_API_KEY": await server.key("bob"),
+            "CHAT_CLIENT_ADDRESS": server.address,
+            "CHAT_CLIENT_API_KEY": await server.key("bob"),
         },
     )
     async with asyncio.timeout(RUN_LIMIT):
@@ -195,6 +200,74 @@ async def test_a_reply_broken_past_an_emoji_resumes_at_its_code_point_offset(
     received = "".join(line.get("text", "") for line in run.lines[: kinds.index("resumed")])
     assert received.startswith(broken_at) and EMOJI in received and len(received) < len(stored.content)
     assert resumed["offset"] == len(received) != resumed["utf16Length"] == utf16_length(received)
+
+
+@pytest.mark.e2e
+async def test_a_reply_continued_after_its_server_crashed_rewinds_what_was_never_stored(
+    tmp_path: Path, chat_node: Any
+) -> None:
+    """The server is SIGKILLed mid-reply and started again: it continues the reply from the text it had stored,
+    which is short of what the client received (200 tokens/s for 2.5 s, stored every 250 ms). The client resumes
+    with the generation it read, gets a rewind to the stored end (in code points, emoji before it) and ends with
+    exactly the stored reply."""
+    port = free_port()
+    database = tmp_path / "chat.db"
+    env = {
+        "CHAT_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "CHAT_LISTEN": f"127.0.0.1:{port}",
+        "CHAT_LLM_PROVIDER": "fake",
+        "CHAT_FAKE_TOKENS_PER_SECOND": "200",
+        "CHAT_FAKE_REPLY_TOKENS": "500",
+        "CHAT_FLUSH_INTERVAL_MS": "250",
+        "CHAT_REPLICA_ID": "node-restart-test",
+    }
+    await asyncio.to_thread(command, "migrate", env=env)
+    key = (await asyncio.to_thread(command, "keys", "create", "--user", "alice", env=env)).strip().splitlines()[-1]
+    server = Server(env=env, log=tmp_path / "server.log")
+    await asyncio.to_thread(server.start)
+    try:
+        # Patient: the client keeps resuming (backoff up to 2 s) while the server starts again.
+        run = await chat_node(f"127.0.0.1:{port}", key, "--attempts", "40", "ask", "a very long story")
+        async with asyncio.timeout(RUN_LIMIT):
+            while (line := await run.next_line()) is not None:
+                if line["event"] == "delta" and len(run.text()) > 1000:  # flushed 4 times or more
+                    break
+            server.signal(signal.SIGKILL)
+            await asyncio.to_thread(server.wait)
+            [started] = run.events("started")
+            with sqlite3.connect(database) as db:
+                [(stored_at_kill,)] = db.execute(
+                    "SELECT content FROM messages WHERE id = ?", (started["messageId"],)
+                ).fetchall()
+            server = Server(env=env, log=tmp_path / "server.log")
+            await asyncio.to_thread(server.start)
+            assert await run.finish() == 0
+    finally:
+        server.stop()
+
+    expected = "".join(scripted_tokens("a very long story", 500))
+    [completed] = run.events("completed")
+    assert completed["status"] == "MESSAGE_STATUS_COMPLETED" and completed["content"] == expected
+    kinds = [line["event"] for line in run.lines]
+    received = "".join(line.get("text", "") for line in run.lines[: kinds.index("resumed")])
+    assert expected.startswith(stored_at_kill) and expected.startswith(received) and EMOJI in stored_at_kill
+    # What a display following the events shows: deltas appended, rewinds cut back (by code points).
+    shown = ""
+    for line in run.lines:
+        if line["event"] == "delta":
+            assert line["offset"] == len(shown)
+            shown += line["text"]
+        elif line["event"] == "rewind":
+            assert line["replaced"] == shown[line["offset"] :]
+            shown = shown[: line["offset"]]
+    assert shown == expected
+    if len(received) > len(stored_at_kill):  # nearly always: a kill lands within a 5 ms token of a flush ~2% of runs
+        [rewind] = run.events("rewind")
+        assert rewind["offset"] == len(stored_at_kill) and rewind["generation"] == 2
+        assert rewind["replaced"] == received[len(stored_at_kill) :]
+        assert all(line["generation"] == 2 for line in run.lines[kinds.index("rewind") + 1 :] if "generation" in line)
+    else:
+        assert run.events("rewind") == []
 
 
 async def test_resumes_a_finished_reply_from_a_code_point_offset(server: Replica, chat_node: Any) -> None:

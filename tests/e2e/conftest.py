@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.process import Server, free_port
+from tests.e2e.process import Server
+from tests.net import free_port
 
 ServerFactory = Callable[..., Server]
 

@@ -9,7 +9,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.process import free_port
+from tests.net import free_port
 
 
 def _bin_dir() -> Path | None:

@@ -14,7 +14,8 @@ import pytest
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.llm.fake import scripted_tokens
-from tests.e2e.process import BIN, Server, command, free_port, poll_until
+from tests.e2e.process import BIN, Server, command, poll_until
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,8 @@ from chat.v1 import chat_pb2_grpc
 from service.llm.fake import scripted_tokens
 from tests.conftest import REQUIRE_POSTGRES
 from tests.e2e.postgres import PrivatePostgres
-from tests.e2e.process import Server, command, free_port, poll_until
+from tests.e2e.process import Server, command, poll_until
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 

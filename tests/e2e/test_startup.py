@@ -19,7 +19,8 @@ import sqlalchemy as sa
 
 from service.storage import migrate
 from tests.conftest import POSTGRES_URL, _off_loop, _postgres_admin
-from tests.e2e.process import BIN, free_port
+from tests.e2e.process import BIN
+from tests.net import free_port
 
 pytestmark = pytest.mark.e2e
 

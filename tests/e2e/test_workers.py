@@ -17,8 +17,9 @@ from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.storage.tables import messages
 from tests.e2e.conftest import ServerFactory
-from tests.e2e.process import BIN, free_port, poll_until
+from tests.e2e.process import BIN, poll_until
 from tests.e2e.test_faults import drain, mint_key
+from tests.net import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.timeout(120)]
 CONNECTIONS = 24  # all landing on one of two workers by chance: 2 in 2**23
@@ -75,8 +76,10 @@ async def test_two_workers_share_the_port_and_each_is_a_replica(servers: ServerF
         first.kill()  # a worker dies: the other serves on, and the supervisor starts a new one
         for call in calls:
             call.cancel()
-        stub = chat_pb2_grpc.ChatServiceStub(channels[0])
-        conversation = await stub.CreateConversation(pb.CreateConversationRequest(), metadata=auth)
+        # A new connection: the kernel hands it to a worker that is listening (the dead one's socket is gone).
+        channels.append(grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options))
+        stub = chat_pb2_grpc.ChatServiceStub(channels[-1])
+        conversation = await stub.CreateConversation(pb.CreateConversationRequest(), metadata=auth, wait_for_ready=True)
         async with asyncio.timeout(30):
             _, last, error = await drain(
                 stub.StreamReply(

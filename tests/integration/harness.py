@@ -12,6 +12,7 @@ import grpc
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.app import App, build
+from service.auth import parse_key
 from service.ports import Provider
 from service.settings import Settings
 
@@ -37,6 +38,13 @@ class Replica:
             pb.CreateConversationRequest(**fields), metadata=await self.auth(user)
         )
         return response.conversation
+
+
+def secret_of(token: str) -> str:
+    """The secret part of an API key, `csk_<id>_<secret>` (the secret may hold `_` itself)."""
+    parsed = parse_key(token)
+    assert parsed is not None, "not an API key"
+    return parsed[1]
 
 
 def settings_for(database_url: str, **overrides: Any) -> Settings:

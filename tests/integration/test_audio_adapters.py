@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from http import HTTPStatus
 
@@ -15,6 +14,7 @@ from service.audio.openai import OpenAISynthesizer, OpenAITranscriber
 from service.domain import FailedPrecondition, Unavailable
 from service.ports import Audio
 from service.settings import Settings
+from tests.net import free_port
 from tests.wire.audio_server import AudioServer, wav_bytes
 
 pytestmark = pytest.mark.timeout(15)
@@ -96,10 +96,7 @@ async def test_a_wrong_key_is_refused(server: AudioServer) -> None:
 
 
 async def test_an_unreachable_server_is_unavailable() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    transcriber = OpenAITranscriber(f"http://127.0.0.1:{port}/v1", model="whisper-1", api_key=None, timeout=2)
+    transcriber = OpenAITranscriber(f"http://127.0.0.1:{free_port()}/v1", model="whisper-1", api_key=None, timeout=2)
     try:
         with pytest.raises(Unavailable, match="cannot be reached"):
             await transcriber.transcribe(Audio(wav_bytes(), "audio/wav"))

@@ -126,6 +126,21 @@ async def _send(replica: Replica, request_id: str) -> object:
     return await replica.stub.SendMessage(request, metadata=await replica.auth("alice"))
 
 
+async def _upload(replica: Replica, **metadata: str) -> object:
+    fields = {"filename": "f.txt", **metadata}
+    messages = [
+        pb.UploadAttachmentRequest(metadata=pb.AttachmentMetadata(**fields)),
+        pb.UploadAttachmentRequest(data=b"x"),
+    ]
+    return await replica.stub.UploadAttachment(iter(messages), metadata=await replica.auth("alice"))
+
+
+async def _share(replica: Replica, user_id: str) -> object:
+    cid = (await replica.conversation("alice")).conversation_id
+    request = pb.ShareConversationRequest(conversation_id=cid, user_id=user_id)
+    return await replica.stub.ShareConversation(request, metadata=await replica.auth("alice"))
+
+
 async def _key(replica: Replica, **fields: object) -> object:
     admin = (("authorization", f"Bearer {await replica.key('root', admin=True)}"),)
     request = apb.CreateApiKeyRequest(**{"user_id": "someone", **fields})  # type: ignore[arg-type]
@@ -152,6 +167,12 @@ CALLER_GIVEN: dict[tuple[str, str], list[Probe]] = {
     # AdminService names the field `name` for the request's `display_name` (service/auth.py).
     ("api_keys", "name"): [Probe(lambda r, v: _key(r, display_name=v), None)],
     ("api_keys", "scopes"): [Probe(lambda r, v: _key(r, scopes=[v]), "scopes", fits=False)],
+    ("attachments", "filename"): [Probe(lambda r, v: _upload(r, filename=v), "metadata.filename")],
+    # Only media types are accepted (type/subtype, each at most 63 characters), whatever their length.
+    ("attachments", "content_type"): [
+        Probe(lambda r, v: _upload(r, content_type=v), "metadata.content_type", fits=False)
+    ],
+    ("conversation_shares", "user_id"): [Probe(_share, "user_id")],
 }
 # The other bounded string columns, and why no caller's value can overflow them.
 NOT_FROM_CALLERS = {
@@ -177,6 +198,18 @@ NOT_FROM_CALLERS = {
     ("coaching_sessions", "conversation_id"): "a conversation's id",
     ("coaching_sessions", "stage"): "an enum",
     ("coaching_sessions", "end_reason"): "an enum",
+    ("attachments", "id"): "made by the service",
+    ("attachments", "owner"): "the caller's user id",
+    (
+        "attachments",
+        "sniffed_content_type",
+    ): "a media type from puremagic's table, or text/plain, or application/octet-stream",
+    ("attachments", "sha256"): "a SHA-256 hex digest",
+    ("attachment_chunks", "key"): "an attachment's id",
+    ("message_attachments", "message_id"): "a message's id",
+    ("message_attachments", "attachment_id"): "an attachment's id (checked as a UUID, then found)",
+    ("conversation_shares", "conversation_id"): "a conversation's id",
+    ("conversation_shares", "role"): "an enum",
     ("service_secrets", "name"): "made by the service",
     ("service_secrets", "value"): "made by the service",
 }

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from service import cli
-from tests.e2e.process import free_port
 from tests.integration.harness import Replica
+from tests.net import free_port
 
 
 async def _health(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:

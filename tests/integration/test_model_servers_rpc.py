@@ -13,7 +13,7 @@ from chat.v1 import chat_pb2 as pb
 from service.domain import estimate_tokens
 from tests.integration.harness import Replica, running_replica, settings_for
 from tests.wire.ollama_server import ChatScript, OllamaServer, TagModel
-from tests.wire.openai_server import CompletionScript, OpenAIServer
+from tests.wire.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -87,13 +87,13 @@ async def test_a_served_name_configured_as_default_is_listed_once(database_url: 
 @pytest.mark.parametrize(
     ("script", "usage"),
     [
-        (CompletionScript(prompt_tokens=23), pb.Usage(prompt_tokens=23, completion_tokens=4, estimated=False)),
-        (CompletionScript(send_usage=False), None),  # estimated: see below
+        (ChatScript(prompt_tokens=23), pb.Usage(prompt_tokens=23, completion_tokens=4, estimated=False)),
+        (ChatScript(prompt_tokens=None), None),  # estimated: see below
     ],
     ids=["server-counted", "estimated"],
 )
 async def test_openai_usage_is_stored_with_where_it_came_from(
-    database_url: str, llama_cpp_server: OpenAIServer, script: CompletionScript, usage: pb.Usage | None
+    database_url: str, llama_cpp_server: OpenAIServer, script: ChatScript, usage: pb.Usage | None
 ) -> None:
     llama_cpp_server.enqueue(script)
     settings = settings_for(database_url, llm_provider="openai", llm_url=llama_cpp_server.url)
@@ -129,8 +129,8 @@ async def test_a_default_ollama_model_not_pulled_yet_is_still_offered(database_u
 @pytest.mark.parametrize(
     ("script", "usage"),
     [
-        (ChatScript(prompt_eval_count=19, eval_count=4), pb.Usage(prompt_tokens=19, completion_tokens=4)),
-        (ChatScript(prompt_eval_count=None), None),
+        (ChatScript(prompt_tokens=19, completion_tokens=4), pb.Usage(prompt_tokens=19, completion_tokens=4)),
+        (ChatScript(prompt_tokens=None), None),
     ],
     ids=["server-counted", "estimated"],
 )

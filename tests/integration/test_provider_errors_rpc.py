@@ -10,9 +10,9 @@ import grpc
 import pytest
 
 from chat.v1 import chat_pb2 as pb
-from tests.e2e.process import free_port
 from tests.integration.harness import Replica, running_replica, settings_for
 from tests.integration.rpc_errors import error_info
+from tests.net import free_port
 from tests.wire.ollama_server import ChatScript, OllamaServer
 
 

@@ -1,20 +1,15 @@
-"""TLS and mutual TLS over loopback, with certificates made by the test."""
+"""TLS and mutual TLS over loopback, with certificates from throwaway CAs (trustme)."""
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import trustme
 
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
@@ -29,79 +24,33 @@ class Pem:
     key: bytes
 
 
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-
-
-def make_ca(common_name: str) -> tuple[Pem, ec.EllipticCurvePrivateKey, x509.Certificate]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(_name(common_name))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)), key, cert
-
-
-def issue(ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str, *, server: bool) -> Pem:
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(common_name))
-        .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-    cert = builder.sign(ca_key, hashes.SHA256())
-    return Pem(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+def _pem(leaf: trustme.LeafCert) -> Pem:
+    return Pem(leaf.cert_chain_pems[0].bytes(), leaf.private_key_pem.bytes())
 
 
 @dataclass
 class Pki:
-    ca: Pem
+    ca: bytes
     server: Pem
     client: Pem
     stranger: Pem  # a client certificate from another CA
+    stranger_ca: bytes
     files: dict[str, Path]
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    ca, ca_key, ca_cert = make_ca("test ca")
-    _, other_key, other_cert = make_ca("other ca")
-    pki = Pki(
-        ca,
-        issue(ca_key, ca_cert, "localhost", server=True),
-        issue(ca_key, ca_cert, "client", server=False),
-        issue(other_key, other_cert, "stranger", server=False),
-        {},
-    )
+    ca, other = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1")
     folder = tmp_path_factory.mktemp("pki")
-    for name, data in (("ca.pem", ca.cert), ("server.pem", pki.server.cert), ("server.key", pki.server.key)):
-        (folder / name).write_bytes(data)
-        pki.files[name] = folder / name
-    return pki
+    files = {"ca.pem": folder / "ca.pem", "server.pem": folder / "server.pem", "server.key": folder / "server.key"}
+    ca.cert_pem.write_to_path(files["ca.pem"])
+    server.cert_chain_pems[0].write_to_path(files["server.pem"])
+    server.private_key_pem.write_to_path(files["server.key"])
+    stranger = other.issue_cert("stranger")
+    return Pki(
+        ca.cert_pem.bytes(), _pem(server), _pem(ca.issue_cert("client")), _pem(stranger), other.cert_pem.bytes(), files
+    )
 
 
 @contextlib.asynccontextmanager
@@ -131,10 +80,10 @@ async def test_tls(database_url: str, pki: Pki) -> None:
     settings = settings_for(database_url, tls_cert_file=pki.files["server.pem"], tls_key_file=pki.files["server.key"])
     async with serving(settings) as (app, address):
         _, token = await app.deps.api_keys.create("alice")
-        trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca.cert)
+        trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca)
         assert await list_over(address, trusted, token) == grpc.StatusCode.OK
         # A client that does not trust the CA, or speaks plaintext, gets no service.
-        untrusted = grpc.ssl_channel_credentials(root_certificates=pki.stranger.cert)
+        untrusted = grpc.ssl_channel_credentials(root_certificates=pki.stranger_ca)
         assert await list_over(address, untrusted, token) == grpc.StatusCode.UNAVAILABLE
         assert await list_over(address, None, token) == grpc.StatusCode.UNAVAILABLE
 
@@ -151,9 +100,9 @@ async def test_mutual_tls(database_url: str, pki: Pki) -> None:
 
         def client(pem: Pem | None) -> grpc.ChannelCredentials:
             if pem is None:
-                return grpc.ssl_channel_credentials(root_certificates=pki.ca.cert)
+                return grpc.ssl_channel_credentials(root_certificates=pki.ca)
             return grpc.ssl_channel_credentials(
-                root_certificates=pki.ca.cert, private_key=pem.key, certificate_chain=pem.cert
+                root_certificates=pki.ca, private_key=pem.key, certificate_chain=pem.cert
             )
 
         assert await list_over(address, client(pki.client), token) == grpc.StatusCode.OK

@@ -143,6 +143,24 @@ async def test_editing_branches_and_the_old_branch_stays_readable(replica: Repli
     assert (old[0].sibling_count, old[0].sibling_index, old[0].next_sibling_id) == (2, 0, edited.message_id)
 
 
+async def test_an_edited_message_keeps_the_files_it_carries(replica: Replica) -> None:
+    auth = await replica.auth("alice")
+    metadata = pb.AttachmentMetadata(filename="notes.txt", content_type="text/plain")
+    upload = [pb.UploadAttachmentRequest(metadata=metadata), pb.UploadAttachmentRequest(data=b"narwhal notes")]
+    attachment_id = (await replica.stub.UploadAttachment(iter(upload), metadata=auth)).attachment.attachment_id
+    conversation_id = (await replica.conversation("alice")).conversation_id
+    asked = await replica.stub.SendMessage(
+        pb.SendMessageRequest(conversation_id=conversation_id, content="summarise", attachment_ids=[attachment_id]),
+        metadata=auth,
+    )
+
+    events = await edit(replica, asked.user_message.message_id, "summarise briefly")
+
+    assert list(events[0].started.user_message.attachment_ids) == [attachment_id]
+    listed = await branch(replica, conversation_id)
+    assert (listed[0].content, list(listed[0].attachment_ids)) == ("summarise briefly", [attachment_id])
+
+
 async def test_correcting_a_reply_streams_the_correction_without_the_model(replica: Replica) -> None:
     conversation_id = (await replica.conversation("alice")).conversation_id
     asked = await send(replica, conversation_id, "2 + 2?")

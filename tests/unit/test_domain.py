@@ -14,12 +14,13 @@ from service.domain import (
     ChatTurn,
     Conversation,
     InvalidArgument,
+    Need,
     NotFound,
     PermissionDenied,
     Principal,
     Role,
+    check_access,
     check_id,
-    check_owner,
     check_request_id,
     check_text,
     history_window,
@@ -191,7 +192,7 @@ def test_check_request_id_rejects_long_non_ascii_or_control_characters(value: st
     assert violated_field(error) == "request_id"
 
 
-# ---------------------------------------------------------------------------------------------- check_owner
+# ---------------------------------------------------------------------------------------------- check_access
 
 
 def conversation_of(owner: str) -> Conversation:
@@ -199,15 +200,23 @@ def conversation_of(owner: str) -> Conversation:
     return Conversation(str(uuid.uuid4()), owner, "t", "m", "", "", when, when)
 
 
-def test_check_owner_accepts_the_owners_resource() -> None:
-    check_owner(conversation_of("alice"), Principal("alice"), "conversation")
+@pytest.mark.parametrize("need", list(Need))
+def test_check_access_lets_the_owner_do_anything(need: Need) -> None:
+    check_access(conversation_of("alice"), Principal("alice"), "conversation", need=need)
 
 
-def test_check_owner_reports_a_missing_resource_as_not_found() -> None:
+def test_check_access_reports_a_missing_resource_as_not_found() -> None:
     with pytest.raises(NotFound, match="conversation"):
-        check_owner(None, Principal("alice"), "conversation")
+        check_access(None, Principal("alice"), "conversation", need=Need.READ, shared=True)
 
 
-def test_check_owner_reports_another_users_resource_as_permission_denied() -> None:
-    with pytest.raises(PermissionDenied):
-        check_owner(conversation_of("bob"), Principal("alice"), "conversation")
+@pytest.mark.parametrize("need", list(Need))
+def test_check_access_denies_another_users_resource(need: Need) -> None:
+    with pytest.raises(PermissionDenied, match="belongs to another user"):
+        check_access(conversation_of("bob"), Principal("alice"), "conversation", need=need)
+
+
+def test_check_access_lets_a_viewer_read_and_never_write() -> None:
+    check_access(conversation_of("bob"), Principal("alice"), "conversation", need=Need.READ, shared=True)
+    with pytest.raises(PermissionDenied, match="shared with you read-only"):
+        check_access(conversation_of("bob"), Principal("alice"), "conversation", need=Need.WRITE, shared=True)

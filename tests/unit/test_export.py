@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.domain import Conversation, InvalidArgument, Message, MessageStatus, Role, search_terms
-from service.export import CsvWriter, ExportFormat, JsonWriter, MarkdownWriter, writer_for
+from service.export import CsvWriter, ExportFormat, JsonWriter, MarkdownWriter, inert, writer_for
 
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
 CONVERSATION = Conversation("c1", "alice", "Title, with comma", "m", "", "", T0, T0)
@@ -39,8 +39,21 @@ def test_csv_round_trips_any_text_in_any_paging(contents: list[str], page: int, 
     pages = [items[i : i + page] for i in range(0, len(items), page)]
     rows = list(csv.reader(io.StringIO(write(CsvWriter(first_index=first), pages), newline="")))
     assert rows[0] == ["index", "role", "content", "time"]
-    assert [r[2] for r in rows[1:]] == contents
+    assert [r[2] for r in rows[1:]] == [inert(c) for c in contents]
     assert [int(r[0]) for r in rows[1:]] == list(range(first, first + len(contents)))
+
+
+@given(st.lists(text, max_size=12))
+def test_no_csv_cell_starts_like_a_spreadsheet_formula(contents: list[str]) -> None:
+    rows = list(csv.reader(io.StringIO(write(CsvWriter(), [messages(contents)]), newline="")))
+    assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows[1:] for cell in row[1:3])
+    for cell, content in zip((r[2] for r in rows[1:]), contents, strict=True):
+        assert cell == content or cell == "'" + content  # the text itself, never altered but for the apostrophe
+
+
+def test_a_formula_in_a_message_is_exported_as_text() -> None:
+    rows = list(csv.reader(io.StringIO(write(CsvWriter(), [messages(['=HYPERLINK("http://x")', "@SUM(A1)"])]))))
+    assert [r[2] for r in rows[1:]] == ['\'=HYPERLINK("http://x")', "'@SUM(A1)"]
 
 
 @given(st.lists(text, max_size=12), st.integers(min_value=1, max_value=5))

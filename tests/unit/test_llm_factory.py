@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -61,12 +62,14 @@ async def test_openai(built: list[Provider]) -> None:
 
 
 async def test_local_loads_nothing_until_first_use(built: list[Provider]) -> None:
-    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install chat-service[local])")
+    # find_spec, not an import: llama_cpp is only ever imported by the model's worker process.
+    assert importlib.util.find_spec("llama_cpp") is not None, "llama-cpp-python is not installed (make test does)"
     provider = build_provider(settings(llm_provider="local", local_context_tokens=1024))
     built.append(provider)
 
     assert isinstance(provider, LocalProvider)
     assert provider.name == "local"
+    assert "llama_cpp" not in sys.modules
 
 
 @pytest.mark.parametrize("name", ["fake", "ollama", "openai"])

@@ -707,7 +707,7 @@ async def test_start_interrupts_the_replies_this_replica_left_behind(
     theirs = await add_reply_in_flight(
         storage, clock, await add_conversation(storage, clock), lease_owner="replica-b", lease_expires_at=later
     )
-    replies = make_replies(ScriptedProvider())
+    replies = make_replies(ScriptedProvider(), max_continuations=0)  # continuing turned off
 
     await replies.start()
 
@@ -717,6 +717,26 @@ async def test_start_interrupts_the_replies_this_replica_left_behind(
     assert "restarted" in interrupted.error_message
     untouched = storage.message(theirs.id)
     assert untouched is not None and untouched.status is MessageStatus.STREAMING
+
+
+async def test_start_continues_the_replies_this_replica_left_behind(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    later = clock() + timedelta(hours=1)  # its lease has not expired: it is this replica's own, from its last run
+    mine = await add_reply_in_flight(
+        storage,
+        clock,
+        await add_conversation(storage, clock),
+        content="Hello",
+        lease_owner=REPLICA,
+        lease_expires_at=later,
+    )
+    replies = make_replies(ScriptedProvider())
+
+    await replies.start()
+
+    final = await final_state(replies, mine.id)
+    assert (final.status, final.content, final.continued_at) == (MessageStatus.COMPLETED, "Hello, wörld 🙂", ((2, 5),))
 
 
 async def test_close_lets_a_reply_finish_within_the_grace_period(

@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import hmac
 import io
-import json
 import wave
 from dataclasses import dataclass
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
-from tests.wire.httpserver import Exchange, HttpServer, Request
+from aiohttp import web
+
+from tests.wire.httpserver import Served, WireServer
+from tests.wire.openai_server import authorized, openai_error
 
 
 def wav_bytes(seconds: float = 0.1, rate: int = 8000) -> bytes:
@@ -48,10 +48,11 @@ class Upload:
     fields: dict[str, str]
 
 
-def parse_multipart(request: Request) -> Upload:
-    """Parse a multipart/form-data body with the standard library's MIME parser."""
-    head = f"Content-Type: {request.headers['content-type']}\r\n\r\n".encode()
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + request.body)
+def parse_multipart(content_type: str, body: bytes) -> Upload:
+    """Parse a multipart/form-data body with the standard library's MIME parser (aiohttp's reads the request
+    stream, which the server has already read to record the request)."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
     assert message.is_multipart(), "not a multipart body"
     file, filename, content_type, fields = b"", "", "", {}
     for part in message.iter_parts():
@@ -64,52 +65,42 @@ def parse_multipart(request: Request) -> Upload:
     return Upload(file, filename, content_type, fields)
 
 
-class AudioServer:
+class AudioServer(Served):
     """Transcribes every upload as `transcript`; speaks every input as `speech` (WAV by default). A non-200
     `status` makes both endpoints fail with an OpenAI error body. With `api_key`, other callers get a 401."""
+
+    base_path = "/v1"
 
     def __init__(
         self, *, transcript: str = "hello there", speech: bytes | None = None, api_key: str | None = None
     ) -> None:
         self.transcript = transcript
         self.speech = speech if speech is not None else wav_bytes()
-        self.api_key = api_key
         self.status = HTTPStatus.OK
         self.uploads: list[Upload] = []
         self.speech_requests: list[dict[str, Any]] = []
-        self.http = HttpServer(self._handle)
+        self.http = WireServer(
+            [
+                web.post("/v1/audio/transcriptions", authorized(api_key, self._transcribe)),
+                web.post("/v1/audio/speech", authorized(api_key, self._speak)),
+                web.route("*", "/{path:.*}", authorized(api_key, self._unknown)),
+            ]
+        )
 
-    @property
-    def url(self) -> str:
-        return self.http.url + "/v1"
+    async def _transcribe(self, request: web.Request) -> web.Response:
+        if self.status != HTTPStatus.OK:
+            return self._failure()
+        self.uploads.append(parse_multipart(request.headers["Content-Type"], await request.read()))
+        return web.json_response({"text": self.transcript})
 
-    async def __aenter__(self) -> Self:
-        await self.http.start()
-        return self
+    async def _speak(self, request: web.Request) -> web.Response:
+        if self.status != HTTPStatus.OK:
+            return self._failure()
+        self.speech_requests.append(await request.json())
+        return web.Response(body=self.speech, content_type="audio/wav")
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.http.stop()
+    async def _unknown(self, request: web.Request) -> web.Response:
+        return openai_error(HTTPStatus.NOT_FOUND, f"Unknown path {request.path}", None)
 
-    async def _handle(self, exchange: Exchange) -> None:
-        request = exchange.request
-        if self.api_key is not None and not hmac.compare_digest(
-            request.headers.get("authorization", "").encode(), f"Bearer {self.api_key}".encode()
-        ):
-            await _error(exchange, HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.")
-        elif self.status != HTTPStatus.OK:
-            await _error(exchange, self.status, "The server had an error while processing your request.")
-        elif (request.method, request.path) == ("POST", "/v1/audio/transcriptions"):
-            self.uploads.append(parse_multipart(request))
-            await exchange.send_json(HTTPStatus.OK, {"text": self.transcript})
-        elif (request.method, request.path) == ("POST", "/v1/audio/speech"):
-            self.speech_requests.append(request.json())
-            await exchange.send(HTTPStatus.OK, self.speech, "audio/wav")
-        else:
-            await _error(exchange, HTTPStatus.NOT_FOUND, f"Unknown path {request.path}")
-
-
-async def _error(exchange: Exchange, status: int, message: str) -> None:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
-    await exchange.send(status, json.dumps(body).encode(), "application/json")
+    def _failure(self) -> web.Response:
+        return openai_error(self.status, "The server had an error while processing your request.", None)

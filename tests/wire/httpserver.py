@@ -1,22 +1,28 @@
-"""A small HTTP/1.1 server on asyncio streams for the wire-format test servers (standard library only).
+"""The base of the wire-format test servers, on aiohttp's web server: a server on 127.0.0.1 that records every
+request and notices a client going away mid-response, and a chat server played from scripts.
 
-It serves on 127.0.0.1, port 0 by default, records every request, streams chunked responses, can drop a
-connection mid-response, and notices when a client goes away while a response is streaming. The end of
-the module is what the servers share when they run as processes.
+A chat server (Ollama's, OpenAI's) streams each reply as a `ChatScript` says: pieces at a pace, an HTTP error,
+or a reply that goes wrong after some pieces (an error line, a dropped connection, an early end, a line that is
+not JSON, silence). A subclass says only how its wire format spells each of those. The end of the module is what
+the servers share when they run as processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
+import hmac
 import json
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any, Self
+
+from aiohttp import web
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,118 +36,48 @@ class Request:
         return json.loads(self.body) if self.body else None
 
 
-class Exchange:
-    """One request being answered: send a whole response, or stream one in chunks."""
-
-    def __init__(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.request = request
-        self._reader = reader
-        self._writer = writer
-        self._eof: asyncio.Task[bytes] | None = None
-        self.client_gone = False
-        self.dropped = False
-        self.streamed = False
-
-    async def send(self, status: int, body: bytes, content_type: str) -> None:
-        head = f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-        await self._write(_status_line(status) + head.encode() + b"\r\n" + body)
-
-    async def send_json(self, status: int, payload: Any) -> None:
-        await self.send(status, json.dumps(payload).encode(), "application/json; charset=utf-8")
-
-    async def start_stream(self, content_type: str) -> None:
-        # One streamed response per connection: the server then reads nothing more from the client, so an
-        # end of file on the socket can only mean the client went away.
-        head = f"Content-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
-        await self._write(_status_line(HTTPStatus.OK) + head.encode())
-        self.streamed = True
-        self._eof = asyncio.ensure_future(self._reader.read(1))
-
-    async def send_chunk(self, data: bytes) -> bool:
-        """Send one chunk; False when the client has gone away."""
-        if self.client_gone or (self._eof is not None and self._eof.done()):
-            return self._mark_gone()
-        await self._write(b"%x\r\n%s\r\n" % (len(data), data))
-        return not self.client_gone
-
-    async def end_stream(self) -> None:
-        await self._write(b"0\r\n\r\n")
-
-    async def pause(self, seconds: float) -> bool:
-        """Wait `seconds` (between chunks); False as soon as the client goes away."""
-        if self._eof is None:
-            await asyncio.sleep(seconds)
-            return True
-        done, _ = await asyncio.wait({self._eof}, timeout=seconds)
-        if done:
-            return self._mark_gone()
-        return True
-
-    async def drop(self) -> None:
-        """Close the connection in the middle of the response (what a crashing backend looks like)."""
-        self.dropped = True
-        with contextlib.suppress(ConnectionError):
-            await self._writer.drain()
-        self._writer.close()
-
-    def finish(self) -> None:
-        if self._eof is not None:
-            if self._eof.done() and not self._eof.cancelled():
-                self._eof.exception()  # retrieved, so a reset connection is not reported as unhandled
-            self._eof.cancel()
-
-    async def _write(self, data: bytes) -> None:
-        if self.client_gone:
-            return
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except ConnectionError:
-            self._mark_gone()
-
-    def _mark_gone(self) -> bool:
-        self.client_gone = True
-        return False
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-Handler = Callable[[Exchange], Awaitable[None]]
+class WireServer:
+    """Serves `routes` on 127.0.0.1 (port 0: a free one). `requests` records what arrived; `client_gone` is set
+    once a client goes away while its response is still being written."""
 
-
-class HttpServer:
-    """Serves `handler` for every request; `requests` records what arrived, `client_gone` is set once a
-    client closes its connection while a response is still streaming."""
-
-    def __init__(self, handler: Handler, *, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._handler = handler
-        self._host = host
+    def __init__(self, routes: Iterable[web.RouteDef], *, port: int = 0) -> None:
+        self.app = web.Application(middlewares=[self._record], client_max_size=64 * 1024 * 1024)
+        self.app.add_routes(routes)
         self._port = port
-        self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._runner: web.AppRunner | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._stopping = False
         self.requests: list[Request] = []
         self.client_gone = asyncio.Event()
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "not started"
-        port: int = self._server.sockets[0].getsockname()[1]
+        assert self._runner is not None, "not started"
+        port: int = self._runner.addresses[0][1]
         return port
 
     @property
     def url(self) -> str:
-        return f"http://{self._host}:{self.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        # Handlers are cancelled when their client disconnects: that is how a stream learns it has no reader.
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self._port).start()
 
     async def stop(self) -> None:
-        if self._server is None:
+        if self._runner is None:
             return
-        self._server.close()
-        for task in list(self._connections):
+        self._stopping = True
+        for task in list(self._handlers):  # streams still playing (a stalled one would hold shutdown up)
             task.cancel()
-        await asyncio.gather(*self._connections, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        await asyncio.gather(*self._handlers, return_exceptions=True)
+        await self._runner.cleanup()
+        self._runner = None
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -152,51 +88,220 @@ class HttpServer:
     ) -> None:
         await self.stop()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    @web.middleware
+    async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        self.requests.append(Request(request.method, request.path, headers, await request.read()))
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._handlers.add(task)
         try:
-            await self._exchanges(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            pass
-        finally:
-            self._connections.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
-
-    async def _exchanges(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while (request := await _read_request(reader)) is not None:
-            self.requests.append(request)
-            exchange = Exchange(request, reader, writer)
-            try:
-                await self._handler(exchange)
-            finally:
-                exchange.finish()
-            if exchange.client_gone:
+            return await handler(request)
+        except asyncio.CancelledError:
+            if not self._stopping:
                 self.client_gone.set()
-            if exchange.client_gone or exchange.dropped or exchange.streamed:
-                return
+            raise
+        finally:
+            self._handlers.discard(task)
+
+    def gone(self) -> None:
+        self.client_gone.set()
 
 
-async def _read_request(reader: asyncio.StreamReader) -> Request | None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None  # the client closed an idle keep-alive connection
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _version = lines[0].split(" ", 2)
-    headers = {}
-    for line in filter(None, lines[1:]):
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return Request(method, path, headers, body)
+class Served:
+    """A server of the wire-format tests: `async with` serves it, `url` is what clients are configured with."""
+
+    http: WireServer
+    base_path = ""  # where the API lives, in the URL clients are configured with
+
+    @property
+    def url(self) -> str:
+        return self.http.url + self.base_path
+
+    @property
+    def requests(self) -> list[Request]:
+        return self.http.requests
+
+    async def __aenter__(self) -> Self:
+        await self.http.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.http.stop()
 
 
-def _status_line(status: int) -> bytes:
-    return f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
+def bearer_ok(request: web.Request, api_key: str | None) -> bool:
+    """Whether the request carries `Authorization: Bearer <api_key>` (always, without a key)."""
+    if api_key is None:
+        return True
+    presented = request.headers.get("Authorization", "").encode()
+    return hmac.compare_digest(presented, f"Bearer {api_key}".encode())
+
+
+class Stream:
+    """A chunked response being written to one client."""
+
+    def __init__(self, request: web.Request, server: WireServer) -> None:
+        self.request = request
+        self.response = web.StreamResponse()
+        self._server = server
+
+    async def open(self, content_type: str) -> None:
+        self.response.content_type, _, charset = content_type.partition("; charset=")
+        self.response.charset = charset or None
+        await self.response.prepare(self.request)
+
+    async def send(self, data: bytes) -> bool:
+        """Write `data`; False when the client has gone away."""
+        try:
+            await self.response.write(data)
+        except ConnectionError:
+            self._server.gone()
+            return False
+        return True
+
+    async def end(self) -> None:
+        """End the response cleanly (the last chunk of a chunked body)."""
+        with contextlib.suppress(ConnectionError):
+            await self.response.write_eof()
+
+    def drop(self) -> None:
+        """Close the connection in the middle of the response (what a crashing backend looks like)."""
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
+
+
+# ---------------------------------------------------------------------------------------------- chat servers
+
+
+@dataclass(frozen=True)
+class ChatScript:
+    """How a chat server answers one chat request. An `*_after` equal to the number of pieces acts after the
+    last one."""
+
+    pieces: Sequence[str] = ("Hello", ",", " world", "!")
+    delay: float = 0.0  # seconds before each piece
+    finish_reason: str = "stop"  # "length" anyway when the request's token limit cuts the pieces short
+    prompt_tokens: int | None = 12  # None: the server reports no usage at all, as some do
+    completion_tokens: int | None = None  # default: the number of pieces sent
+    send_done: bool = True  # OpenAI: end with `data: [DONE]`
+    status: int = HTTPStatus.OK  # anything else: answer the format's error body with it, nothing streamed
+    error: str = "llama runner process has terminated: exit status 2"
+    error_after: int | None = None  # send the format's error line after this many pieces (status 200)
+    drop_after: int | None = None  # close the connection after this many pieces
+    end_after: int | None = None  # end the stream cleanly after this many pieces, without the final chunk
+    garbage_after: int | None = None  # send a line that is not JSON after this many pieces
+    stall_after: int | None = None  # send nothing more after this many pieces, until the client gives up
+
+
+class ChatServer(Served):
+    """What Ollama's and OpenAI's servers share: models, scripts, and playing a script as a stream. Subclasses
+    name their routes and spell each part of their wire format."""
+
+    chat_path: str
+    media_type: str
+    garbage: bytes  # a line that is not JSON, as the format frames lines
+
+    def __init__(self, *, any_model: bool, script: ChatScript | None, port: int) -> None:
+        self.any_model = any_model
+        self.script = script or ChatScript()
+        self._queued: collections.deque[ChatScript] = collections.deque()
+        self.http = WireServer(self.routes(), port=port)
+
+    # What a format says.
+
+    def routes(self) -> list[web.RouteDef]:
+        raise NotImplementedError
+
+    def knows(self, model: str) -> bool:
+        raise NotImplementedError
+
+    def unknown_model(self, model: str) -> web.Response:
+        raise NotImplementedError
+
+    def failure(self, script: ChatScript) -> web.Response:
+        raise NotImplementedError
+
+    def reply_limit(self, body: dict[str, Any]) -> int | None:
+        raise NotImplementedError
+
+    def opening(self, model: str) -> list[bytes]:
+        return []
+
+    def piece(self, model: str, text: str) -> bytes:
+        raise NotImplementedError
+
+    def error_line(self, message: str) -> bytes:
+        raise NotImplementedError
+
+    def ending(self, model: str, reason: str, sent: int, script: ChatScript, body: dict[str, Any]) -> list[bytes]:
+        raise NotImplementedError
+
+    # What they share.
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """The JSON bodies of the chat requests received, oldest first."""
+        return [r.json() for r in self.http.requests if r.path == self.chat_path]
+
+    @property
+    def client_gone(self) -> asyncio.Event:
+        """Set once a client closed its connection while a reply was still streaming."""
+        return self.http.client_gone
+
+    def enqueue(self, *scripts: ChatScript) -> None:
+        """Answer the next chat requests with these scripts, in order; then with `script`."""
+        self._queued.extend(scripts)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        model = body.get("model", "")
+        if not self.knows(model):
+            return self.unknown_model(model)
+        script = self._queued.popleft() if self._queued else self.script
+        if script.status != HTTPStatus.OK:
+            return self.failure(script)
+        limit = self.reply_limit(body)
+        pieces = list(script.pieces if limit is None or limit < 0 else script.pieces[:limit])
+        reason = "length" if len(pieces) < len(script.pieces) else script.finish_reason
+        stream = Stream(request, self.http)
+        await stream.open(self.media_type)
+        if await self._play(stream, model, pieces, script):
+            for line in self.ending(model, reason, len(pieces), script, body):
+                await stream.send(line)
+            await stream.end()
+        return stream.response
+
+    async def _play(self, stream: Stream, model: str, pieces: Sequence[str], script: ChatScript) -> bool:
+        """Send the pieces as the script says; False when the stream is over without its ending."""
+        for line in self.opening(model):
+            await stream.send(line)
+        for index in range(len(pieces) + 1):
+            if index == script.drop_after:
+                stream.drop()
+                return False
+            if index in (script.error_after, script.end_after, script.garbage_after):
+                if index == script.error_after:
+                    await stream.send(self.error_line(script.error))
+                elif index == script.garbage_after:
+                    await stream.send(self.garbage)
+                await stream.end()
+                return False
+            if index == script.stall_after:
+                await asyncio.Event().wait()  # until the client goes away (the handler is then cancelled)
+            if index == len(pieces):
+                return True
+            await asyncio.sleep(script.delay)
+            if not await stream.send(self.piece(model, pieces[index])):
+                return False
+        return True
+
+
+def json_line(payload: Any) -> bytes:
+    return json.dumps(payload).encode() + b"\n"
 
 
 # ---------------------------------------------------------------------------------------------- standalone
@@ -226,12 +331,16 @@ def reply_pieces(count: int) -> list[str]:
     return [("" if i == 0 else " ") + REPLY_WORDS[i % len(REPLY_WORDS)] for i in range(count)]
 
 
-async def serve_until_stopped(server: HttpServer) -> None:
+def serve_standalone(server: ChatServer) -> None:
     """Serve until SIGINT or SIGTERM; print `listening on HOST:PORT` once serving (tests wait for it)."""
-    async with server:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        print(f"listening on {server.url.removeprefix('http://')}", flush=True)
-        await stop.wait()
+
+    async def serve() -> None:
+        async with server:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, stop.set)
+            print(f"listening on {server.http.url.removeprefix('http://')}", flush=True)
+            await stop.wait()
+
+    asyncio.run(serve())

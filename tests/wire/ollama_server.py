@@ -18,44 +18,24 @@ prints `listening on 127.0.0.1:PORT` once it serves, lists the default models, a
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from aiohttp import web
 
 from tests.wire.httpserver import (
-    Exchange,
-    HttpServer,
-    Request,
+    ChatScript,
+    ChatServer,
+    json_line,
     reply_pieces,
-    serve_until_stopped,
+    serve_standalone,
     standalone_options,
 )
 
-NDJSON = "application/x-ndjson"
-
-
-@dataclass(frozen=True)
-class ChatScript:
-    """How the server answers one `/api/chat`."""
-
-    pieces: Sequence[str] = ("Hello", ",", " world", "!")
-    delay: float = 0.0  # seconds before each piece
-    done_reason: str = "stop"  # "length" anyway when `options.num_predict` cuts the pieces short
-    prompt_eval_count: int | None = 12  # None leaves the metrics out, as Ollama may
-    eval_count: int | None = None  # default: the number of pieces sent
-    status: int = HTTPStatus.OK  # anything else: answer `{"error": error}` with it, nothing streamed
-    error: str = "llama runner process has terminated: exit status 2"
-    error_after: int | None = None  # send an `{"error": error}` line after this many pieces (status 200)
-    drop_after: int | None = None  # close the connection after this many pieces
-    end_after: int | None = None  # end the stream cleanly after this many pieces, without `done: true`
-    garbage_after: int | None = None  # send a line that is not JSON after this many pieces
-    stall_after: int | None = None  # send nothing more after this many pieces, until the client gives up
+__all__ = ["DEFAULT_MODELS", "ChatScript", "OllamaServer", "TagModel"]
 
 
 @dataclass(frozen=True)
@@ -89,9 +69,13 @@ class TagModel:
 DEFAULT_MODELS = (TagModel("llama3.2:latest"), TagModel("qwen2.5:0.5b", "qwen2", "494.03M", "Q4_K_M", 397_821_319))
 
 
-class OllamaServer:
+class OllamaServer(ChatServer):
     """Serves Ollama's API from scripts: `/api/tags` lists `models`, and `/api/chat` answers 404 for any
     other model unless `any_model`."""
+
+    chat_path = "/api/chat"
+    media_type = "application/x-ndjson"
+    garbage = b'{"model": "x", "message": {"content": "unterminated\n'
 
     def __init__(
         self,
@@ -102,129 +86,63 @@ class OllamaServer:
         port: int = 0,
     ) -> None:
         self.models = models
-        self.any_model = any_model
-        self.script = script or ChatScript()
-        self._queued: collections.deque[ChatScript] = collections.deque()
-        self.http = HttpServer(self._handle, port=port)
+        super().__init__(any_model=any_model, script=script, port=port)
 
-    @property
-    def url(self) -> str:
-        return self.http.url
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/api/chat", self.chat),
+            web.get("/api/tags", self._tags),
+            web.route("*", "/{path:.*}", _go_not_found),
+        ]
 
-    @property
-    def requests(self) -> list[Request]:
-        return self.http.requests
+    async def _tags(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [m.wire() for m in self.models]})
 
-    @property
-    def chat_requests(self) -> list[dict[str, Any]]:
-        """The JSON bodies of the `/api/chat` requests received, oldest first."""
-        return [r.json() for r in self.http.requests if r.path == "/api/chat"]
-
-    @property
-    def client_gone(self) -> asyncio.Event:
-        """Set once a client closed its connection while a reply was still streaming."""
-        return self.http.client_gone
-
-    def enqueue(self, *scripts: ChatScript) -> None:
-        """Answer the next `/api/chat` requests with these scripts, in order; then with `script`."""
-        self._queued.extend(scripts)
-
-    async def __aenter__(self) -> Self:
-        await self.http.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.http.stop()
-
-    async def _handle(self, exchange: Exchange) -> None:
-        request = exchange.request
-        if (request.method, request.path) == ("POST", "/api/chat"):
-            await self._chat(exchange, request.json())
-        elif (request.method, request.path) == ("GET", "/api/tags"):
-            await exchange.send_json(HTTPStatus.OK, {"models": [m.wire() for m in self.models]})
-        else:  # what Go's mux says
-            await exchange.send(HTTPStatus.NOT_FOUND, b"404 page not found", "text/plain; charset=utf-8")
-
-    async def _chat(self, exchange: Exchange, body: dict[str, Any]) -> None:
-        model = body.get("model", "")
-        if not self._knows(model):
-            await exchange.send_json(HTTPStatus.NOT_FOUND, {"error": f"model '{model}' not found"})
-            return
-        script = self._queued.popleft() if self._queued else self.script
-        if script.status != HTTPStatus.OK:
-            await exchange.send_json(script.status, {"error": script.error})
-            return
-        limit = (body.get("options") or {}).get("num_predict")
-        pieces = list(script.pieces if limit is None or limit < 0 else script.pieces[:limit])
-        reason = "length" if len(pieces) < len(script.pieces) else script.done_reason
-        await exchange.start_stream(NDJSON)
-        if await _stream(exchange, model, pieces, script):
-            await _send(exchange, _final(model, reason, len(pieces), script))
-            await exchange.end_stream()
-
-    def _knows(self, model: str) -> bool:
+    def knows(self, model: str) -> bool:
         if self.any_model:
             return True
         names = {m.name for m in self.models}
         return model in names or f"{model}:latest" in names  # the tag defaults to `latest`
 
+    def unknown_model(self, model: str) -> web.Response:
+        return web.json_response({"error": f"model '{model}' not found"}, status=HTTPStatus.NOT_FOUND)
 
-async def _stream(exchange: Exchange, model: str, pieces: Sequence[str], script: ChatScript) -> bool:
-    """Send the pieces as the script says; False when the stream is over without a final chunk. An `*_after`
-    equal to the number of pieces acts after the last one."""
-    for index in range(len(pieces) + 1):
-        if index == script.drop_after:
-            await exchange.drop()
-            return False
-        if index == script.error_after:
-            await _send(exchange, {"error": script.error})
-            await exchange.end_stream()
-            return False
-        if index == script.end_after:
-            await exchange.end_stream()
-            return False
-        if index == script.garbage_after:
-            await exchange.send_chunk(b'{"model": "x", "message": {"content": "unterminated\n')
-            await exchange.end_stream()
-            return False
-        if index == script.stall_after:
-            await exchange.pause(3600.0)  # returns when the client goes away
-            return False
-        if index == len(pieces):
-            return True
-        if not await exchange.pause(script.delay):
-            return False
-        chunk = {"model": model, "created_at": _now(), "message": {"role": "assistant", "content": pieces[index]}}
-        if not await _send(exchange, {**chunk, "done": False}):
-            return False
-    return True
+    def failure(self, script: ChatScript) -> web.Response:
+        return web.json_response({"error": script.error}, status=script.status)
 
+    def reply_limit(self, body: dict[str, Any]) -> int | None:
+        limit: int | None = (body.get("options") or {}).get("num_predict")
+        return limit
 
-def _final(model: str, reason: str, sent: int, script: ChatScript) -> dict[str, Any]:
-    final: dict[str, Any] = {
-        "model": model,
-        "created_at": _now(),
-        "message": {"role": "assistant", "content": ""},
-        "done": True,
-        "done_reason": reason,
-        "total_duration": 1_500_000_000,
-        "load_duration": 20_000_000,
-    }
-    if script.prompt_eval_count is not None:
-        eval_count = sent if script.eval_count is None else script.eval_count
-        final |= {
-            "prompt_eval_count": script.prompt_eval_count,
-            "prompt_eval_duration": 80_000_000,
-            "eval_count": eval_count,
-            "eval_duration": 1_400_000_000,
+    def piece(self, model: str, text: str) -> bytes:
+        message = {"role": "assistant", "content": text}
+        return json_line({"model": model, "created_at": _now(), "message": message, "done": False})
+
+    def error_line(self, message: str) -> bytes:
+        return json_line({"error": message})
+
+    def ending(self, model: str, reason: str, sent: int, script: ChatScript, body: dict[str, Any]) -> list[bytes]:
+        final: dict[str, Any] = {
+            "model": model,
+            "created_at": _now(),
+            "message": {"role": "assistant", "content": ""},
+            "done": True,
+            "done_reason": reason,
+            "total_duration": 1_500_000_000,
+            "load_duration": 20_000_000,
         }
-    return final
+        if script.prompt_tokens is not None:  # Ollama leaves all the counts out, or none
+            final |= {
+                "prompt_eval_count": script.prompt_tokens,
+                "prompt_eval_duration": 80_000_000,
+                "eval_count": sent if script.completion_tokens is None else script.completion_tokens,
+                "eval_duration": 1_400_000_000,
+            }
+        return [json_line(final)]
 
 
-async def _send(exchange: Exchange, payload: dict[str, Any]) -> bool:
-    return await exchange.send_chunk(json.dumps(payload).encode() + b"\n")
+async def _go_not_found(request: web.Request) -> web.Response:
+    return web.Response(status=HTTPStatus.NOT_FOUND, text="404 page not found")  # what Go's mux says
 
 
 def _now() -> str:
@@ -234,8 +152,7 @@ def _now() -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     options = standalone_options("A scripted Ollama server for tests.", argv)
     script = ChatScript(pieces=reply_pieces(options.reply_tokens), delay=options.delay)
-    server = OllamaServer(any_model=True, script=script, port=options.port)
-    asyncio.run(serve_until_stopped(server.http))
+    serve_standalone(OllamaServer(any_model=True, script=script, port=options.port))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Studio do: `POST /v1/chat/completions` streamed as server-sent events, and `GET 
 In tests:
 
     async with OpenAIServer(api_key="sk-test") as server:
-        server.enqueue(CompletionScript(pieces=["Hi", "!"], delay=0.01))   # the next request; then `script`
+        server.enqueue(ChatScript(pieces=["Hi", "!"], delay=0.01))   # the next request; then `script`
         provider = OpenAIProvider(server.url, api_key="sk-test", timeout=5)   # server.url ends in /v1
 
 As a process:
@@ -17,54 +17,56 @@ completion, whatever the model, with the same reply.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import hmac
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
+
+from aiohttp import web
 
 from tests.wire.httpserver import (
-    Exchange,
-    HttpServer,
-    Request,
+    ChatScript,
+    ChatServer,
+    Handler,
+    bearer_ok,
     reply_pieces,
-    serve_until_stopped,
+    serve_standalone,
     standalone_options,
 )
 
-SSE = "text/event-stream; charset=utf-8"
+__all__ = ["DEFAULT_MODELS", "ChatScript", "OpenAIServer", "openai_error"]
+
 CHUNK_ID = "chatcmpl-7f3a9c"
 # "default" is the service's default model name for this provider.
 DEFAULT_MODELS = ("default", "qwen2.5-0.5b-instruct", "llama-3.2-3b-instruct")
 
 
-@dataclass(frozen=True)
-class CompletionScript:
-    """How the server answers one chat completion."""
-
-    pieces: Sequence[str] = ("Hello", ",", " world", "!")
-    delay: float = 0.0  # seconds before each piece
-    finish_reason: str = "stop"  # "length" anyway when `max_tokens` cuts the pieces short
-    prompt_tokens: int = 12
-    send_usage: bool = True  # when the request asks with `stream_options.include_usage`
-    send_done: bool = True  # end with `data: [DONE]`
-    status: int = HTTPStatus.OK  # anything else: answer an OpenAI error body with it, nothing streamed
-    error: str = "The server had an error while processing your request."
-    error_after: int | None = None  # send an `{"error": ...}` event after this many pieces (status 200)
-    drop_after: int | None = None  # close the connection after this many pieces
-    malformed_after: int | None = None  # send a `data:` line that is not JSON after this many pieces
-    end_after: int | None = None  # end the stream cleanly after this many pieces: no finish, no [DONE]
+def openai_error(status: int, message: str, code: str | None) -> web.Response:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
+    return web.json_response({"error": error}, status=status)
 
 
-class OpenAIServer:
+def authorized(api_key: str | None, handler: Handler) -> Handler:
+    """`handler`, behind a 401 for requests without `Authorization: Bearer <api_key>` (with a key)."""
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        if not bearer_ok(request, api_key):
+            return openai_error(HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.", "invalid_api_key")
+        return await handler(request)
+
+    return checked
+
+
+class OpenAIServer(ChatServer):
     """Serves the OpenAI API from scripts: `/v1/models` lists `models`, and chat completions answer 404
     for any other model unless `any_model`. With `api_key`, requests without `Authorization: Bearer
     <api_key>` get a 401."""
+
+    base_path = "/v1"
+    chat_path = "/v1/chat/completions"
+    media_type = "text/event-stream; charset=utf-8"
+    garbage = b'data: {"id": "chatcmpl-7f3a9c", "choices": [\n\n'
 
     def __init__(
         self,
@@ -72,112 +74,64 @@ class OpenAIServer:
         models: Sequence[str] = DEFAULT_MODELS,
         any_model: bool = False,
         api_key: str | None = None,
-        script: CompletionScript | None = None,
+        script: ChatScript | None = None,
         port: int = 0,
     ) -> None:
         self.models = models
-        self.any_model = any_model
         self.api_key = api_key
-        self.script = script or CompletionScript()
-        self._queued: collections.deque[CompletionScript] = collections.deque()
-        self.http = HttpServer(self._handle, port=port)
+        super().__init__(any_model=any_model, script=script, port=port)
 
-    @property
-    def url(self) -> str:
-        """The base URL clients are configured with (the API lives under `/v1`)."""
-        return self.http.url + "/v1"
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post(self.chat_path, authorized(self.api_key, self.chat)),
+            web.get("/v1/models", authorized(self.api_key, self._models)),
+            web.route("*", "/{path:.*}", authorized(self.api_key, _not_found)),
+        ]
 
-    @property
-    def requests(self) -> list[Request]:
-        return self.http.requests
+    async def _models(self, request: web.Request) -> web.Response:
+        models = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
+        return web.json_response({"object": "list", "data": models})
 
-    @property
-    def chat_requests(self) -> list[dict[str, Any]]:
-        """The JSON bodies of the chat-completion requests received, oldest first."""
-        return [r.json() for r in self.http.requests if r.path == "/v1/chat/completions"]
+    def knows(self, model: str) -> bool:
+        return self.any_model or model in self.models
 
-    @property
-    def client_gone(self) -> asyncio.Event:
-        """Set once a client closed its connection while a reply was still streaming."""
-        return self.http.client_gone
+    def unknown_model(self, model: str) -> web.Response:
+        return openai_error(HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model_not_found")
 
-    def enqueue(self, *scripts: CompletionScript) -> None:
-        """Answer the next chat completions with these scripts, in order; then with `script`."""
-        self._queued.extend(scripts)
+    def failure(self, script: ChatScript) -> web.Response:
+        return openai_error(script.status, script.error, "server_error")
 
-    async def __aenter__(self) -> Self:
-        await self.http.start()
-        return self
+    def reply_limit(self, body: dict[str, Any]) -> int | None:
+        limit: int | None = body.get("max_tokens")
+        return limit
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.http.stop()
+    def opening(self, model: str) -> list[bytes]:
+        return [_event(_chunk(model, {"role": "assistant", "content": ""}, None))]
 
-    async def _handle(self, exchange: Exchange) -> None:
-        request = exchange.request
-        if not self._authorized(request):
-            await _error(exchange, HTTPStatus.UNAUTHORIZED, "Incorrect API key provided.", "invalid_api_key")
-        elif (request.method, request.path) == ("POST", "/v1/chat/completions"):
-            await self._chat(exchange, request.json())
-        elif (request.method, request.path) == ("GET", "/v1/models"):
-            models = [{"id": m, "object": "model", "created": 0, "owned_by": "test"} for m in self.models]
-            await exchange.send_json(HTTPStatus.OK, {"object": "list", "data": models})
-        else:
-            await _error(exchange, HTTPStatus.NOT_FOUND, f"Unknown path {request.path}", "not_found")
+    def piece(self, model: str, text: str) -> bytes:
+        return _event(_chunk(model, {"content": text}, None))
 
-    def _authorized(self, request: Request) -> bool:
-        if self.api_key is None:
-            return True
-        expected = f"Bearer {self.api_key}".encode()
-        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
+    def error_line(self, message: str) -> bytes:
+        return _event({"error": {"message": message, "type": "server_error", "code": 500}})
 
-    async def _chat(self, exchange: Exchange, body: dict[str, Any]) -> None:
-        model = body.get("model", "")
-        if not self.any_model and model not in self.models:
-            await _error(exchange, HTTPStatus.NOT_FOUND, f"The model `{model}` does not exist.", "model_not_found")
-            return
-        script = self._queued.popleft() if self._queued else self.script
-        if script.status != HTTPStatus.OK:
-            await _error(exchange, script.status, script.error, "server_error")
-            return
-        limit = body.get("max_tokens")
-        pieces = list(script.pieces if limit is None else script.pieces[:limit])
-        reason = "length" if len(pieces) < len(script.pieces) else script.finish_reason
-        await exchange.start_stream(SSE)
-        if not await _stream(exchange, model, pieces, script):
-            return
-        await _event(exchange, _chunk(model, {}, reason))
-        if script.send_usage and (body.get("stream_options") or {}).get("include_usage"):
-            await _event(exchange, _usage_chunk(model, script.prompt_tokens, len(pieces)))
+    def ending(self, model: str, reason: str, sent: int, script: ChatScript, body: dict[str, Any]) -> list[bytes]:
+        lines = [_event(_chunk(model, {}, reason))]
+        asked = (body.get("stream_options") or {}).get("include_usage")
+        if script.prompt_tokens is not None and asked:
+            completion = sent if script.completion_tokens is None else script.completion_tokens
+            usage = {
+                "prompt_tokens": script.prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": script.prompt_tokens + completion,
+            }
+            lines.append(_event({**_chunk(model, {}, None), "choices": [], "usage": usage}))
         if script.send_done:
-            await exchange.send_chunk(b"data: [DONE]\n\n")
-        await exchange.end_stream()
+            lines.append(b"data: [DONE]\n\n")
+        return lines
 
 
-async def _stream(exchange: Exchange, model: str, pieces: Sequence[str], script: CompletionScript) -> bool:
-    """Send the role chunk and the pieces as the script says; False when the stream ended early."""
-    await _event(exchange, _chunk(model, {"role": "assistant", "content": ""}, None))
-    for index, piece in enumerate(pieces):
-        if index == script.drop_after:
-            await exchange.drop()
-            return False
-        if index == script.error_after:
-            await _event(exchange, {"error": {"message": script.error, "type": "server_error", "code": 500}})
-            await exchange.end_stream()
-            return False
-        if index == script.malformed_after:
-            await exchange.send_chunk(b'data: {"id": "chatcmpl-7f3a9c", "choices": [\n\n')
-            await exchange.end_stream()
-            return False
-        if index == script.end_after:
-            await exchange.end_stream()
-            return False
-        if not await exchange.pause(script.delay):
-            return False
-        if not await _event(exchange, _chunk(model, {"content": piece}, None)):
-            return False
-    return True
+async def _not_found(request: web.Request) -> web.Response:
+    return openai_error(HTTPStatus.NOT_FOUND, f"Unknown path {request.path}", "not_found")
 
 
 def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
@@ -190,29 +144,14 @@ def _chunk(model: str, delta: dict[str, Any], finish_reason: str | None) -> dict
     }
 
 
-def _usage_chunk(model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    usage = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-    return {**_chunk(model, {}, None), "choices": [], "usage": usage}
-
-
-async def _event(exchange: Exchange, payload: dict[str, Any]) -> bool:
-    return await exchange.send_chunk(b"data: " + json.dumps(payload).encode() + b"\n\n")
-
-
-async def _error(exchange: Exchange, status: int, message: str, code: str) -> None:
-    error = {"message": message, "type": "invalid_request_error", "param": None, "code": code}
-    await exchange.send_json(status, {"error": error})
+def _event(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     options = standalone_options("A scripted OpenAI-compatible chat server for tests.", argv)
-    script = CompletionScript(pieces=reply_pieces(options.reply_tokens), delay=options.delay)
-    server = OpenAIServer(any_model=True, script=script, port=options.port)
-    asyncio.run(serve_until_stopped(server.http))
+    script = ChatScript(pieces=reply_pieces(options.reply_tokens), delay=options.delay)
+    serve_standalone(OpenAIServer(any_model=True, script=script, port=options.port))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ export const DEFAULT_PROTOS_DIR = path.resolve(__dirname, "..", "..", "..", "pro
 
 /** ErrorInfo reasons of a reply whose model failed: every reader gets that status, so resuming cannot help. */
 const MODEL_REASONS = new Set(["MODEL_UNAVAILABLE", "MODEL_FAILED"]);
+/** How a proxy (nginx, Envoy) in front of a replica that died ends a stream: reset (INTERNAL) or no status. */
+const PROXY_BREAKS = new Set<grpc.status>([grpc.status.INTERNAL, grpc.status.UNKNOWN]);
 
 export interface RetryPolicy {
   /** Attempts to resume a broken reply stream before giving up. */
@@ -48,8 +50,13 @@ export interface ChatClientOptions {
 /** What a ReplyStream yields: the server's events, flattened, plus `resumed` after a break. */
 export type ReplyEvent =
   | { kind: "started"; userMessage: Message__Output; assistantMessage: Message__Output }
-  | { kind: "delta"; text: string; offset: number }
+  | { kind: "delta"; text: string; offset: number; generation: number }
   | { kind: "resumed"; offset: number }
+  /**
+   * The text from `offset` on was never stored (its replica stopped) and another replica continued the reply
+   * from there: drop it (`replaced`) and show the deltas that follow instead.
+   */
+  | { kind: "rewind"; offset: number; generation: number; replaced: string }
   | { kind: "completed"; message: Message__Output };
 
 export class ChatClient {
@@ -90,14 +97,19 @@ export class ChatClient {
     return new ReplyStream(this, { conversationId, content, requestId });
   }
 
-  /** Follows a reply from code point `offset` (0 replays it all) until it ends. */
-  resumeReply(messageId: string, offset = 0): ReplyStream {
-    return new ReplyStream(this, { messageId, offset });
+  /**
+   * Follows a reply from code point `offset` (0 replays it all) until it ends. `generation`: that of the last
+   * delta received (0: unknown), so that text another replica replaced since comes back as a rewind.
+   */
+  resumeReply(messageId: string, offset = 0, generation = 0): ReplyStream {
+    return new ReplyStream(this, { messageId, offset, generation });
   }
 
   /** @internal One reply stream's call: StreamReply for a new reply, ResumeReply for an existing one. */
   openStream(
-    start: { conversationId: string; content: string; requestId: string } | { messageId: string; offset: number },
+    start:
+      | { conversationId: string; content: string; requestId: string }
+      | { messageId: string; offset: number; generation: number },
   ): grpc.ClientReadableStream<{ event: ReplyEvent__Output | null }> {
     return "messageId" in start
       ? this.stub.ResumeReply(start, this.metadata)
@@ -132,9 +144,11 @@ export class ChatClient {
 class StreamBroken extends Error {}
 
 /**
- * A reply as an async iterable of events. When the connection breaks (UNAVAILABLE, or a stream that ends
- * before `completed`), it calls ResumeReply from `text.offset`, the code points received so far, so the
- * deltas it yields concatenate to the reply exactly once. A reply whose model failed is not resumed: its
+ * A reply as an async iterable of events. When the connection breaks (UNAVAILABLE, a stream a proxy reset, or a
+ * stream that ends before `completed`), it calls ResumeReply from `text.offset`, the code points received so far, so the
+ * deltas it yields concatenate to the reply exactly once. If the replica writing the reply stopped and another
+ * continued it from stored text short of what this stream had received, a `rewind` event says where the text
+ * is replaced from (`text` is kept exact: it always ends as the stored reply). A reply whose model failed is not resumed: its
  * ChatError (reason MODEL_UNAVAILABLE or MODEL_FAILED) is thrown.
  */
 export class ReplyStream implements AsyncIterable<ReplyEvent> {
@@ -142,6 +156,8 @@ export class ReplyStream implements AsyncIterable<ReplyEvent> {
   messageId = "";
   message: Message__Output | undefined;
   resumes = 0;
+  /** Text received and then taken back by a rewind, with the code point it started at. */
+  readonly replaced: { offset: number; text: string }[] = [];
   private started = false;
   private events: AsyncGenerator<ReplyEvent> | undefined;
 
@@ -149,11 +165,12 @@ export class ReplyStream implements AsyncIterable<ReplyEvent> {
     private readonly client: ChatClient,
     private readonly start:
       | { conversationId: string; content: string; requestId: string }
-      | { messageId: string; offset: number },
+      | { messageId: string; offset: number; generation: number },
   ) {
     this.text = new ReplyText("offset" in start ? start.offset : 0);
     if ("messageId" in start) {
       this.messageId = start.messageId;
+      this.text.generation = start.generation;
     }
   }
 
@@ -181,7 +198,11 @@ export class ReplyStream implements AsyncIterable<ReplyEvent> {
         // Broken before `started`, the stream has no message id yet: StreamReply again with the same request id
         // attaches to the reply the first call began (or begins it, if the first never arrived).
         const call = this.messageId
-          ? this.client.openStream({ messageId: this.messageId, offset: this.text.offset })
+          ? this.client.openStream({
+              messageId: this.messageId,
+              offset: this.text.offset,
+              generation: this.text.generation,
+            })
           : this.client.openStream(this.start);
         // Read on past `completed` to the status that follows it: leaving early would cancel the call.
         for await (const response of call) {
@@ -208,12 +229,24 @@ export class ReplyStream implements AsyncIterable<ReplyEvent> {
     }
   }
 
+  /**
+   * A read may be resumed after UNAVAILABLE (unless the model failed), or after a break a proxy reported rather
+   * than the server: a reset stream (INTERNAL) or one closed without a status (UNKNOWN), with no ErrorInfo
+   * (every status chat-service sends has one).
+   */
   private resumable(error: unknown): boolean {
     if (error instanceof StreamBroken) {
       return true;
     }
-    return error instanceof ChatError && error.code === grpc.status.UNAVAILABLE && !MODEL_REASONS.has(error.reason);
+    if (!(error instanceof ChatError)) {
+      return false;
+    }
+    if (error.code === grpc.status.UNAVAILABLE) {
+      return !MODEL_REASONS.has(error.reason);
+    }
+    return PROXY_BREAKS.has(error.code) && !error.reason;
   }
+
 
   private *accept(event: ReplyEvent__Output | null): Generator<ReplyEvent> {
     if (event?.started) {
@@ -227,7 +260,14 @@ export class ReplyStream implements AsyncIterable<ReplyEvent> {
       const offset = this.text.offset;
       const text = this.text.accept(event.delta);
       if (text) {
-        yield { kind: "delta", text, offset };
+        yield { kind: "delta", text, offset, generation: this.text.generation };
+      }
+    } else if (event?.rewind) {
+      const { offset, generation } = event.rewind;
+      const replaced = this.text.rewind(offset, generation);
+      if (replaced) {
+        this.replaced.push({ offset, text: replaced });
+        yield { kind: "rewind", offset, generation, replaced };
       }
     } else if (event?.completed?.message) {
       this.message = event.completed.message;

@@ -4,8 +4,11 @@ retries with backoff for idempotent calls, resumable reply streams and typed err
 from __future__ import annotations
 
 import asyncio
+import mimetypes
+import os
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -15,7 +18,7 @@ from google.protobuf import field_mask_pb2
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from chat_client.coaching import CoachSession, open_coach_session
-from chat_client.errors import Unimplemented, from_rpc_error
+from chat_client.errors import ChatError, Unimplemented, from_rpc_error
 from chat_client.replies import ReplyStream
 from chat_client.retry import RetryPolicy, retryable
 
@@ -43,6 +46,14 @@ EXPORT_FORMATS = {
     "json": pb.EXPORT_FORMAT_JSON,
     "csv": pb.EXPORT_FORMAT_CSV,
 }
+# Which conversations a listing or search covers.
+SCOPES = {
+    "owned": pb.CONVERSATION_SCOPE_OWNED,
+    "shared": pb.CONVERSATION_SCOPE_SHARED,
+    "all": pb.CONVERSATION_SCOPE_ALL,
+}
+# Upload chunks: well under the server's 4 MiB message limit, and few messages (each counts against the rate).
+UPLOAD_CHUNK_BYTES = 1024 * 1024
 
 
 class ChatClient:
@@ -113,15 +124,18 @@ class ChatClient:
         response = await self._unary("GetConversation", pb.GetConversationRequest(conversation_id=conversation_id))
         return response.conversation  # type: ignore[no-any-return]
 
-    async def list_conversations(self, *, page_size: int = 0, page_token: str = "") -> pb.ListConversationsResponse:
-        request = pb.ListConversationsRequest(page_size=page_size, page_token=page_token)
+    async def list_conversations(
+        self, *, page_size: int = 0, page_token: str = "", scope: str = "owned"
+    ) -> pb.ListConversationsResponse:
+        """The caller's conversations (`scope` "owned"), those shared with the caller ("shared"), or both ("all")."""
+        request = pb.ListConversationsRequest(page_size=page_size, page_token=page_token, scope=SCOPES[scope])
         return await self._unary("ListConversations", request)  # type: ignore[no-any-return]
 
-    async def iter_conversations(self, *, page_size: int = 0) -> AsyncIterator[pb.Conversation]:
-        """Every conversation of the caller, newest first, page by page."""
+    async def iter_conversations(self, *, page_size: int = 0, scope: str = "owned") -> AsyncIterator[pb.Conversation]:
+        """Every conversation in `scope` (see list_conversations), newest first, page by page."""
         token = ""
         while True:
-            page = await self.list_conversations(page_size=page_size, page_token=token)
+            page = await self.list_conversations(page_size=page_size, page_token=token, scope=scope)
             for conversation in page.conversations:
                 yield conversation
             token = page.next_page_token
@@ -183,22 +197,36 @@ class ChatClient:
                 return
 
     async def send_message(
-        self, conversation_id: str, content: str, *, request_id: str = "", background: bool = False
+        self,
+        conversation_id: str,
+        content: str,
+        *,
+        request_id: str = "",
+        background: bool = False,
+        attachment_ids: Sequence[str] = (),
     ) -> pb.SendMessageResponse:
-        """Send user text; the response holds the completed reply (or the STREAMING one with `background`)."""
+        """Send user text (carrying the uploaded files `attachment_ids`); the response holds the completed reply (or
+        the STREAMING one with `background`)."""
         request = pb.SendMessageRequest(
             conversation_id=conversation_id,
             content=content,
             request_id=request_id or str(uuid.uuid4()),
             background=background,
+            attachment_ids=attachment_ids,
         )
         deadline = self.timeout if background else max(self.timeout or 0, DEFAULT_REPLY_TIMEOUT)
         return await self._unary("SendMessage", request, deadline=deadline)  # type: ignore[no-any-return]
 
-    def stream_reply(self, conversation_id: str, content: str, *, request_id: str = "") -> ReplyStream:
-        """Send user text and iterate over the reply's events as they are generated (see ReplyStream)."""
+    def stream_reply(
+        self, conversation_id: str, content: str, *, request_id: str = "", attachment_ids: Sequence[str] = ()
+    ) -> ReplyStream:
+        """Send user text (carrying the uploaded files `attachment_ids`) and iterate over the reply's events as they
+        are generated (see ReplyStream)."""
         request = pb.StreamReplyRequest(
-            conversation_id=conversation_id, content=content, request_id=request_id or str(uuid.uuid4())
+            conversation_id=conversation_id,
+            content=content,
+            request_id=request_id or str(uuid.uuid4()),
+            attachment_ids=attachment_ids,
         )
         return self._reply_stream(request=request)
 
@@ -258,10 +286,11 @@ class ChatClient:
         return response.message  # type: ignore[no-any-return]
 
     async def search_messages(
-        self, query: str, *, page_size: int = 0, page_token: str = ""
+        self, query: str, *, page_size: int = 0, page_token: str = "", scope: str = "owned"
     ) -> pb.SearchMessagesResponse:
-        """Full-text search over the caller's messages, best match first (snippets mark matches with `**`)."""
-        request = pb.SearchMessagesRequest(query=query, page_size=page_size, page_token=page_token)
+        """Full-text search, best match first (snippets mark matches with `**`), over the caller's conversations
+        (`scope` "owned"), those shared with the caller ("shared"), or both ("all")."""
+        request = pb.SearchMessagesRequest(query=query, page_size=page_size, page_token=page_token, scope=SCOPES[scope])
         return await self._unary("SearchMessages", request)  # type: ignore[no-any-return]
 
     async def export_conversation(
@@ -282,22 +311,98 @@ class ChatClient:
             omit_header=omit_header,
             branch_message_id=branch_message_id,
         )
-        failures = 0
+        received = False
+
+        def restartable(error: BaseException) -> bool:  # only before the caller has seen any bytes
+            return not received and isinstance(error, ChatError) and retryable(error)
+
+        async for attempt in self.retry.retrying(restartable):
+            with attempt:
+                try:
+                    call = self._stub.ExportConversation(request, metadata=self._metadata, timeout=self.stream_timeout)
+                    async for chunk in call:
+                        received = True
+                        yield chunk.data
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from error
+
+    # ------------------------------------------------------------------------------- attachments
+
+    async def upload_attachment(
+        self, source: bytes | str | os.PathLike[str], *, filename: str = "", content_type: str = ""
+    ) -> pb.Attachment:
+        """Upload a file (its path, or its bytes with a `filename`) to attach to messages. The content type is
+        guessed from the file name when not given (the server sniffs the bytes either way). Not retried: a retry
+        would store a second copy."""
+        if isinstance(source, bytes):
+            data = source
+        else:
+            path = Path(source)
+            data, filename = await asyncio.to_thread(path.read_bytes), filename or path.name
+        content_type = content_type or mimetypes.guess_type(filename)[0] or ""
+        metadata = pb.AttachmentMetadata(filename=filename, content_type=content_type, size_bytes=len(data))
+        messages = [pb.UploadAttachmentRequest(metadata=metadata)] + [
+            pb.UploadAttachmentRequest(data=data[start : start + UPLOAD_CHUNK_BYTES])
+            for start in range(0, len(data), UPLOAD_CHUNK_BYTES)
+        ]
+        response = await self._unary("UploadAttachment", iter(messages), idempotent=False)
+        return response.attachment  # type: ignore[no-any-return]
+
+    async def get_attachment(self, attachment_id: str) -> pb.Attachment:
+        response = await self._unary("GetAttachment", pb.GetAttachmentRequest(attachment_id=attachment_id))
+        return response.attachment  # type: ignore[no-any-return]
+
+    async def download_attachment(self, attachment_id: str) -> bytes:
+        """An attachment's bytes (the owner's, or a viewer's of a conversation that carries it)."""
+        request = pb.DownloadAttachmentRequest(attachment_id=attachment_id)
+
+        def restartable(error: BaseException) -> bool:  # the bytes are joined before any is returned: always
+            return isinstance(error, ChatError) and retryable(error)
+
+        async for attempt in self.retry.retrying(restartable):
+            with attempt:
+                try:
+                    call = self._stub.DownloadAttachment(request, metadata=self._metadata, timeout=self.stream_timeout)
+                    return b"".join([chunk.data async for chunk in call])
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from error
+        raise AssertionError("unreachable: retrying raises when it gives up")
+
+    async def delete_attachment(self, attachment_id: str) -> None:
+        request = pb.DeleteAttachmentRequest(attachment_id=attachment_id)
+        await self._unary("DeleteAttachment", request, idempotent=False)
+
+    # ------------------------------------------------------------------------------------------ sharing
+
+    async def share_conversation(self, conversation_id: str, user_id: str) -> pb.ConversationShare:
+        """Let `user_id` read one of the caller's conversations (role viewer); sharing again changes nothing."""
+        request = pb.ShareConversationRequest(conversation_id=conversation_id, user_id=user_id)
+        response = await self._unary("ShareConversation", request)
+        return response.share  # type: ignore[no-any-return]
+
+    async def unshare_conversation(self, conversation_id: str, user_id: str) -> None:
+        """Take `user_id`'s access back (NotFound when the conversation is not shared with them)."""
+        request = pb.UnshareConversationRequest(conversation_id=conversation_id, user_id=user_id)
+        await self._unary("UnshareConversation", request, idempotent=False)
+
+    async def list_conversation_shares(
+        self, conversation_id: str, *, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListConversationSharesResponse:
+        request = pb.ListConversationSharesRequest(
+            conversation_id=conversation_id, page_size=page_size, page_token=page_token
+        )
+        return await self._unary("ListConversationShares", request)  # type: ignore[no-any-return]
+
+    async def iter_conversation_shares(self, conversation_id: str) -> AsyncIterator[pb.ConversationShare]:
+        """Everyone a conversation of the caller's is shared with, by user id, page by page."""
+        token = ""
         while True:
-            received = False
-            try:
-                call = self._stub.ExportConversation(request, metadata=self._metadata, timeout=self.stream_timeout)
-                async for chunk in call:
-                    received = True
-                    yield chunk.data
+            page = await self.list_conversation_shares(conversation_id, page_token=token)
+            for share in page.shares:
+                yield share
+            token = page.next_page_token
+            if not token:
                 return
-            except grpc.RpcError as error:
-                failures += 1
-                failure = from_rpc_error(error)
-                # Restarting is only safe before the caller has seen any bytes.
-                if received or not retryable(failure) or self.retry.gives_up(failures):
-                    raise failure from error
-                await asyncio.sleep(self.retry.delay(failures))
 
     # ------------------------------------------------------------------------------- models, coaching
 
@@ -339,13 +444,14 @@ class ChatClient:
 
     async def _unary(self, method: str, request: Any, *, idempotent: bool = True, deadline: float | None = None) -> Any:
         call = getattr(self._stub, method)
-        failures = 0
-        while True:
-            try:
-                return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
-            except grpc.RpcError as error:
-                failures += 1
-                failure = from_rpc_error(error)
-                if not idempotent or not retryable(failure) or self.retry.gives_up(failures):
-                    raise failure from error
-                await asyncio.sleep(self.retry.delay(failures))
+
+        def repeatable(error: BaseException) -> bool:
+            return idempotent and isinstance(error, ChatError) and retryable(error)
+
+        async for attempt in self.retry.retrying(repeatable):
+            with attempt:
+                try:
+                    return await call(request, metadata=self._metadata, timeout=deadline or self.timeout)
+                except grpc.RpcError as error:
+                    raise from_rpc_error(error) from error
+        raise AssertionError("unreachable: tenacity returns or raises")

@@ -1,7 +1,8 @@
 """Where the client connects and how it authenticates: flags over environment over config file over defaults.
 
-Environment: CHAT_ADDRESS, CHAT_API_KEY (or CHAT_JWT), CHAT_TLS, CHAT_CA_FILE, CHAT_TIMEOUT, CHAT_CONFIG
-(the file's path). The config file is TOML with the same keys in lower case:
+Environment: CHAT_CLIENT_ADDRESS, CHAT_CLIENT_API_KEY (or CHAT_CLIENT_JWT), CHAT_CLIENT_TLS, CHAT_CLIENT_CA_FILE,
+CHAT_CLIENT_TIMEOUT, CHAT_CLIENT_CONFIG (the file's path): a prefix of their own, apart from the server's CHAT_*.
+The config file is TOML with the same keys in lower case:
 
     address = "chat.example.com:443"
     api_key = "ck_..."
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from chat_client.client import DEFAULT_ADDRESS, DEFAULT_TIMEOUT
+
+ENV_PREFIX = "CHAT_CLIENT_"
 
 
 def default_config_path() -> Path:
@@ -79,13 +82,13 @@ def load(
 ) -> ClientConfig:
     environ = os.environ if environ is None else environ
     config = ClientConfig()
-    file = Path(path or environ.get("CHAT_CONFIG") or default_config_path())
+    file = Path(path or environ.get("CHAT_CLIENT_CONFIG") or default_config_path())
     if file.is_file():
         try:
             data = tomllib.loads(file.read_text())
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"cannot read {file}: {error}") from None
         config = replace(config, **_known(data, str(file)))
-    from_env = {f.name: environ.get(f"CHAT_{f.name.upper()}") for f in fields(ClientConfig)}
+    from_env = {f.name: environ.get(f"{ENV_PREFIX}{f.name.upper()}") for f in fields(ClientConfig)}
     config = replace(config, **_known(from_env, "environment"))
     return replace(config, **_known(dict(flags or {}), "flags"))

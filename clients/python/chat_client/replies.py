@@ -1,6 +1,7 @@
-"""A reply stream that survives broken connections: on UNAVAILABLE (or a stream that ends early) it calls
-ResumeReply from the last offset it delivered (and the generation of the text it got), so the caller sees every
-character exactly once, and `text` always ends equal to the stored reply.
+"""A reply stream that survives broken connections: on UNAVAILABLE, a stream a proxy reset (INTERNAL or UNKNOWN
+without chat-service's ErrorInfo), or a stream that ends early, it calls ResumeReply from the last offset it
+delivered (and the generation of the text it got), so the caller sees every character exactly once, and `text`
+always ends equal to the stored reply.
 
 When the replica writing a reply dies, another one continues it from the text that was stored (at most one
 flush interval behind what this stream may already have delivered). The server then sends a `rewind` event:
@@ -23,7 +24,7 @@ import grpc
 
 from chat.v1 import chat_pb2 as pb
 from chat_client.errors import ChatError, Internal, ModelUnavailable, Unavailable, from_rpc_error
-from chat_client.retry import RETRYABLE, RetryPolicy
+from chat_client.retry import RetryPolicy, resumable
 
 CLOSING_WAIT = 1.0  # seconds to wait for the status that follows `completed`
 
@@ -113,21 +114,21 @@ class ReplyStream:
                         return
                 raise _Broken
             except (grpc.RpcError, _Broken) as error:
-                if isinstance(error, grpc.RpcError) and isinstance(failure := from_rpc_error(error), ModelUnavailable):
+                failure = from_rpc_error(error) if isinstance(error, grpc.RpcError) else None
+                if isinstance(failure, ModelUnavailable):
                     # The reply itself failed (the model did): every reader of it gets this same status, so
                     # resuming cannot mend it (only a new request can). `message` is the reply as stored: FAILED,
                     # with the text it had and the reason.
                     self.message = self._failed(failure)
                     raise failure from error
-                code = error.code() if isinstance(error, grpc.RpcError) else grpc.StatusCode.UNAVAILABLE
-                lost_text = code == grpc.StatusCode.OUT_OF_RANGE and self.resumes > 0
+                lost_text = failure is not None and failure.code == grpc.StatusCode.OUT_OF_RANGE and self.resumes > 0
                 if lost_text and self._resume_from is None:
                     self._resume_from = 0  # we saw text the server lost: replay from 0 for the final state
                     continue
                 failures += 1
-                if code not in RETRYABLE or self._retry.gives_up(failures):
-                    if isinstance(error, grpc.RpcError):
-                        raise from_rpc_error(error) from error
+                if (failure is not None and not resumable(failure)) or self._retry.gives_up(failures):
+                    if failure is not None:
+                        raise failure from error
                     raise Unavailable("the reply stream ended before the reply did") from None
                 self.resumes += 1
                 await asyncio.sleep(self._retry.delay(failures))

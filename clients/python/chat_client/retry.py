@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from chat_client.errors import ChatError, ModelUnavailable
 
 # Only UNAVAILABLE means "the request did not get through / the server went away": retrying anything else
 # would repeat a refusal (or, for a non-idempotent call, maybe the work).
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+# How a stream's end looks when a proxy between client and server (nginx, Envoy, HAProxy) lost the server: it
+# resets the stream (INTERNAL) or closes it without a status (UNKNOWN). chat-service's own statuses always
+# carry an ErrorInfo, so one without is a transport break.
+PROXY_BREAKS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+
+
+def resumable(error: ChatError) -> bool:
+    """Whether a broken reply stream may be resumed (a read: resuming repeats nothing): a retryable error, or
+    a break a proxy reported rather than the server."""
+    return retryable(error) or (error.code in PROXY_BREAKS and not error.reason)
 
 
 def retryable(error: ChatError) -> bool:
@@ -30,10 +43,24 @@ class RetryPolicy:
     max_backoff: float = 3.0
     multiplier: float = 2.0
 
+    def _wait(self) -> wait_random_exponential:
+        return wait_random_exponential(multiplier=self.initial_backoff, max=self.max_backoff, exp_base=self.multiplier)
+
+    def retrying(self, should_retry: Callable[[BaseException], bool]) -> AsyncRetrying:
+        """Tenacity's loop for one call: up to `attempts` tries of what `should_retry` accepts, full-jitter
+        exponential backoff in between; the last error is raised as is."""
+        return AsyncRetrying(
+            stop=stop_after_attempt(self.attempts),
+            wait=self._wait(),
+            retry=retry_if_exception(should_retry),
+            reraise=True,
+        )
+
     def delay(self, failures: int) -> float:
-        """Seconds to wait after the `failures`-th consecutive failure (1-based)."""
-        cap = min(self.max_backoff, self.initial_backoff * self.multiplier ** (failures - 1))
-        return random.uniform(cap / 2, cap)
+        """Seconds to wait after the `failures`-th consecutive failure (1-based), as `retrying` waits."""
+        state = RetryCallState(self.retrying(lambda _: False), None, (), {})
+        state.attempt_number = failures
+        return float(self._wait()(state))
 
     def gives_up(self, failures: int) -> bool:
         return failures >= self.attempts

@@ -205,6 +205,30 @@ class SyncChatClient:
     def export_conversation(self, conversation_id: str, fmt: str = "markdown", **kwargs: Any) -> SyncIterator[bytes]:
         return SyncIterator(self._runner, self.client.export_conversation(conversation_id, fmt, **kwargs))
 
+    def upload_attachment(self, source: Any, **kwargs: str) -> pb.Attachment:
+        return self._runner.run(self.client.upload_attachment(source, **kwargs))
+
+    def get_attachment(self, attachment_id: str) -> pb.Attachment:
+        return self._runner.run(self.client.get_attachment(attachment_id))
+
+    def download_attachment(self, attachment_id: str) -> bytes:
+        return self._runner.run(self.client.download_attachment(attachment_id))
+
+    def delete_attachment(self, attachment_id: str) -> None:
+        self._runner.run(self.client.delete_attachment(attachment_id))
+
+    def share_conversation(self, conversation_id: str, user_id: str) -> pb.ConversationShare:
+        return self._runner.run(self.client.share_conversation(conversation_id, user_id))
+
+    def unshare_conversation(self, conversation_id: str, user_id: str) -> None:
+        self._runner.run(self.client.unshare_conversation(conversation_id, user_id))
+
+    def list_conversation_shares(self, conversation_id: str, **kwargs: Any) -> pb.ListConversationSharesResponse:
+        return self._runner.run(self.client.list_conversation_shares(conversation_id, **kwargs))
+
+    def iter_conversation_shares(self, conversation_id: str) -> SyncIterator[pb.ConversationShare]:
+        return SyncIterator(self._runner, self.client.iter_conversation_shares(conversation_id))
+
     def list_models(self, **kwargs: Any) -> pb.ListModelsResponse:
         return self._runner.run(self.client.list_models(**kwargs))
 

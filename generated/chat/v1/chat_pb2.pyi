@@ -56,6 +56,18 @@ class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     END_REASON_USER_REQUESTED: _ClassVar[EndReason]
     END_REASON_LIMIT_REACHED: _ClassVar[EndReason]
     END_REASON_CLIENT_ENDED: _ClassVar[EndReason]
+
+class ConversationScope(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CONVERSATION_SCOPE_UNSPECIFIED: _ClassVar[ConversationScope]
+    CONVERSATION_SCOPE_OWNED: _ClassVar[ConversationScope]
+    CONVERSATION_SCOPE_SHARED: _ClassVar[ConversationScope]
+    CONVERSATION_SCOPE_ALL: _ClassVar[ConversationScope]
+
+class ShareRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SHARE_ROLE_UNSPECIFIED: _ClassVar[ShareRole]
+    SHARE_ROLE_VIEWER: _ClassVar[ShareRole]
 ROLE_UNSPECIFIED: Role
 ROLE_USER: Role
 ROLE_ASSISTANT: Role
@@ -83,9 +95,15 @@ END_REASON_UNSPECIFIED: EndReason
 END_REASON_USER_REQUESTED: EndReason
 END_REASON_LIMIT_REACHED: EndReason
 END_REASON_CLIENT_ENDED: EndReason
+CONVERSATION_SCOPE_UNSPECIFIED: ConversationScope
+CONVERSATION_SCOPE_OWNED: ConversationScope
+CONVERSATION_SCOPE_SHARED: ConversationScope
+CONVERSATION_SCOPE_ALL: ConversationScope
+SHARE_ROLE_UNSPECIFIED: ShareRole
+SHARE_ROLE_VIEWER: ShareRole
 
 class Conversation(_message.Message):
-    __slots__ = ("conversation_id", "title", "model", "persona", "system_prompt", "create_time", "update_time", "current_message_id")
+    __slots__ = ("conversation_id", "title", "model", "persona", "system_prompt", "create_time", "update_time", "owner_user_id", "current_message_id")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +111,7 @@ class Conversation(_message.Message):
     SYSTEM_PROMPT_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     UPDATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_USER_ID_FIELD_NUMBER: _ClassVar[int]
     CURRENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     title: str
@@ -101,8 +120,9 @@ class Conversation(_message.Message):
     system_prompt: str
     create_time: _timestamp_pb2.Timestamp
     update_time: _timestamp_pb2.Timestamp
+    owner_user_id: str
     current_message_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., title: _Optional[str] = ..., model: _Optional[str] = ..., persona: _Optional[str] = ..., system_prompt: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., current_message_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, conversation_id: _Optional[str] = ..., title: _Optional[str] = ..., model: _Optional[str] = ..., persona: _Optional[str] = ..., system_prompt: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., owner_user_id: _Optional[str] = ..., current_message_id: _Optional[str] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "estimated")
@@ -115,7 +135,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("message_id", "conversation_id", "role", "content", "status", "model", "usage", "finish_reason", "create_time", "update_time", "request_id", "error_message", "continuations", "parent_message_id", "sibling_count", "sibling_index", "previous_sibling_id", "next_sibling_id")
+    __slots__ = ("message_id", "conversation_id", "role", "content", "status", "model", "usage", "finish_reason", "create_time", "update_time", "request_id", "error_message", "continuations", "attachment_ids", "parent_message_id", "sibling_count", "sibling_index", "previous_sibling_id", "next_sibling_id")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +149,7 @@ class Message(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CONTINUATIONS_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     PARENT_MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     SIBLING_COUNT_FIELD_NUMBER: _ClassVar[int]
     SIBLING_INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -147,12 +168,13 @@ class Message(_message.Message):
     request_id: str
     error_message: str
     continuations: int
+    attachment_ids: _containers.RepeatedScalarFieldContainer[str]
     parent_message_id: str
     sibling_count: int
     sibling_index: int
     previous_sibling_id: str
     next_sibling_id: str
-    def __init__(self, message_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., error_message: _Optional[str] = ..., continuations: _Optional[int] = ..., parent_message_id: _Optional[str] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., previous_sibling_id: _Optional[str] = ..., next_sibling_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, message_id: _Optional[str] = ..., conversation_id: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ..., status: _Optional[_Union[MessageStatus, str]] = ..., model: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ..., error_message: _Optional[str] = ..., continuations: _Optional[int] = ..., attachment_ids: _Optional[_Iterable[str]] = ..., parent_message_id: _Optional[str] = ..., sibling_count: _Optional[int] = ..., sibling_index: _Optional[int] = ..., previous_sibling_id: _Optional[str] = ..., next_sibling_id: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "provider", "family", "parameter_size", "quantization_level", "size_bytes", "default")
@@ -203,12 +225,14 @@ class GetConversationResponse(_message.Message):
     def __init__(self, conversation: _Optional[_Union[Conversation, _Mapping]] = ...) -> None: ...
 
 class ListConversationsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "scope")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    scope: ConversationScope
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., scope: _Optional[_Union[ConversationScope, str]] = ...) -> None: ...
 
 class ListConversationsResponse(_message.Message):
     __slots__ = ("conversations", "next_page_token")
@@ -263,16 +287,18 @@ class ListMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SendMessageRequest(_message.Message):
-    __slots__ = ("conversation_id", "content", "request_id", "background")
+    __slots__ = ("conversation_id", "content", "request_id", "background", "attachment_ids")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     BACKGROUND_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     content: str
     request_id: str
     background: bool
-    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., request_id: _Optional[str] = ..., background: _Optional[bool] = ...) -> None: ...
+    attachment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., request_id: _Optional[str] = ..., background: _Optional[bool] = ..., attachment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SendMessageResponse(_message.Message):
     __slots__ = ("message", "user_message")
@@ -283,14 +309,16 @@ class SendMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., user_message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
 class StreamReplyRequest(_message.Message):
-    __slots__ = ("conversation_id", "content", "request_id")
+    __slots__ = ("conversation_id", "content", "request_id", "attachment_ids")
     CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_IDS_FIELD_NUMBER: _ClassVar[int]
     conversation_id: str
     content: str
     request_id: str
-    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    attachment_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, conversation_id: _Optional[str] = ..., content: _Optional[str] = ..., request_id: _Optional[str] = ..., attachment_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReplyEvent(_message.Message):
     __slots__ = ("started", "delta", "completed", "rewind")
@@ -387,14 +415,16 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[Model, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class SearchMessagesRequest(_message.Message):
-    __slots__ = ("query", "page_size", "page_token")
+    __slots__ = ("query", "page_size", "page_token", "scope")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     query: str
     page_size: int
     page_token: str
-    def __init__(self, query: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    scope: ConversationScope
+    def __init__(self, query: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., scope: _Optional[_Union[ConversationScope, str]] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("message", "snippet", "conversation_title", "score", "on_current_branch")
@@ -593,6 +623,142 @@ class CoachResponse(_message.Message):
     wrap_up_confirmation: CoachWrapUpConfirmation
     session_ended: CoachSessionEnded
     def __init__(self, session_started: _Optional[_Union[CoachSessionStarted, _Mapping]] = ..., delta: _Optional[_Union[ReplyDelta, _Mapping]] = ..., turn_completed: _Optional[_Union[CoachTurnCompleted, _Mapping]] = ..., wrap_up_confirmation: _Optional[_Union[CoachWrapUpConfirmation, _Mapping]] = ..., session_ended: _Optional[_Union[CoachSessionEnded, _Mapping]] = ...) -> None: ...
+
+class Attachment(_message.Message):
+    __slots__ = ("attachment_id", "filename", "content_type", "sniffed_content_type", "size_bytes", "sha256", "create_time")
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SNIFFED_CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: str
+    filename: str
+    content_type: str
+    sniffed_content_type: str
+    size_bytes: int
+    sha256: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, attachment_id: _Optional[str] = ..., filename: _Optional[str] = ..., content_type: _Optional[str] = ..., sniffed_content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class AttachmentMetadata(_message.Message):
+    __slots__ = ("filename", "content_type", "size_bytes")
+    FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    filename: str
+    content_type: str
+    size_bytes: int
+    def __init__(self, filename: _Optional[str] = ..., content_type: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class UploadAttachmentRequest(_message.Message):
+    __slots__ = ("metadata", "data")
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: AttachmentMetadata
+    data: bytes
+    def __init__(self, metadata: _Optional[_Union[AttachmentMetadata, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class UploadAttachmentResponse(_message.Message):
+    __slots__ = ("attachment",)
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    attachment: Attachment
+    def __init__(self, attachment: _Optional[_Union[Attachment, _Mapping]] = ...) -> None: ...
+
+class GetAttachmentRequest(_message.Message):
+    __slots__ = ("attachment_id",)
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: str
+    def __init__(self, attachment_id: _Optional[str] = ...) -> None: ...
+
+class GetAttachmentResponse(_message.Message):
+    __slots__ = ("attachment",)
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    attachment: Attachment
+    def __init__(self, attachment: _Optional[_Union[Attachment, _Mapping]] = ...) -> None: ...
+
+class DownloadAttachmentRequest(_message.Message):
+    __slots__ = ("attachment_id",)
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: str
+    def __init__(self, attachment_id: _Optional[str] = ...) -> None: ...
+
+class DownloadAttachmentResponse(_message.Message):
+    __slots__ = ("data", "attachment")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENT_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    attachment: Attachment
+    def __init__(self, data: _Optional[bytes] = ..., attachment: _Optional[_Union[Attachment, _Mapping]] = ...) -> None: ...
+
+class DeleteAttachmentRequest(_message.Message):
+    __slots__ = ("attachment_id",)
+    ATTACHMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    attachment_id: str
+    def __init__(self, attachment_id: _Optional[str] = ...) -> None: ...
+
+class DeleteAttachmentResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConversationShare(_message.Message):
+    __slots__ = ("conversation_id", "user_id", "role", "create_time")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    user_id: str
+    role: ShareRole
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, conversation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[ShareRole, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ShareConversationRequest(_message.Message):
+    __slots__ = ("conversation_id", "user_id", "role")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    user_id: str
+    role: ShareRole
+    def __init__(self, conversation_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[_Union[ShareRole, str]] = ...) -> None: ...
+
+class ShareConversationResponse(_message.Message):
+    __slots__ = ("share",)
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    share: ConversationShare
+    def __init__(self, share: _Optional[_Union[ConversationShare, _Mapping]] = ...) -> None: ...
+
+class UnshareConversationRequest(_message.Message):
+    __slots__ = ("conversation_id", "user_id")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    user_id: str
+    def __init__(self, conversation_id: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class UnshareConversationResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListConversationSharesRequest(_message.Message):
+    __slots__ = ("conversation_id", "page_size", "page_token")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, conversation_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListConversationSharesResponse(_message.Message):
+    __slots__ = ("shares", "next_page_token")
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    shares: _containers.RepeatedCompositeFieldContainer[ConversationShare]
+    next_page_token: str
+    def __init__(self, shares: _Optional[_Iterable[_Union[ConversationShare, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class RegenerateReplyRequest(_message.Message):
     __slots__ = ("message_id", "request_id")

@@ -30,7 +30,9 @@ class ChatServiceStub:
 
     Every RPC requires `authorization: Bearer <token>` metadata. Conversations
     belong to the caller: another user's conversation is PERMISSION_DENIED, a
-    missing one NOT_FOUND. Errors carry `google.rpc.Status` details
+    missing one NOT_FOUND. An owner may share a conversation with other users,
+    who may then read it (get, list messages, follow replies, search, export)
+    but never write it (PERMISSION_DENIED). Errors carry `google.rpc.Status` details
     (`google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo`).
     """
 
@@ -115,6 +117,41 @@ class ChatServiceStub:
                 request_serializer=chat_dot_v1_dot_chat__pb2.ListPersonasRequest.SerializeToString,
                 response_deserializer=chat_dot_v1_dot_chat__pb2.ListPersonasResponse.FromString,
                 _registered_method=True)
+        self.UploadAttachment = channel.stream_unary(
+                '/chat.v1.ChatService/UploadAttachment',
+                request_serializer=chat_dot_v1_dot_chat__pb2.UploadAttachmentRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.UploadAttachmentResponse.FromString,
+                _registered_method=True)
+        self.GetAttachment = channel.unary_unary(
+                '/chat.v1.ChatService/GetAttachment',
+                request_serializer=chat_dot_v1_dot_chat__pb2.GetAttachmentRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.GetAttachmentResponse.FromString,
+                _registered_method=True)
+        self.DownloadAttachment = channel.unary_stream(
+                '/chat.v1.ChatService/DownloadAttachment',
+                request_serializer=chat_dot_v1_dot_chat__pb2.DownloadAttachmentRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.DownloadAttachmentResponse.FromString,
+                _registered_method=True)
+        self.DeleteAttachment = channel.unary_unary(
+                '/chat.v1.ChatService/DeleteAttachment',
+                request_serializer=chat_dot_v1_dot_chat__pb2.DeleteAttachmentRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.DeleteAttachmentResponse.FromString,
+                _registered_method=True)
+        self.ShareConversation = channel.unary_unary(
+                '/chat.v1.ChatService/ShareConversation',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ShareConversationRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ShareConversationResponse.FromString,
+                _registered_method=True)
+        self.UnshareConversation = channel.unary_unary(
+                '/chat.v1.ChatService/UnshareConversation',
+                request_serializer=chat_dot_v1_dot_chat__pb2.UnshareConversationRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.UnshareConversationResponse.FromString,
+                _registered_method=True)
+        self.ListConversationShares = channel.unary_unary(
+                '/chat.v1.ChatService/ListConversationShares',
+                request_serializer=chat_dot_v1_dot_chat__pb2.ListConversationSharesRequest.SerializeToString,
+                response_deserializer=chat_dot_v1_dot_chat__pb2.ListConversationSharesResponse.FromString,
+                _registered_method=True)
         self.RegenerateReply = channel.unary_stream(
                 '/chat.v1.ChatService/RegenerateReply',
                 request_serializer=chat_dot_v1_dot_chat__pb2.RegenerateReplyRequest.SerializeToString,
@@ -147,7 +184,9 @@ class ChatServiceServicer:
 
     Every RPC requires `authorization: Bearer <token>` metadata. Conversations
     belong to the caller: another user's conversation is PERMISSION_DENIED, a
-    missing one NOT_FOUND. Errors carry `google.rpc.Status` details
+    missing one NOT_FOUND. An owner may share a conversation with other users,
+    who may then read it (get, list messages, follow replies, search, export)
+    but never write it (PERMISSION_DENIED). Errors carry `google.rpc.Status` details
     (`google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo`).
     """
 
@@ -255,6 +294,57 @@ class ChatServiceServicer:
 
     def ListPersonas(self, request, context):
         """Lists the coaching personas (also usable as `Conversation.persona`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadAttachment(self, request_iterator, context):
+        """Uploads a file to attach to messages: first `metadata`, then the bytes in `data` chunks (each at most 1 MiB is
+        best; every message after the first counts against the rate limit). At most CHAT_MAX_ATTACHMENT_BYTES; an
+        upload that is interrupted or refused stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttachment(self, request, context):
+        """Returns an attachment's metadata: the owner's, or a viewer's of a conversation with a message carrying it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadAttachment(self, request, context):
+        """Streams an attachment's bytes (access as for GetAttachment); the first response also holds its metadata.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteAttachment(self, request, context):
+        """Deletes one of the caller's attachments; the messages that carried it no longer do.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareConversation(self, request, context):
+        """Lets another user read one of the caller's conversations (role viewer); sharing again changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnshareConversation(self, request, context):
+        """Takes back a user's access to one of the caller's conversations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConversationShares(self, request, context):
+        """Lists who one of the caller's conversations is shared with, by user id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -381,6 +471,41 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     request_deserializer=chat_dot_v1_dot_chat__pb2.ListPersonasRequest.FromString,
                     response_serializer=chat_dot_v1_dot_chat__pb2.ListPersonasResponse.SerializeToString,
             ),
+            'UploadAttachment': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadAttachment,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.UploadAttachmentRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.UploadAttachmentResponse.SerializeToString,
+            ),
+            'GetAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttachment,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.GetAttachmentRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.GetAttachmentResponse.SerializeToString,
+            ),
+            'DownloadAttachment': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadAttachment,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.DownloadAttachmentRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.DownloadAttachmentResponse.SerializeToString,
+            ),
+            'DeleteAttachment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteAttachment,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.DeleteAttachmentRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.DeleteAttachmentResponse.SerializeToString,
+            ),
+            'ShareConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareConversation,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ShareConversationRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ShareConversationResponse.SerializeToString,
+            ),
+            'UnshareConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnshareConversation,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.UnshareConversationRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.UnshareConversationResponse.SerializeToString,
+            ),
+            'ListConversationShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConversationShares,
+                    request_deserializer=chat_dot_v1_dot_chat__pb2.ListConversationSharesRequest.FromString,
+                    response_serializer=chat_dot_v1_dot_chat__pb2.ListConversationSharesResponse.SerializeToString,
+            ),
             'RegenerateReply': grpc.unary_stream_rpc_method_handler(
                     servicer.RegenerateReply,
                     request_deserializer=chat_dot_v1_dot_chat__pb2.RegenerateReplyRequest.FromString,
@@ -419,7 +544,9 @@ class ChatService:
 
     Every RPC requires `authorization: Bearer <token>` metadata. Conversations
     belong to the caller: another user's conversation is PERMISSION_DENIED, a
-    missing one NOT_FOUND. Errors carry `google.rpc.Status` details
+    missing one NOT_FOUND. An owner may share a conversation with other users,
+    who may then read it (get, list messages, follow replies, search, export)
+    but never write it (PERMISSION_DENIED). Errors carry `google.rpc.Status` details
     (`google.rpc.BadRequest` for INVALID_ARGUMENT, `google.rpc.ErrorInfo`).
     """
 
@@ -818,6 +945,195 @@ class ChatService:
             '/chat.v1.ChatService/ListPersonas',
             chat_dot_v1_dot_chat__pb2.ListPersonasRequest.SerializeToString,
             chat_dot_v1_dot_chat__pb2.ListPersonasResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadAttachment(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/chat.v1.ChatService/UploadAttachment',
+            chat_dot_v1_dot_chat__pb2.UploadAttachmentRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.UploadAttachmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/GetAttachment',
+            chat_dot_v1_dot_chat__pb2.GetAttachmentRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.GetAttachmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chat.v1.ChatService/DownloadAttachment',
+            chat_dot_v1_dot_chat__pb2.DownloadAttachmentRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.DownloadAttachmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteAttachment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/DeleteAttachment',
+            chat_dot_v1_dot_chat__pb2.DeleteAttachmentRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.DeleteAttachmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ShareConversation',
+            chat_dot_v1_dot_chat__pb2.ShareConversationRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ShareConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnshareConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/UnshareConversation',
+            chat_dot_v1_dot_chat__pb2.UnshareConversationRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.UnshareConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConversationShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chat.v1.ChatService/ListConversationShares',
+            chat_dot_v1_dot_chat__pb2.ListConversationSharesRequest.SerializeToString,
+            chat_dot_v1_dot_chat__pb2.ListConversationSharesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,7 @@ import argparse
 from datetime import UTC, datetime
 
 from chat.v1 import chat_pb2 as pb
-from chat_client.cli import coaching, exporting, failures
+from chat_client.cli import coaching, exporting, failures, sharing
 from chat_client.cli.branching import place
 from chat_client.cli.replying import STATUS_NAMES, show_reply
 from chat_client.cli.terminal import Terminal, as_dict
@@ -22,12 +22,15 @@ def when(message: pb.Message | pb.Conversation, field: str = "create_time") -> s
 
 
 def ask(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
+    attachment_ids = sharing.upload_all(client, term, args.attach or [], quiet=args.json)
+    if attachment_ids is None:
+        return failures.EXIT_USAGE
     conversation_id = args.conversation
     if not conversation_id:
         title = args.title or " ".join(args.text.split())[:TITLE_FROM_QUESTION]
         created = client.create_conversation(title=title, model=args.model or "", persona=args.persona or "")
         conversation_id = created.conversation_id
-    stream = client.stream_reply(conversation_id, args.text)
+    stream = client.stream_reply(conversation_id, args.text, attachment_ids=attachment_ids)
     message, stats = show_reply(term, stream, echo=not args.json)
     if args.json:
         term.json({"conversation_id": conversation_id, "message": as_dict(message), "resumes": stream.stream.resumes})
@@ -38,7 +41,7 @@ def ask(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int
 
 def conversations(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
     found = []
-    for conversation in client.iter_conversations(page_size=min(args.limit, 1000)):
+    for conversation in client.iter_conversations(page_size=min(args.limit, 1000), scope=args.scope):
         found.append(conversation)
         if len(found) >= args.limit:
             break
@@ -46,9 +49,14 @@ def conversations(client: SyncChatClient, term: Terminal, args: argparse.Namespa
         term.json([as_dict(c) for c in found])
         return 0
     for c in found:
-        term.line(f"{c.conversation_id}  {term.style(when(c, 'update_time'), 'dim')}  {c.title}  ({c.model})")
+        owner = f"  owner {c.owner_user_id}" if args.scope != "owned" and c.owner_user_id else ""
+        term.line(f"{c.conversation_id}  {term.style(when(c, 'update_time'), 'dim')}  {c.title}  ({c.model}){owner}")
     if not found:
-        term.note('no conversations yet: `chat ask "..."` starts one')
+        term.note(
+            "nothing is shared with you"
+            if args.scope == "shared"
+            else 'no conversations yet: `chat ask "..."` starts one'
+        )
     return 0
 
 
@@ -80,7 +88,7 @@ def show_message(term: Terminal, message: pb.Message) -> None:
 
 
 def search(client: SyncChatClient, term: Terminal, args: argparse.Namespace) -> int:
-    response = client.search_messages(args.query, page_size=args.limit)
+    response = client.search_messages(args.query, page_size=args.limit, scope=args.scope)
     if args.json:
         term.json([as_dict(r) for r in response.results])
         return 0

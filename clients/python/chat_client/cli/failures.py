@@ -34,12 +34,13 @@ def describe(error: ChatError, address: str) -> Failure:
         # No ErrorInfo: chat-service did not answer (a refused connection, a proxy without a backend...).
         # When it answers UNAVAILABLE itself (its database is down), the generic message below says so.
         return Failure(
-            f"cannot reach chat-service at {address} ({error.message}). Is it running? Set --address or CHAT_ADDRESS.",
+            f"cannot reach chat-service at {address} ({error.message}). Is it running? "
+            "Set --address or CHAT_CLIENT_ADDRESS.",
             EXIT_UNREACHABLE,
         )
     if isinstance(error, Unauthenticated):
         return Failure(
-            f"the server refused the credentials ({error.message}). Check --api-key or CHAT_API_KEY.", EXIT_AUTH
+            f"the server refused the credentials ({error.message}). Check --api-key or CHAT_CLIENT_API_KEY.", EXIT_AUTH
         )
     details = tuple(f"  {v.field}: {v.description}" for v in error.violations)
     hint = f"try again in {error.retry_delay:.1f}s" if error.retry_delay is not None else ""

@@ -1,7 +1,7 @@
 """the message tree: each message's parent, each conversation's current branch
 
 Revision ID: 0008_message_tree
-Revises: 0007_continuations
+Revises: 0009_attachments_shares
 Create Date: 2026-12-02
 
 - `messages.parent_id`: the message a message follows ('' for a first message). Existing conversations come in
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0008_message_tree"
-down_revision: str | None = "0007_continuations"
+down_revision: str | None = "0009_attachments_shares"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
