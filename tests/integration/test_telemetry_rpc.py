@@ -20,7 +20,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from chat.v1 import chat_pb2 as pb
 from chat_client.errors import from_rpc_error
-from service import logs
+from service import logs, telemetry
 from tests.integration.harness import Replica, running_replica, secret_of, settings_for
 from tests.net import free_port
 
@@ -42,7 +42,7 @@ _PROCESSOR = _Switchable(_EXPORTER)
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
+        provider = telemetry.tracer_provider()
         provider.add_span_processor(_PROCESSOR)
         trace.set_tracer_provider(provider)
     _EXPORTER.clear()
