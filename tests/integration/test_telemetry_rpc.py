@@ -260,6 +260,7 @@ class BrokenModels:
 
     name = "fake"
     continues = False
+    takes_images = False
 
     def stream(self, prompt: object) -> Any:
         raise NotImplementedError
