@@ -668,7 +668,7 @@ def check_install(deploy: Path = DEPLOY, *, build_args: dict[str, str] | None = 
     started = time.monotonic()
     try:
         sandbox = Sandbox(root, deploy.parent, build_args or {})
-        outer = dict(arg.value[0].partition("=")[::2] for arg in global_args)
+        outer = {name: _unquoted(default) for name, _, default in (a.value[0].partition("=") for a in global_args)}
         for stage in stages[:-1]:
             log.append(f"stage {stage.name} (FROM {stage.base})")
             sandbox.run_stage(stage.commands, dict(outer), log)
