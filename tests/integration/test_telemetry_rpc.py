@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,12 +16,11 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, StatusCode
 
 from chat.v1 import chat_pb2 as pb
 from chat_client.errors import from_rpc_error
-from service import logs
+from service import logs, telemetry
 from tests.integration.harness import Replica, running_replica, secret_of, settings_for
 from tests.net import free_port
 
@@ -37,21 +35,6 @@ class _Switchable(SimpleSpanProcessor):
             super().on_end(span)
 
 
-class _PrivateIds(IdGenerator):
-    """Span and trace ids from a Random of their own. The provider set here stays for the rest of the session, and
-    spans a server makes on its thread (a lease sweep's query) must not move the global `random` state: hypothesis,
-    drawing an example on another thread meanwhile, takes that for a strategy using `random` (an error)."""
-
-    def __init__(self) -> None:
-        self._random = random.Random()
-
-    def generate_span_id(self) -> int:
-        return self._random.getrandbits(64) or 1
-
-    def generate_trace_id(self) -> int:
-        return self._random.getrandbits(128) or 1
-
-
 _EXPORTER = InMemorySpanExporter()
 _PROCESSOR = _Switchable(_EXPORTER)
 
@@ -59,7 +42,7 @@ _PROCESSOR = _Switchable(_EXPORTER)
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider(id_generator=_PrivateIds())
+        provider = telemetry.tracer_provider()
         provider.add_span_processor(_PROCESSOR)
         trace.set_tracer_provider(provider)
     _EXPORTER.clear()
@@ -69,14 +52,6 @@ def spans() -> Iterator[InMemorySpanExporter]:
     finally:
         _PROCESSOR.enabled = False
         _EXPORTER.clear()
-
-
-def test_spans_leave_the_global_random_state_alone(spans: InMemorySpanExporter) -> None:
-    before = random.getstate()
-
-    trace.get_tracer(__name__).start_span("a span").end()
-
-    assert random.getstate() == before and len(spans.get_finished_spans()) == 1
 
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
