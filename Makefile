@@ -47,7 +47,13 @@ $(NODE_DIR)/dist/.built: $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json 
 run: $(VENV)/.installed-run
 	$(BIN)/chat-service serve --demo-key
 
-test: $(VENV)/.installed-dev $(NODE_DIR)/dist/.built
+# checkov (deploy/check.py's policy section) lives in an environment of its own that pipx makes: made here, so
+# that no test waits for its download.
+$(VENV)/.installed-checkov: $(VENV)/.installed-dev deploy/check.py
+	$(BIN)/python deploy/check.py --prepare
+	touch $@
+
+test: $(VENV)/.installed-dev $(NODE_DIR)/dist/.built $(VENV)/.installed-checkov
 	$(BIN)/pytest
 
 proto: $(VENV)/.installed-dev
@@ -70,7 +76,7 @@ lint: $(VENV)/.installed-dev
 	$(BIN)/buf lint
 
 # deploy/ checked without Docker or a cluster: schemas, hadolint, and the image's install steps run for real.
-deploy-check: $(VENV)/.installed-dev
+deploy-check: $(VENV)/.installed-checkov
 	$(BIN)/ruff check deploy/check.py
 	$(BIN)/ruff format --check deploy/check.py
 	$(BIN)/python deploy/check.py
