@@ -84,7 +84,7 @@ messages = sa.Table(
     sa.Column("continued_at", sa.String(200), nullable=False, server_default=""),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     # The message tree: the message this one follows, '' for a first message. NULL only from a writer that knows
-    # no tree (the release before 0008_message_tree): a trigger puts such a message on the current branch.
+    # no tree (the release before 0010_message_tree): a trigger puts such a message on the current branch.
     sa.Column("parent_id", sa.String(36)),
     sa.Index("ix_messages_conversation_seq", "conversation_id", "seq"),
     # Children and siblings, in order: (conversation, parent) and seq.

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -59,9 +59,13 @@ class AccessLog(logging.Handler):
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[Entry]:
         """The entries, once there are at least `count` (from any thread)."""
+        return self.wait_until(lambda entries: len(entries) >= count, f"{count} lines", timeout)
+
+    def wait_until(self, done: Callable[[list[Entry]], bool], expected: str, timeout: float = 10.0) -> list[Entry]:
+        """The entries, once `done` says they are all there (from any thread)."""
         with self._changed:
-            if not self._changed.wait_for(lambda: len(self.entries) >= count, timeout):
-                raise AssertionError(f"the access log has {len(self.entries)} lines, expected {count}")
+            if not self._changed.wait_for(lambda: done(self.entries), timeout):
+                raise AssertionError(f"the access log has {self.entries}, expected {expected}")
             return list(self.entries)
 
     async def entry(self, index: int) -> Entry:

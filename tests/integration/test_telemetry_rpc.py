@@ -22,6 +22,7 @@ from chat.v1 import chat_pb2 as pb
 from chat_client.errors import from_rpc_error
 from service import logs, telemetry
 from tests.integration.harness import Replica, running_replica, secret_of, settings_for
+from tests.integration.hostile import AccessLog, Entry
 from tests.net import free_port
 
 
@@ -235,10 +236,18 @@ async def _log_content_and_secrets(replica: Replica, read_log: Callable[[], list
     await replica.stub.SendMessage(
         pb.SendMessageRequest(conversation_id=conversation.conversation_id, content=f"say {marker}"), metadata=auth
     )
-    with pytest.raises(grpc.aio.AioRpcError):  # a failed attempt with a wrong secret is logged too
-        await replica.stub.ListConversations(
-            pb.ListConversationsRequest(), metadata=(("authorization", f"Bearer {key}x"),)
-        )
+    # The access line of a refused call is written after the client has its status: wait for it. On the root
+    # logger, the handler runs after the service's JSON handler has written the line.
+    seen = AccessLog()
+    logging.getLogger().addHandler(seen)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError):  # a failed attempt with a wrong secret is logged too
+            await replica.stub.ListConversations(
+                pb.ListConversationsRequest(), metadata=(("authorization", f"Bearer {key}x"),)
+            )
+        await asyncio.to_thread(seen.wait_until, _refused_logged, "the refused call's line")
+    finally:
+        logging.getLogger().removeHandler(seen)
     lines = read_log()
     assert len(lines) > 5  # DEBUG: the libraries' lines too
     dump = json.dumps(lines)
@@ -253,6 +262,10 @@ async def _log_content_and_secrets(replica: Replica, read_log: Callable[[], list
     assert {"trace_id", "span_id", "timestamp"} <= set(line)
     refused = [a for a in access if a["code"] == "UNAUTHENTICATED"]
     assert refused and refused[0]["user"] is None
+
+
+def _refused_logged(entries: list[Entry]) -> bool:
+    return any(entry.code == "UNAUTHENTICATED" for entry in entries)
 
 
 class BrokenModels:

@@ -1,4 +1,4 @@
-"""Migration 0008_message_tree on SQLite and Postgres: existing conversations come into the tree unchanged (each
+"""Migration 0010_message_tree on SQLite and Postgres: existing conversations come into the tree unchanged (each
 message after the one before it, the last one current), messages written by the release before (which knows no
 tree) go on the end of the current branch, and the migration is reversible."""
 
@@ -20,7 +20,7 @@ NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LONG = "0b6f8a1e-3c1d-4f3e-9a57-2d0c1b9e8f21"
 SHORT = "1c7f9b2f-4d2e-4f4f-8b68-3e1d2caf9032"
 EMPTY = "2d8fac30-5e3f-4a5a-9c79-4f2e3dbf0143"
-BEFORE = "0008_message_tree-1"  # the revision before this one, wherever the chain puts it
+BEFORE = "0010_message_tree-1"  # the revision before this one, wherever the chain puts it
 
 
 def _id(n: int) -> str:

@@ -1,6 +1,6 @@
 """the message tree: each message's parent, each conversation's current branch
 
-Revision ID: 0008_message_tree
+Revision ID: 0010_message_tree
 Revises: 0009_attachments_shares
 Create Date: 2026-12-02
 
@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008_message_tree"
+revision: str = "0010_message_tree"
 down_revision: str | None = "0009_attachments_shares"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
