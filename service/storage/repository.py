@@ -26,6 +26,7 @@ from service.domain import (
 )
 from service.ports import Flush, Held, RowsPage
 from service.storage import branches, cursors
+from service.storage.integrity import is_foreign_key_violation
 from service.storage.search import search_postgres, search_sqlite
 from service.storage.tables import api_keys, conversation_shares, conversations, message_attachments, messages
 
@@ -121,6 +122,8 @@ class SqlMessages:
             # One statement (a multi-row INSERT), one round trip, however many messages.
             await self._conn.execute(messages.insert(), rows)
         except IntegrityError as exc:
+            if is_foreign_key_violation(exc):
+                raise  # not a duplicate: the conversation is gone (the unit of work makes it NOT_FOUND)
             # The transaction is spoilt (Postgres): the caller retries its read in a new unit of work.
             raise DuplicateRequest(added[0].request_id) from exc
 

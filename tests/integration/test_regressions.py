@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
@@ -22,6 +23,8 @@ from chat.v1 import chat_pb2 as pb
 from service.llm.fake import scripted_tokens
 from service.storage import tables
 from service.storage.database import Database
+from tests.integration.coach_stream import CoachCall
+from tests.integration.coach_stream import start as coach_start
 from tests.integration.harness import Replica, running_replica, settings_for
 from tests.integration.rpc_errors import error_info
 from tests.wire.ollama_server import ChatScript, OllamaServer
@@ -266,3 +269,29 @@ async def test_resuming_an_old_finished_reply_after_a_restart(database_url: str)
         beyond = await resume(restarted, message.message_id, len(text) + 1)
         _, _, error = await ending(beyond)
         assert error is not None and error.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+# --- found by the service state machine (tests/integration/test_service_state_machine.py)
+
+
+async def test_a_coaching_session_started_in_a_conversation_deleted_meanwhile_is_not_found(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's row was inserted in a transaction of its own after the conversation was checked: when the
+    conversation was deleted in between, its foreign key failed and the caller got INTERNAL."""
+    conversation_id = (await replica.conversation("alice")).conversation_id
+    conversations = replica.app.deps.conversations
+    given_the_persona = conversations.update
+
+    async def deleted_once_checked(principal: Any, conversation_id: str, *args: Any) -> Any:
+        conversation = await given_the_persona(principal, conversation_id, *args)
+        await conversations.delete(principal, conversation_id)  # a DeleteConversation that lands just now
+        return conversation
+
+    monkeypatch.setattr(conversations, "update", deleted_once_checked)
+    call = CoachCall(replica.stub, await replica.auth("alice"))
+    await call.send(coach_start(persona="english_buddy", conversation_id=conversation_id))
+
+    failure = await call.error()
+
+    assert failure.code() == grpc.StatusCode.NOT_FOUND, failure.details()

@@ -1,0 +1,812 @@
+"""A stateful model of the whole service, driven over a real replica's RPCs: several users, each on a gRPC channel of
+their own, creating conversations, sending messages and streaming replies (retries with the same request_id),
+resuming, cancelling, deleting conversations and messages, sharing read-only, and coaching over Coach streams — with
+clients that give up at random points (a tiny deadline, a stream cancelled after k events) and operations raced
+against each other (a conversation deleted while something else uses it).
+
+The model does not predict the service's timing: it learns what happened from what the clients received, and checks
+after every step, against the stored rows (read with SQL on a connection of its own) and against every response:
+- one user message (and one reply) per request_id: a retry attaches to what the first attempt made, never duplicates;
+- no STREAMING row without a live generation holding its lease (given a bounded moment to launch or to end), and
+  none at all once the model's replies have finished;
+- a reply a client read to its terminal event: the text received is the text stored;
+- a terminal state, once seen (by a client or in the rows), never changes;
+- a coaching session's stage never goes backwards (nor its turns, nor its end reason);
+- a user sees their own conversations and those shared with them, never another's; a deleted conversation leaves
+  no rows behind.
+Every status a call ends with must be one the situation allows: an INTERNAL (or UNKNOWN) always fails the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import sqlalchemy as sa
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from chat.v1 import chat_pb2 as pb
+from chat.v1 import chat_pb2_grpc
+from service.storage.tables import coaching_sessions, conversation_shares, conversations, messages
+from tests.integration.harness import Replica
+
+Code = grpc.StatusCode
+CALL_BOUND = 15.0  # seconds: any one client call (or wait for one) that takes longer is a hang
+LAUNCH_BOUND = 5.0  # seconds a STREAMING row may go without a live generation (committed, not yet launched)
+PERSONA = "english_buddy"
+TEXTS = ("hello there", "tell me more", "why is that?", "naïve café 🙂", "and then?")
+COACH_TEXTS = ("Yesterday I goed to the shop.", "I have to go now", "yes", "no, one more please")
+STAGE_RANK = {"active": 0, "confirming": 0, "wrapping_up": 1, "ended": 2}
+FINAL = {"completed", "cancelled", "failed", "interrupted"}
+STATUS_NAMES = {
+    pb.MESSAGE_STATUS_COMPLETED: "completed",
+    pb.MESSAGE_STATUS_STREAMING: "streaming",
+    pb.MESSAGE_STATUS_CANCELLED: "cancelled",
+    pb.MESSAGE_STATUS_FAILED: "failed",
+    pb.MESSAGE_STATUS_INTERRUPTED: "interrupted",
+}
+PICK = st.integers(min_value=0, max_value=1_000)
+_examples = itertools.count(1)
+
+
+def pick(items: list[Any], index: int) -> Any:
+    return items[index % len(items)]
+
+
+# ---------------------------------------------------------------------------------------------- what clients saw
+
+
+@dataclass
+class Request:
+    """A request_id a user sent, and what the service made of it (once a client learned it)."""
+
+    user: str
+    conversation_id: str
+    content: str
+    user_message_id: str = ""
+    reply_id: str = ""
+
+
+@dataclass
+class Reading:
+    """A reply stream as one client read it: StreamReply, ResumeReply (from `offset`), or SendMessage."""
+
+    kind: str
+    user: str
+    conversation_id: str
+    request_id: str = ""
+    offset: int = 0
+    allowed: frozenset[Code] = frozenset()
+    events: list[pb.ReplyEvent] = field(default_factory=list)
+    sent: pb.SendMessageResponse | None = None
+    code: Code | None = None
+    details: str = ""
+    gave_up: bool = False  # the client cancelled it (after k events)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class CoachClient:
+    """One open Coach stream."""
+
+    user: str
+    session_id: str
+    conversation_id: str
+    call: Any  # grpc.aio.StreamStreamCall
+
+
+@dataclass
+class Counts:
+    examples: int = 0
+    steps: int = 0
+    calls: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+    rules: dict[str, int] = field(default_factory=dict)
+
+    def ran(self, rule: str) -> None:
+        self.rules[rule] = self.rules.get(rule, 0) + 1
+
+    def saw(self, code: Code) -> None:
+        self.statuses[code.name] = self.statuses.get(code.name, 0) + 1
+
+
+# ---------------------------------------------------------------------------------------------- the stored rows
+
+
+class Rows:
+    """The stored rows, read with SQL on an engine of the test's own (never through the service)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    async def fetch(self, statement: Any) -> list[Any]:
+        async with self.engine.connect() as conn:
+            return list(await conn.execute(statement))
+
+    async def messages_of(self, owners: list[str]) -> list[Any]:
+        return await self.fetch(messages.select().where(messages.c.owner.in_(owners)))
+
+    async def message(self, message_id: str) -> Any | None:
+        found = await self.fetch(messages.select().where(messages.c.id == message_id))
+        return found[0] if found else None
+
+    async def conversations_of(self, owners: list[str]) -> list[Any]:
+        return await self.fetch(conversations.select().where(conversations.c.owner.in_(owners)))
+
+    async def sessions_of(self, owners: list[str]) -> list[Any]:
+        return await self.fetch(coaching_sessions.select().where(coaching_sessions.c.owner.in_(owners)))
+
+    async def shares_to(self, user: str) -> set[str]:
+        rows = await self.fetch(
+            sa.select(conversation_shares.c.conversation_id).where(conversation_shares.c.user_id == user)
+        )
+        return {row.conversation_id for row in rows}
+
+    async def left_of(self, conversation_id: str) -> int:
+        """Rows anything still keeps of a conversation."""
+        total = 0
+        for table in (messages, coaching_sessions, conversation_shares):
+            column = table.c.conversation_id
+            total += len(await self.fetch(sa.select(column).where(column == conversation_id)))
+        total += len(await self.fetch(sa.select(conversations.c.id).where(conversations.c.id == conversation_id)))
+        return total
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# ---------------------------------------------------------------------------------------------- the machine
+
+
+class ServiceMachine(RuleBasedStateMachine):
+    """Rules run their RPCs on the replica's event loop through `run` (bounded in time); background calls stay in
+    flight across steps, and what they received is checked when they end."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        rows: Rows,
+        run: Callable[[Coroutine[Any, Any, Any]], Any],
+        counts: Counts,
+    ) -> None:
+        super().__init__()
+        self.replica = replica
+        self.rows = rows
+        self.run = run
+        self.counts = counts
+        example = next(_examples)
+        self.users = [f"x{example}-{name}" for name in ("alice", "bob", "carol")]
+        self.stubs: dict[str, chat_pb2_grpc.ChatServiceStub] = {}
+        self.channels: list[grpc.aio.Channel] = []
+        self.auth: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.run(self._connect())
+        # The model: what exists, as far as the clients know.
+        self.conversations: dict[str, str] = {}  # live conversation -> owner
+        self.deleted: set[str] = set()
+        self.shares: dict[str, set[str]] = {}  # conversation -> viewers
+        self.requests: dict[tuple[str, str], Request] = {}
+        self.replies: dict[str, str] = {}  # reply id -> conversation (those a client learned of)
+        self.user_messages: dict[str, str] = {}  # user message id -> conversation
+        self.readings: list[Reading] = []
+        self.terminal: dict[str, tuple[str, str]] = {}  # message -> (status, content), once seen final
+        self.stages: dict[str, tuple[int, int, str]] = {}  # session -> (stage rank, turns, end reason)
+        self.sessions: dict[str, tuple[str, str]] = {}  # session -> (owner, conversation)
+        self.coaches: list[CoachClient] = []
+        self.pending_gone: list[tuple[str, str]] = []
+        counts.examples += 1
+
+    # ------------------------------------------------------------------------------------------ plumbing
+
+    async def _connect(self) -> None:
+        for user in self.users:
+            channel = grpc.aio.insecure_channel(self.replica.address)
+            self.channels.append(channel)
+            self.stubs[user] = chat_pb2_grpc.ChatServiceStub(channel)
+            self.auth[user] = await self.replica.auth(user)
+
+    def allowed(self, error: grpc.aio.AioRpcError, allowed: frozenset[Code] | set[Code], what: str) -> Code:
+        code = error.code()
+        self.counts.saw(code)
+        assert code in allowed, f"{what} ended {code.name}: {error.details()!r} (allowed: {sorted(c.name for c in allowed)})"
+        return code
+
+    def owned(self, user: str) -> list[str]:
+        return [c for c, owner in self.conversations.items() if owner == user]
+
+    def seen_final(self, message: pb.Message) -> None:
+        """A client saw `message` in a final state: it stays so, with this text, while it exists."""
+        status = STATUS_NAMES[message.status]
+        assert status in FINAL, f"{message.message_id} reported final as {status}"
+        self._terminal(message.message_id, status, message.content, "a client")
+
+    def _terminal(self, message_id: str, status: str, content: str, source: str) -> None:
+        before = self.terminal.setdefault(message_id, (status, content))
+        assert before == (status, content), (
+            f"{source} sees {message_id} as {status} {content!r}; it was seen {before[0]} {before[1]!r}"
+        )
+
+    def learned(self, request_id: str, user: str, started: pb.ReplyStarted) -> None:
+        """A client learned which messages a request made: a retry must get the same ones, unless they were deleted
+        meanwhile (then the retry is a new request)."""
+        request = self.requests.get((user, request_id))
+        user_id, reply_id = started.user_message.message_id, started.assistant_message.message_id
+        self.replies[reply_id] = started.assistant_message.conversation_id
+        if user_id:
+            self.user_messages[user_id] = started.user_message.conversation_id
+        if request is None:
+            return
+        if request.reply_id and request.reply_id != reply_id:
+            self.pending_gone.append((request.reply_id, f"request {request_id} made a second reply {reply_id}"))
+        request.user_message_id, request.reply_id = user_id, reply_id
+
+    # ------------------------------------------------------------------------------------------ conversations
+
+    @rule(user=PICK)
+    def create_conversation(self, user: int) -> None:
+        self.counts.ran("create_conversation")
+        self.run(self._create(pick(self.users, user)))
+
+    async def _create(self, user: str) -> None:
+        made = await self.stubs[user].CreateConversation(
+            pb.CreateConversationRequest(title="chat"), metadata=self.auth[user], timeout=CALL_BOUND
+        )
+        assert made.conversation.owner_user_id == user
+        self.conversations[made.conversation.conversation_id] = user
+
+    @precondition(lambda self: self.conversations)
+    @rule(conversation=PICK, viewer=PICK)
+    def share(self, conversation: int, viewer: int) -> None:
+        self.counts.ran("share")
+        self.run(self._share(pick(list(self.conversations), conversation), pick(self.users, viewer)))
+
+    async def _share(self, conversation_id: str, viewer: str) -> None:
+        owner = self.conversations.get(conversation_id, "")
+        if not owner or viewer == owner:
+            return
+        try:
+            await self.stubs[owner].ShareConversation(
+                pb.ShareConversationRequest(conversation_id=conversation_id, user_id=viewer),
+                metadata=self.auth[owner],
+                timeout=CALL_BOUND,
+            )
+        except grpc.aio.AioRpcError as error:
+            self.allowed(error, {Code.NOT_FOUND}, "ShareConversation")  # deleted by a racing step
+            return
+        self.shares.setdefault(conversation_id, set()).add(viewer)
+
+    @precondition(lambda self: self.conversations)
+    @rule(conversation=PICK)
+    def delete_conversation(self, conversation: int) -> None:
+        self.counts.ran("delete_conversation")
+        self.run(self._delete_conversation(pick(list(self.conversations), conversation)))
+
+    async def _delete_conversation(self, conversation_id: str) -> None:
+        owner = self.conversations.get(conversation_id)
+        if owner is None:
+            return
+        try:
+            await self.stubs[owner].DeleteConversation(
+                pb.DeleteConversationRequest(conversation_id=conversation_id),
+                metadata=self.auth[owner],
+                timeout=CALL_BOUND,
+            )
+        except grpc.aio.AioRpcError as error:
+            self.allowed(error, {Code.NOT_FOUND}, "DeleteConversation")  # a racing delete got there first
+        self.conversations.pop(conversation_id, None)
+        self.shares.pop(conversation_id, None)
+        self.deleted.add(conversation_id)
+
+    # ------------------------------------------------------------------------------------------ replies
+
+    @precondition(lambda self: self.conversations and len(self.pending()) < 6)
+    @rule(
+        conversation=PICK,
+        text=PICK,
+        retry=st.integers(0, 2),
+        writer=st.sampled_from(["owner", "owner", "owner", "viewer"]),
+        how=st.sampled_from(["read", "read", "drop", "deadline", "send", "background"]),
+        k=st.integers(1, 6),
+        deadline_ms=st.integers(1, 40),
+    )
+    def start_reply(self, conversation: int, text: int, retry: int, writer: str, how: str, k: int, deadline_ms: int) -> None:
+        self.counts.ran("start_reply")
+        self.run(self._start_reply(conversation, text, retry, writer, how, k, deadline_ms))
+
+    async def _start_reply(
+        self, conversation: int, text: int, retry: int, writer: str, how: str, k: int, deadline_ms: int
+    ) -> None:
+        conversation_id = pick(list(self.conversations), conversation)
+        user = self.conversations[conversation_id]
+        earlier = [r for (u, r), req in self.requests.items() if u == user and req.conversation_id == conversation_id]
+        if retry == 0 and earlier:  # a retry: the same request again
+            request_id = pick(earlier, text)
+            content = self.requests[(user, request_id)].content
+        else:
+            request_id, content = str(uuid.uuid4()), pick(list(TEXTS), text)
+            self.requests[(user, request_id)] = Request(user, conversation_id, content)
+        allowed = {Code.FAILED_PRECONDITION, Code.NOT_FOUND}  # busy with another reply; deleted by a racing step
+        if writer == "viewer" and self.shares.get(conversation_id):
+            user, allowed = sorted(self.shares[conversation_id])[0], {Code.PERMISSION_DENIED, Code.NOT_FOUND}
+            request_id = str(uuid.uuid4())
+            self.requests[(user, request_id)] = Request(user, conversation_id, content)
+        if how == "drop":
+            allowed.add(Code.CANCELLED)
+        if how == "deadline":
+            allowed.add(Code.DEADLINE_EXCEEDED)
+        reading = Reading(how, user, conversation_id, request_id, allowed=frozenset(allowed))
+        timeout = deadline_ms / 1000 if how == "deadline" else CALL_BOUND
+        if how in ("send", "background"):
+            request = pb.SendMessageRequest(
+                conversation_id=conversation_id, content=content, request_id=request_id, background=how == "background"
+            )
+            call = self.stubs[user].SendMessage(request, metadata=self.auth[user], timeout=timeout)
+            reading.task = asyncio.create_task(self._sent(call, reading))
+        else:
+            stream = pb.StreamReplyRequest(conversation_id=conversation_id, content=content, request_id=request_id)
+            call = self.stubs[user].StreamReply(stream, metadata=self.auth[user], timeout=timeout)
+            reading.task = asyncio.create_task(self._read(call, reading, k if how == "drop" else None))
+        self.readings.append(reading)
+        self.counts.calls += 1
+
+    async def _sent(self, call: Any, reading: Reading) -> None:
+        try:
+            reading.sent = await call
+            reading.code = Code.OK
+        except grpc.aio.AioRpcError as error:
+            reading.code, reading.details = error.code(), error.details() or ""
+
+    async def _read(self, call: Any, reading: Reading, give_up_after: int | None) -> None:
+        try:
+            while (response := await call.read()) is not grpc.aio.EOF:
+                reading.events.append(response.event)
+                if give_up_after is not None and len(reading.events) >= give_up_after:
+                    call.cancel()
+                    reading.gave_up, reading.code = True, Code.CANCELLED
+                    return
+            reading.code = Code.OK
+        except grpc.aio.AioRpcError as error:
+            reading.code, reading.details = error.code(), error.details() or ""
+
+    def pending(self) -> list[Reading]:
+        return [r for r in self.readings if r.code is None]
+
+    def live(self, messages: dict[str, str]) -> list[str]:
+        """The messages (of those a client learned of) whose conversation still exists, in the order learned."""
+        return [m for m, c in messages.items() if c in self.conversations]
+
+    @precondition(lambda self: self.live(self.replies))
+    @rule(reply=PICK, offset=st.sampled_from([0, 0, 1, 5]), as_viewer=st.booleans(), k=st.integers(0, 4))
+    def resume(self, reply: int, offset: int, as_viewer: bool, k: int) -> None:
+        self.counts.ran("resume")
+        self.run(self._resume(pick(self.live(self.replies), reply), offset, as_viewer, k))
+
+    async def _resume(self, reply_id: str, offset: int, as_viewer: bool, k: int) -> None:
+        conversation_id = self.replies[reply_id]
+        user = self.conversations.get(conversation_id)
+        if user is None or len(self.pending()) >= 6:
+            return
+        viewers = sorted(self.shares.get(conversation_id, ()))
+        if as_viewer and viewers:
+            user = viewers[0]
+        stored = await self.rows.message(reply_id)
+        offset = min(offset, len(stored.content)) if stored is not None else 0
+        allowed = {Code.NOT_FOUND} | ({Code.CANCELLED} if k else set())  # deleted by a racing step
+        reading = Reading("resume", user, conversation_id, offset=offset, allowed=frozenset(allowed))
+        call = self.stubs[user].ResumeReply(
+            pb.ResumeReplyRequest(message_id=reply_id, offset=offset), metadata=self.auth[user], timeout=CALL_BOUND
+        )
+        reading.task = asyncio.create_task(self._read(call, reading, k or None))
+        self.readings.append(reading)
+        self.counts.calls += 1
+
+    @precondition(lambda self: self.live(self.replies))
+    @rule(reply=PICK)
+    def cancel(self, reply: int) -> None:
+        self.counts.ran("cancel")
+        self.run(self._cancel(pick(self.live(self.replies), reply)))
+
+    async def _cancel(self, reply_id: str) -> None:
+        user = self.conversations.get(self.replies[reply_id])
+        if user is None:
+            return
+        try:
+            cancelled = await self.stubs[user].CancelReply(
+                pb.CancelReplyRequest(message_id=reply_id), metadata=self.auth[user], timeout=CALL_BOUND
+            )
+        except grpc.aio.AioRpcError as error:
+            # Ended already (not cancelled), or deleted by a racing step.
+            self.allowed(error, {Code.FAILED_PRECONDITION, Code.NOT_FOUND}, "CancelReply")
+            return
+        assert cancelled.message.status == pb.MESSAGE_STATUS_CANCELLED
+        self.seen_final(cancelled.message)
+
+    @precondition(lambda self: self.live({**self.user_messages, **self.replies}))
+    @rule(message=PICK)
+    def delete_message(self, message: int) -> None:
+        self.counts.ran("delete_message")
+        self.run(self._delete_message(pick(self.live({**self.user_messages, **self.replies}), message)))
+
+    async def _delete_message(self, message_id: str) -> None:
+        conversation_id = self.replies.get(message_id) or self.user_messages[message_id]
+        user = self.conversations.get(conversation_id)
+        if user is None:
+            return
+        try:
+            deleted = await self.stubs[user].DeleteMessage(
+                pb.DeleteMessageRequest(message_id=message_id), metadata=self.auth[user], timeout=CALL_BOUND
+            )
+        except grpc.aio.AioRpcError as error:
+            self.allowed(error, {Code.NOT_FOUND}, "DeleteMessage")  # deleted already (with a parent, or raced)
+            return
+        assert deleted.deleted_count >= 1
+        assert await self.rows.message(message_id) is None
+
+    @precondition(lambda self: self.pending())
+    @rule(which=PICK)
+    def wait_for_one(self, which: int) -> None:
+        self.counts.ran("wait_for_one")
+        self.run(self._wait(pick(self.pending(), which)))
+
+    async def _wait(self, reading: Reading) -> None:
+        assert reading.task is not None
+        await asyncio.wait_for(asyncio.shield(reading.task), CALL_BOUND)
+
+    # ------------------------------------------------------------------------------------------ coaching
+
+    @precondition(lambda self: len(self.coaches) < 3)
+    @rule(user=PICK, conversation=PICK, in_new=st.booleans(), max_turns=st.sampled_from([0, 0, 2]))
+    def coach_start(self, user: int, conversation: int, in_new: bool, max_turns: int) -> None:
+        self.counts.ran("coach_start")
+        self.run(self._coach_start(user, conversation, in_new, max_turns))
+
+    async def _coach_start(self, user_index: int, conversation: int, in_new: bool, max_turns: int) -> None:
+        user = pick(self.users, user_index)
+        conversation_id = "" if in_new or not self.owned(user) else pick(self.owned(user), conversation)
+        start = pb.CoachStart(persona=PERSONA, conversation_id=conversation_id, max_turns=max_turns)
+        await self._coach_open(user, start, {Code.NOT_FOUND})  # the conversation deleted by a racing step
+
+    @precondition(lambda self: self.sessions)
+    @rule(session=PICK)
+    def coach_rejoin(self, session: int) -> None:
+        self.counts.ran("coach_rejoin")
+        session_id = pick(list(self.sessions), session)
+        owner = self.sessions[session_id][0]
+        # Ended or deleted sessions refuse a rejoin.
+        self.run(self._coach_open(owner, pb.CoachStart(session_id=session_id), {Code.FAILED_PRECONDITION, Code.NOT_FOUND}))
+
+    async def _coach_open(self, user: str, start: pb.CoachStart, allowed: set[Code]) -> None:
+        if len(self.coaches) >= 3:
+            return
+        call = self.stubs[user].Coach(metadata=self.auth[user], timeout=60)
+        self.counts.calls += 1
+        try:
+            await call.write(pb.CoachRequest(start=start))
+            async with asyncio.timeout(CALL_BOUND):
+                response = await call.read()
+        except grpc.aio.AioRpcError as error:
+            self.allowed(error, allowed, "Coach start")
+            return
+        assert response is not grpc.aio.EOF and response.HasField("session_started"), response
+        session = response.session_started.session
+        assert session.persona == PERSONA
+        if not start.session_id:
+            assert not response.session_started.rejoined
+            assert start.conversation_id in ("", session.conversation_id)
+            if not start.conversation_id:
+                self.conversations[session.conversation_id] = user
+            self.sessions[session.session_id] = (user, session.conversation_id)
+        self.saw_stage(session.session_id, session.stage, session.turns_used, session.end_reason, "session_started")
+        self.coaches.append(CoachClient(user, session.session_id, session.conversation_id, call))
+
+    def saw_stage(self, session_id: str, stage: int, turns: int, reason: int, source: str) -> None:
+        name = pb.CoachingStage.Name(stage).removeprefix("COACHING_STAGE_").lower()
+        reason_name = pb.EndReason.Name(reason).removeprefix("END_REASON_").lower()
+        self._stage(session_id, STAGE_RANK[name], turns, "" if reason_name == "unspecified" else reason_name, source)
+
+    def _stage(self, session_id: str, rank: int, turns: int, reason: str, source: str) -> None:
+        before = self.stages.get(session_id)
+        if before is not None:
+            assert rank >= before[0], f"{source}: session {session_id} went back from rank {before[0]} to {rank}"
+            assert turns >= before[1], f"{source}: session {session_id} turns went from {before[1]} to {turns}"
+            assert not before[2] or reason == before[2], f"{source}: end reason {before[2]} became {reason!r}"
+        self.stages[session_id] = (rank, turns, reason)
+
+    @precondition(lambda self: self.coaches)
+    @rule(coach=PICK, text=PICK, k=st.sampled_from([0, 0, 0, 1, 3]))
+    def coach_say(self, coach: int, text: int, k: int) -> None:
+        self.counts.ran("coach_say")
+        client = pick(self.coaches, coach)
+        request = pb.CoachRequest(user_turn=pb.CoachUserTurn(text=pick(list(COACH_TEXTS), text)))
+        self.run(self._coach_ask(client, request, k))
+
+    @precondition(lambda self: self.coaches)
+    @rule(coach=PICK)
+    def coach_end(self, coach: int) -> None:
+        self.counts.ran("coach_end")
+        self.run(self._coach_ask(pick(self.coaches, coach), pb.CoachRequest(end=pb.CoachEnd()), 0))
+
+    async def _coach_ask(self, client: CoachClient, request: pb.CoachRequest, give_up_after: int) -> None:
+        """Send one request and read its outcome (or, `give_up_after` deltas in, drop the stream)."""
+        if client not in self.coaches:
+            return
+        deltas, received = "", 0
+        try:
+            with contextlib.suppress(asyncio.InvalidStateError):  # the server ended the stream (a wrap-up it followed)
+                await client.call.write(request)
+            async with asyncio.timeout(CALL_BOUND):
+                while True:
+                    response = await client.call.read()
+                    if response is grpc.aio.EOF:
+                        assert await client.call.code() == Code.OK
+                        self.coaches.remove(client)
+                        return
+                    kind = response.WhichOneof("response")
+                    if kind == "delta":
+                        assert response.delta.offset == len(deltas)
+                        deltas += response.delta.text
+                        received += 1
+                        if received == give_up_after:
+                            client.call.cancel()
+                            self.coaches.remove(client)
+                            return
+                        continue
+                    break
+        except grpc.aio.AioRpcError as error:
+            # Ended, or a racing step deleted the conversation, or its turn was refused while another stream held it.
+            self.allowed(error, {Code.FAILED_PRECONDITION, Code.NOT_FOUND}, "Coach")
+            self.coaches.remove(client)
+            return
+        session_id = client.session_id
+        if kind == "turn_completed":
+            done = response.turn_completed
+            assert done.message.content == deltas, "the coach reply's text is not the text streamed"
+            self.seen_final(done.message)
+            self._stage(session_id, 0, done.turns_used, "", "turn_completed")
+        elif kind == "wrap_up_confirmation":
+            self.seen_final(response.wrap_up_confirmation.message)
+            self._stage(session_id, 0, self.stages.get(session_id, (0, 0, ""))[1], "", "wrap_up_confirmation")
+        elif kind == "session_ended":
+            ended = response.session_ended
+            assert ended.summary == ended.message.content
+            assert deltas in ("", ended.message.content), "the closing words are not the text streamed"
+            self.seen_final(ended.message)
+            session = ended.session
+            assert session.stage == pb.COACHING_STAGE_ENDED
+            self.saw_stage(session_id, session.stage, session.turns_used, session.end_reason, "session_ended")
+        else:
+            raise AssertionError(f"unexpected Coach response {response}")
+
+    # ------------------------------------------------------------------------------------------ races
+
+    @precondition(lambda self: self.conversations)
+    @rule(
+        conversation=PICK,
+        other=st.sampled_from(["stream", "send", "coach", "share", "delete", "delete_message", "cancel"]),
+        delete_first=st.booleans(),
+    )
+    def race_a_delete(self, conversation: int, other: str, delete_first: bool) -> None:
+        self.counts.ran("race_a_delete")
+        """Delete a conversation while another request uses it (each may come first)."""
+        conversation_id = pick(list(self.conversations), conversation)
+        owner = self.conversations[conversation_id]
+        replies = [r for r, c in self.replies.items() if c == conversation_id]
+        ops: dict[str, Callable[[], Awaitable[None]]] = {
+            "stream": lambda: self._raced_reply(conversation_id, "read"),
+            "send": lambda: self._raced_reply(conversation_id, "send"),
+            "coach": lambda: self._coach_open(
+                owner, pb.CoachStart(persona=PERSONA, conversation_id=conversation_id), {Code.NOT_FOUND}
+            ),
+            "share": lambda: self._share(conversation_id, next(u for u in self.users if u != owner)),
+            "delete": lambda: self._delete_conversation(conversation_id),
+            "delete_message": lambda: self._delete_message(replies[0]) if replies else asyncio.sleep(0),
+            "cancel": lambda: self._cancel(replies[-1]) if replies else asyncio.sleep(0),
+        }
+
+        async def both() -> None:
+            first, second = self._delete_conversation(conversation_id), ops[other]()
+            if not delete_first:
+                first, second = second, first
+            await asyncio.gather(first, second)
+
+        self.run(both())
+
+    async def _raced_reply(self, conversation_id: str, how: str) -> None:
+        user = self.conversations.get(conversation_id)
+        if user is None:
+            return
+        request_id = str(uuid.uuid4())
+        self.requests[(user, request_id)] = Request(user, conversation_id, TEXTS[0])
+        reading = Reading(how, user, conversation_id, request_id, allowed=frozenset({Code.NOT_FOUND, Code.FAILED_PRECONDITION}))
+        if how == "send":
+            request = pb.SendMessageRequest(conversation_id=conversation_id, content=TEXTS[0], request_id=request_id)
+            await self._sent(self.stubs[user].SendMessage(request, metadata=self.auth[user], timeout=CALL_BOUND), reading)
+        else:
+            stream = pb.StreamReplyRequest(conversation_id=conversation_id, content=TEXTS[0], request_id=request_id)
+            await self._read(self.stubs[user].StreamReply(stream, metadata=self.auth[user], timeout=CALL_BOUND), reading, None)
+        self.readings.append(reading)
+        self.counts.calls += 1
+
+    # ------------------------------------------------------------------------------------------ checks
+
+    async def harvest(self) -> None:
+        """Check the calls that ended: their status is one the situation allows, what they read is consistent."""
+        for reading in [r for r in self.readings if r.code is not None]:
+            self.readings.remove(reading)
+            await self._check_reading(reading)
+
+    async def _check_reading(self, reading: Reading) -> None:
+        assert reading.code is not None
+        what = f"{reading.kind} ({reading.details!r})"
+        if reading.code is not Code.OK:
+            self.counts.saw(reading.code)
+            allowed = reading.allowed | (await self._reply_deleted(reading))
+            assert reading.code in allowed, f"{what} ended {reading.code.name}"
+        if reading.sent is not None:
+            sent = reading.sent
+            self.counts.saw(Code.OK)
+            assert sent.user_message.content == self.requests[(reading.user, reading.request_id)].content
+            self.learned(reading.request_id, reading.user, pb.ReplyStarted(user_message=sent.user_message, assistant_message=sent.message))
+            if reading.kind == "send":
+                self.seen_final(sent.message)
+            return
+        events = reading.events
+        if not events:
+            return
+        assert events[0].HasField("started"), events[0]
+        started = events[0].started
+        if reading.kind != "resume":
+            assert started.user_message.content == self.requests[(reading.user, reading.request_id)].content
+            self.learned(reading.request_id, reading.user, started)
+        text, offset = "", reading.offset
+        for event in events[1:]:
+            kind = event.WhichOneof("event")
+            if kind == "delta":
+                assert event.delta.offset == offset + len(text), f"{what}: a gap or overlap at {event.delta.offset}"
+                text += event.delta.text
+            elif kind == "rewind":
+                text = text[: max(0, event.rewind.offset - offset)]
+            else:
+                assert kind == "completed" and event is events[-1], f"{what}: {kind} before the end"
+        last = events[-1]
+        if last.HasField("completed"):
+            self.counts.saw(Code.OK)
+            final = last.completed.message
+            assert final.content[reading.offset :] == text, f"{what}: received {text!r}, final {final.content!r}"
+            self.seen_final(final)
+        else:
+            assert reading.code is not Code.OK, f"{what}: the stream ended without its terminal event"
+
+    async def _reply_deleted(self, reading: Reading) -> set[Code]:
+        """A retry of a request whose reply was deleted (its user message left) is refused: INVALID_ARGUMENT."""
+        if reading.kind == "resume" or not reading.request_id:
+            return set()
+        c = messages.c
+        made = await self.rows.fetch(
+            sa.select(c.role).where(c.owner == reading.user, c.request_id == reading.request_id)
+        )
+        return {Code.INVALID_ARGUMENT} if [row.role for row in made] == ["user"] else set()
+
+    async def check(self) -> None:
+        """Every invariant, against the stored rows and what the clients received."""
+        self.pending_gone = []
+        await self.harvest()
+        rows = await self.rows.messages_of(self.users)
+        by_id = {row.id: row for row in rows}
+        # One user message (and one reply) per request_id.
+        made: dict[tuple[str, str, str], int] = {}
+        for row in rows:
+            if row.request_id:
+                key = (row.owner, row.request_id, row.role)
+                made[key] = made.get(key, 0) + 1
+        assert all(n == 1 for n in made.values()), {k: n for k, n in made.items() if n > 1}
+        for gone, why in self.pending_gone:
+            assert gone not in by_id, why  # a retry made a second reply while the first still exists
+        # Terminal states never change; a reply read to its end holds the text received.
+        for row in rows:
+            if row.status in FINAL:
+                self._terminal(row.id, row.status, row.content, "the rows")
+        for message_id, (status, content) in self.terminal.items():
+            row = by_id.get(message_id)
+            assert row is None or (row.status, row.content) == (status, content), (
+                f"{message_id} was seen {status} {content!r}; stored {row.status} {row.content!r}"
+            )
+        # No STREAMING row without a live generation holding its lease.
+        await self._streaming_is_live([row for row in rows if row.status == "streaming"])
+        await self._sessions_move_forward()
+        await self._visibility()
+        for conversation_id in self.deleted:
+            assert await self.rows.left_of(conversation_id) == 0, f"rows of deleted {conversation_id} remain"
+
+    async def _streaming_is_live(self, streaming: list[Any]) -> None:
+        generations = self.replica.app.deps.replies.generations
+        loop = asyncio.get_running_loop()
+        for row in streaming:
+            deadline = loop.time() + LAUNCH_BOUND
+            while True:
+                live = generations.get(row.id)
+                now = datetime.now(UTC)
+                current = await self.rows.message(row.id)
+                if current is None or current.status != "streaming":
+                    break  # ended (or deleted) meanwhile
+                if live is not None and live.lease.epoch == current.lease_epoch:
+                    expires = _utc(current.lease_expires_at)
+                    assert current.lease_owner == live.lease.owner and expires is not None and expires > now, (
+                        f"reply {row.id} generates under a lease that is not stored"
+                    )
+                    break
+                assert loop.time() < deadline, f"reply {row.id} is STREAMING with nothing generating it"
+                await asyncio.sleep(0.02)
+
+    async def _sessions_move_forward(self) -> None:
+        for row in await self.rows.sessions_of(self.users):
+            assert row.stage in STAGE_RANK, row
+            assert (row.stage == "ended") <= bool(row.end_reason), f"session {row.id} ended without a reason"
+            self._stage(row.id, STAGE_RANK[row.stage], row.turns_used, row.end_reason, "the rows")
+            assert row.conversation_id not in self.deleted
+
+    async def _visibility(self) -> None:
+        stored = await self.rows.conversations_of(self.users)
+        assert {row.id: row.owner for row in stored} == self.conversations
+        for user in self.users:
+            listed = await self.stubs[user].ListConversations(
+                pb.ListConversationsRequest(page_size=1000, scope=pb.CONVERSATION_SCOPE_ALL),
+                metadata=self.auth[user],
+                timeout=CALL_BOUND,
+            )
+            seen = {c.conversation_id: c.owner_user_id for c in listed.conversations}
+            shared = {c for c, viewers in self.shares.items() if user in viewers}
+            assert await self.rows.shares_to(user) == shared
+            assert seen == {c: o for c, o in self.conversations.items() if o == user or c in shared}
+            others = [c for c, o in self.conversations.items() if o != user]
+            for conversation_id in others[:1]:
+                try:
+                    await self.stubs[user].GetConversation(
+                        pb.GetConversationRequest(conversation_id=conversation_id),
+                        metadata=self.auth[user],
+                        timeout=CALL_BOUND,
+                    )
+                    assert conversation_id in shared, f"{user} read another user's conversation"
+                except grpc.aio.AioRpcError as error:
+                    assert conversation_id not in shared
+                    self.allowed(error, {Code.PERMISSION_DENIED}, "GetConversation of another user's")
+
+    @invariant()
+    def consistent(self) -> None:
+        self.counts.steps += 1
+        self.run(self.check())
+
+    async def settle(self) -> None:
+        """Every client call ended, every reply finished: then no row is STREAMING."""
+        for client in list(self.coaches):
+            client.call.cancel()
+        self.coaches.clear()
+        tasks = [r.task for r in self.readings if r.task is not None]
+        if tasks:
+            await asyncio.wait_for(asyncio.gather(*tasks), CALL_BOUND)
+        async with asyncio.timeout(CALL_BOUND):
+            while self.replica.app.deps.replies.in_flight:
+                await asyncio.sleep(0.02)
+        await self.check()
+        streaming = [row.id for row in await self.rows.messages_of(self.users) if row.status == "streaming"]
+        assert not streaming, f"replies still STREAMING once every generation ended: {streaming}"
+
+    def teardown(self) -> None:
+        try:
+            self.run(self.settle())
+        finally:
+            self.run(_close(self.channels))
+
+
+async def _close(channels: list[grpc.aio.Channel]) -> None:
+    for channel in channels:
+        await channel.close()
