@@ -26,12 +26,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import sqlalchemy as sa
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chat.v1 import chat_pb2 as pb
@@ -55,11 +55,14 @@ STATUS_NAMES = {
     pb.MESSAGE_STATUS_INTERRUPTED: "interrupted",
 }
 PICK = st.integers(min_value=0, max_value=1_000)
+T = TypeVar("T")
 _examples = itertools.count(1)
 
 
 def pick(items: list[Any], index: int) -> Any:
-    return items[index % len(items)]
+    """One of `items` (None when there are none): rules draw indexes, never ids, so that a case replays the same
+    whatever ids the service made (no rule has a precondition on what timing decided)."""
+    return items[index % len(items)] if items else None
 
 
 # ---------------------------------------------------------------------------------------------- what clients saw
@@ -263,13 +266,13 @@ class ServiceMachine(RuleBasedStateMachine):
         assert made.conversation.owner_user_id == user
         self.conversations[made.conversation.conversation_id] = user
 
-    @precondition(lambda self: self.conversations)
     @rule(conversation=PICK, viewer=PICK)
     def share(self, conversation: int, viewer: int) -> None:
         self.counts.ran("share")
-        self.run(self._share(pick(list(self.conversations), conversation), pick(self.users, viewer)))
+        self.run(self._share(self._a_conversation(conversation), pick(self.users, viewer)))
 
-    async def _share(self, conversation_id: str, viewer: str) -> None:
+    async def _share(self, target: Awaitable[str], viewer: str) -> None:
+        conversation_id = await target
         owner = self.conversations.get(conversation_id, "")
         if not owner or viewer == owner:
             return
@@ -284,13 +287,13 @@ class ServiceMachine(RuleBasedStateMachine):
             return
         self.shares.setdefault(conversation_id, set()).add(viewer)
 
-    @precondition(lambda self: self.conversations)
     @rule(conversation=PICK)
     def delete_conversation(self, conversation: int) -> None:
         self.counts.ran("delete_conversation")
-        self.run(self._delete_conversation(pick(list(self.conversations), conversation)))
+        self.run(self._delete_conversation(self._a_conversation(conversation)))
 
-    async def _delete_conversation(self, conversation_id: str) -> None:
+    async def _delete_conversation(self, target: Awaitable[str]) -> None:
+        conversation_id = await target
         owner = self.conversations.get(conversation_id)
         if owner is None:
             return
@@ -306,9 +309,30 @@ class ServiceMachine(RuleBasedStateMachine):
         self.shares.pop(conversation_id, None)
         self.deleted.add(conversation_id)
 
+    async def _a_conversation(self, index: int) -> str:
+        """A live conversation: one of those there are, or one made now when there is none."""
+        found = pick(list(self.conversations), index)
+        if found is None:
+            await self._create(pick(self.users, index))
+            found = list(self.conversations)[-1]
+        return str(found)
+
+    async def _a_reply(self, index: int) -> str | None:
+        """A reply a client learned of, in a live conversation; or one started now (and left generating), unless
+        the conversation is busy."""
+        found = pick(self.live(self.replies), index)
+        if found is None:
+            await self._raced_reply(await self._a_conversation(index), "drop")
+            found = pick(self.live(self.replies), index)
+        return found
+
+    async def _a_message(self, index: int) -> str | None:
+        """A user message or a reply a client learned of, in a live conversation (one made now if need be)."""
+        found = pick(self.live({**self.user_messages, **self.replies}), index)
+        return found if found is not None else await self._a_reply(index)
+
     # ------------------------------------------------------------------------------------------ replies
 
-    @precondition(lambda self: self.conversations and len(self.pending()) < 6)
     @rule(
         conversation=PICK,
         text=PICK,
@@ -325,7 +349,9 @@ class ServiceMachine(RuleBasedStateMachine):
     async def _start_reply(
         self, conversation: int, text: int, retry: int, writer: str, how: str, k: int, deadline_ms: int
     ) -> None:
-        conversation_id = pick(list(self.conversations), conversation)
+        conversation_id = await self._a_conversation(conversation)
+        if len(self.pending()) >= 6:
+            await self._wait(self.pending()[0])
         user = self.conversations[conversation_id]
         earlier = [r for (u, r), req in self.requests.items() if u == user and req.conversation_id == conversation_id]
         if retry == 0 and earlier:  # a retry: the same request again
@@ -384,13 +410,15 @@ class ServiceMachine(RuleBasedStateMachine):
         """The messages (of those a client learned of) whose conversation still exists, in the order learned."""
         return [m for m, c in messages.items() if c in self.conversations]
 
-    @precondition(lambda self: self.live(self.replies))
     @rule(reply=PICK, offset=st.sampled_from([0, 0, 1, 5]), as_viewer=st.booleans(), k=st.integers(0, 4))
     def resume(self, reply: int, offset: int, as_viewer: bool, k: int) -> None:
         self.counts.ran("resume")
-        self.run(self._resume(pick(self.live(self.replies), reply), offset, as_viewer, k))
+        self.run(self._resume(self._a_reply(reply), offset, as_viewer, k))
 
-    async def _resume(self, reply_id: str, offset: int, as_viewer: bool, k: int) -> None:
+    async def _resume(self, target: Awaitable[str | None], offset: int, as_viewer: bool, k: int) -> None:
+        reply_id = await target
+        if reply_id is None:
+            return
         conversation_id = self.replies[reply_id]
         user = self.conversations.get(conversation_id)
         if user is None or len(self.pending()) >= 6:
@@ -409,13 +437,15 @@ class ServiceMachine(RuleBasedStateMachine):
         self.readings.append(reading)
         self.counts.calls += 1
 
-    @precondition(lambda self: self.live(self.replies))
     @rule(reply=PICK)
     def cancel(self, reply: int) -> None:
         self.counts.ran("cancel")
-        self.run(self._cancel(pick(self.live(self.replies), reply)))
+        self.run(self._cancel(self._a_reply(reply)))
 
-    async def _cancel(self, reply_id: str) -> None:
+    async def _cancel(self, target: Awaitable[str | None]) -> None:
+        reply_id = await target
+        if reply_id is None:
+            return
         user = self.conversations.get(self.replies[reply_id])
         if user is None:
             return
@@ -430,13 +460,15 @@ class ServiceMachine(RuleBasedStateMachine):
         assert cancelled.message.status == pb.MESSAGE_STATUS_CANCELLED
         self.seen_final(cancelled.message)
 
-    @precondition(lambda self: self.live({**self.user_messages, **self.replies}))
     @rule(message=PICK)
     def delete_message(self, message: int) -> None:
         self.counts.ran("delete_message")
-        self.run(self._delete_message(pick(self.live({**self.user_messages, **self.replies}), message)))
+        self.run(self._delete_message(self._a_message(message)))
 
-    async def _delete_message(self, message_id: str) -> None:
+    async def _delete_message(self, target: Awaitable[str | None]) -> None:
+        message_id = await target
+        if message_id is None:
+            return
         conversation_id = self.replies.get(message_id) or self.user_messages[message_id]
         user = self.conversations.get(conversation_id)
         if user is None:
@@ -451,42 +483,47 @@ class ServiceMachine(RuleBasedStateMachine):
         assert deleted.deleted_count >= 1
         assert await self.rows.message(message_id) is None
 
-    @precondition(lambda self: self.pending())
     @rule(which=PICK)
     def wait_for_one(self, which: int) -> None:
         self.counts.ran("wait_for_one")
         self.run(self._wait(pick(self.pending(), which)))
 
-    async def _wait(self, reading: Reading) -> None:
+    async def _wait(self, reading: Reading | None) -> None:
+        if reading is None:
+            return
         assert reading.task is not None
         await asyncio.wait_for(asyncio.shield(reading.task), CALL_BOUND)
 
     # ------------------------------------------------------------------------------------------ coaching
 
-    @precondition(lambda self: len(self.coaches) < 3)
     @rule(user=PICK, conversation=PICK, in_new=st.booleans(), max_turns=st.sampled_from([0, 0, 2]))
     def coach_start(self, user: int, conversation: int, in_new: bool, max_turns: int) -> None:
         self.counts.ran("coach_start")
-        self.run(self._coach_start(user, conversation, in_new, max_turns))
+        self.run(self._coach_start(user, conversation, in_new=in_new, max_turns=max_turns))
 
-    async def _coach_start(self, user_index: int, conversation: int, in_new: bool, max_turns: int) -> None:
+    async def _coach_start(self, user_index: int, conversation: int, *, in_new: bool, max_turns: int) -> None:
         user = pick(self.users, user_index)
         conversation_id = "" if in_new or not self.owned(user) else pick(self.owned(user), conversation)
         start = pb.CoachStart(persona=PERSONA, conversation_id=conversation_id, max_turns=max_turns)
         await self._coach_open(user, start, {Code.NOT_FOUND})  # the conversation deleted by a racing step
 
-    @precondition(lambda self: self.sessions)
     @rule(session=PICK)
     def coach_rejoin(self, session: int) -> None:
         self.counts.ran("coach_rejoin")
-        session_id = pick(list(self.sessions), session)
+        self.run(self._coach_rejoin(session))
+
+    async def _coach_rejoin(self, index: int) -> None:
+        session_id = pick(list(self.sessions), index)
+        if session_id is None:
+            await self._coach_start(index, index, in_new=False, max_turns=0)
+            return
         owner = self.sessions[session_id][0]
         # Ended or deleted sessions refuse a rejoin.
-        self.run(self._coach_open(owner, pb.CoachStart(session_id=session_id), {Code.FAILED_PRECONDITION, Code.NOT_FOUND}))
+        await self._coach_open(owner, pb.CoachStart(session_id=session_id), {Code.FAILED_PRECONDITION, Code.NOT_FOUND})
 
     async def _coach_open(self, user: str, start: pb.CoachStart, allowed: set[Code]) -> None:
-        if len(self.coaches) >= 3:
-            return
+        if len(self.coaches) >= 4:  # the oldest client goes away without a word
+            self.coaches.pop(0).call.cancel()
         call = self.stubs[user].Coach(metadata=self.auth[user], timeout=60)
         self.counts.calls += 1
         try:
@@ -521,23 +558,36 @@ class ServiceMachine(RuleBasedStateMachine):
             assert not before[2] or reason == before[2], f"{source}: end reason {before[2]} became {reason!r}"
         self.stages[session_id] = (rank, turns, reason)
 
-    @precondition(lambda self: self.coaches)
     @rule(coach=PICK, text=PICK, k=st.sampled_from([0, 0, 0, 1, 3]))
     def coach_say(self, coach: int, text: int, k: int) -> None:
         self.counts.ran("coach_say")
-        client = pick(self.coaches, coach)
         request = pb.CoachRequest(user_turn=pb.CoachUserTurn(text=pick(list(COACH_TEXTS), text)))
-        self.run(self._coach_ask(client, request, k))
+        self.run(self._coach_ask(self._a_coach(coach), request, k))
 
-    @precondition(lambda self: self.coaches)
     @rule(coach=PICK)
     def coach_end(self, coach: int) -> None:
         self.counts.ran("coach_end")
-        self.run(self._coach_ask(pick(self.coaches, coach), pb.CoachRequest(end=pb.CoachEnd()), 0))
+        self.run(self._coach_ask(self._a_coach(coach), pb.CoachRequest(end=pb.CoachEnd()), 0))
 
-    async def _coach_ask(self, client: CoachClient, request: pb.CoachRequest, give_up_after: int) -> None:
-        """Send one request and read its outcome (or, `give_up_after` deltas in, drop the stream)."""
-        if client not in self.coaches:
+    async def _a_coach(self, index: int) -> CoachClient | None:
+        """An open Coach stream: one of those there are, or one started now (unless its start is refused)."""
+        if not self.coaches:
+            await self._coach_rejoin(index)
+        return pick(self.coaches, index)
+
+    async def _coach_ask(
+        self,
+        target: Awaitable[CoachClient | None],
+        request: pb.CoachRequest,
+        give_up_after: int,
+        *,
+        together: bool = False,
+    ) -> None:
+        """Send one request and read its outcome (or, `give_up_after` deltas in, drop the stream). With `together`
+        (another stream on the session at the same time), the stages this stream sees are checked in its own order:
+        which of the two streams reads its outcome first is not the order the session moved in."""
+        client = await target
+        if client is None or client not in self.coaches:
             return
         deltas, received = "", 0
         try:
@@ -566,7 +616,7 @@ class ServiceMachine(RuleBasedStateMachine):
             self.allowed(error, {Code.FAILED_PRECONDITION, Code.NOT_FOUND}, "Coach")
             self.coaches.remove(client)
             return
-        session_id = client.session_id
+        session_id = client.session_id + (f"/{id(client)}" if together else "")
         if kind == "turn_completed":
             done = response.turn_completed
             assert done.message.content == deltas, "the coach reply's text is not the text streamed"
@@ -586,34 +636,64 @@ class ServiceMachine(RuleBasedStateMachine):
         else:
             raise AssertionError(f"unexpected Coach response {response}")
 
+    @rule(coach=PICK, text=PICK, other=st.sampled_from(["say", "end"]))
+    def coach_together(self, coach: int, text: int, other: str) -> None:
+        """Two streams on one session at once (a rejoin while the first stream lingers): a turn on each, or a
+        turn and an end."""
+        self.counts.ran("coach_together")
+        self.run(self._coach_together(coach, text, other))
+
+    async def _coach_together(self, index: int, text: int, other: str) -> None:
+        first = await self._a_coach(index)
+        if first is None:
+            return
+        await self._coach_open(first.user, pb.CoachStart(session_id=first.session_id), {Code.FAILED_PRECONDITION, Code.NOT_FOUND})
+        second = next((c for c in reversed(self.coaches) if c.session_id == first.session_id and c is not first), None)
+        if second is None:
+            return
+        said = pb.CoachRequest(user_turn=pb.CoachUserTurn(text=pick(list(COACH_TEXTS), text)))
+        answer = pb.CoachRequest(user_turn=pb.CoachUserTurn(text=pick(list(COACH_TEXTS), text + 1)))
+        if other == "end":
+            answer = pb.CoachRequest(end=pb.CoachEnd())
+        await asyncio.gather(
+            self._coach_ask(_now(first), said, 0, together=True), self._coach_ask(_now(second), answer, 0, together=True)
+        )
+
     # ------------------------------------------------------------------------------------------ races
 
-    @precondition(lambda self: self.conversations)
     @rule(
         conversation=PICK,
-        other=st.sampled_from(["stream", "send", "coach", "share", "delete", "delete_message", "cancel"]),
+        other=st.sampled_from(["stream", "send", "coach", "coach_say", "share", "delete", "delete_message", "cancel"]),
         delete_first=st.booleans(),
     )
     def race_a_delete(self, conversation: int, other: str, delete_first: bool) -> None:
         self.counts.ran("race_a_delete")
         """Delete a conversation while another request uses it (each may come first)."""
         conversation_id = pick(list(self.conversations), conversation)
+        if conversation_id is None:
+            return
         owner = self.conversations[conversation_id]
         replies = [r for r, c in self.replies.items() if c == conversation_id]
+        coaching = None
+        if other == "coach_say":  # a stream on a session in the conversation, open before the race
+            start = pb.CoachStart(persona=PERSONA, conversation_id=conversation_id)
+            self.run(self._coach_open(owner, start, set()))
+            coaching = next((c for c in self.coaches if c.conversation_id == conversation_id), None)
         ops: dict[str, Callable[[], Awaitable[None]]] = {
             "stream": lambda: self._raced_reply(conversation_id, "read"),
             "send": lambda: self._raced_reply(conversation_id, "send"),
             "coach": lambda: self._coach_open(
                 owner, pb.CoachStart(persona=PERSONA, conversation_id=conversation_id), {Code.NOT_FOUND}
             ),
-            "share": lambda: self._share(conversation_id, next(u for u in self.users if u != owner)),
-            "delete": lambda: self._delete_conversation(conversation_id),
-            "delete_message": lambda: self._delete_message(replies[0]) if replies else asyncio.sleep(0),
-            "cancel": lambda: self._cancel(replies[-1]) if replies else asyncio.sleep(0),
+            "coach_say": lambda: self._coach_ask(_now(coaching), pb.CoachRequest(user_turn=pb.CoachUserTurn(text="hi")), 0),
+            "share": lambda: self._share(_now(conversation_id), next(u for u in self.users if u != owner)),
+            "delete": lambda: self._delete_conversation(_now(conversation_id)),
+            "delete_message": lambda: self._delete_message(_now(replies[0])) if replies else asyncio.sleep(0),
+            "cancel": lambda: self._cancel(_now(replies[-1])) if replies else asyncio.sleep(0),
         }
 
         async def both() -> None:
-            first, second = self._delete_conversation(conversation_id), ops[other]()
+            first, second = self._delete_conversation(_now(conversation_id)), ops[other]()
             if not delete_first:
                 first, second = second, first
             await asyncio.gather(first, second)
@@ -626,15 +706,19 @@ class ServiceMachine(RuleBasedStateMachine):
             return
         request_id = str(uuid.uuid4())
         self.requests[(user, request_id)] = Request(user, conversation_id, TEXTS[0])
-        reading = Reading(how, user, conversation_id, request_id, allowed=frozenset({Code.NOT_FOUND, Code.FAILED_PRECONDITION}))
+        # Busy with another reply, or deleted by a racing step; "drop": the client gives up two events in.
+        allowed = {Code.NOT_FOUND, Code.FAILED_PRECONDITION} | ({Code.CANCELLED} if how == "drop" else set())
+        reading = Reading(how, user, conversation_id, request_id, allowed=frozenset(allowed))
+        stub, metadata = self.stubs[user], self.auth[user]
         if how == "send":
             request = pb.SendMessageRequest(conversation_id=conversation_id, content=TEXTS[0], request_id=request_id)
-            await self._sent(self.stubs[user].SendMessage(request, metadata=self.auth[user], timeout=CALL_BOUND), reading)
+            await self._sent(stub.SendMessage(request, metadata=metadata, timeout=CALL_BOUND), reading)
         else:
             stream = pb.StreamReplyRequest(conversation_id=conversation_id, content=TEXTS[0], request_id=request_id)
-            await self._read(self.stubs[user].StreamReply(stream, metadata=self.auth[user], timeout=CALL_BOUND), reading, None)
-        self.readings.append(reading)
+            call = stub.StreamReply(stream, metadata=metadata, timeout=CALL_BOUND)
+            await self._read(call, reading, 2 if how == "drop" else None)
         self.counts.calls += 1
+        await self._check_reading(reading)
 
     # ------------------------------------------------------------------------------------------ checks
 
@@ -805,6 +889,10 @@ class ServiceMachine(RuleBasedStateMachine):
             self.run(self.settle())
         finally:
             self.run(_close(self.channels))
+
+
+async def _now(value: T) -> T:
+    return value
 
 
 async def _close(channels: list[grpc.aio.Channel]) -> None:

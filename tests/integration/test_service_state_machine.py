@@ -21,7 +21,7 @@ from tests.integration.service_model import Counts, Rows, ServiceMachine
 
 pytestmark = pytest.mark.timeout(240)
 
-EXAMPLES, STEPS = 12, 25
+EXAMPLES, STEPS = 40, 30
 STEP_BOUND = 60.0  # seconds: a step (its calls are bounded themselves) that takes longer is a hang
 
 
