@@ -93,6 +93,9 @@ class SqlConversations:
         return _conversation(row) if row else None
 
     async def delete(self, conversation_id: str) -> None:
+        # The conversation's row is locked first, as every writer of its messages does (a reply starting locks it,
+        # then may end the leaf): taking the messages first would deadlock with such a writer.
+        await self.get(conversation_id, for_update=True)
         # Explicit, so it holds whether or not the database enforces the foreign key's cascade.
         in_conversation = sa.select(messages.c.id).where(messages.c.conversation_id == conversation_id)
         await self._conn.execute(

@@ -38,6 +38,7 @@ from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.storage.tables import coaching_sessions, conversation_shares, conversations, messages
 from tests.integration.harness import Replica
+from tests.integration.hostile import CLIENT_WRITE_RACE
 
 Code = grpc.StatusCode
 CALL_BOUND = 15.0  # seconds: any one client call (or wait for one) that takes longer is a hang
@@ -326,6 +327,20 @@ class ServiceMachine(RuleBasedStateMachine):
             found = pick(self.live(self.replies), index)
         return found
 
+    async def _a_leaf(self, index: int, *, replies_only: bool) -> str | None:
+        """The current message of a live conversation, as the rows have it (a reply only, with `replies_only`)."""
+        conversation_id = pick(list(self.conversations), index)
+        found = await self.rows.fetch(
+            sa.select(messages.c.id, messages.c.role)
+            .join(conversations, conversations.c.current_message_id == messages.c.id)
+            .where(conversations.c.id == conversation_id)
+        )
+        if not found or (replies_only and found[0].role != "assistant"):
+            return None
+        known = self.replies if found[0].role == "assistant" else self.user_messages
+        known[found[0].id] = conversation_id
+        return str(found[0].id)
+
     async def _a_message(self, index: int) -> str | None:
         """A user message or a reply a client learned of, in a live conversation (one made now if need be)."""
         found = pick(self.live({**self.user_messages, **self.replies}), index)
@@ -437,10 +452,11 @@ class ServiceMachine(RuleBasedStateMachine):
         self.readings.append(reading)
         self.counts.calls += 1
 
-    @rule(reply=PICK)
-    def cancel(self, reply: int) -> None:
+    @rule(reply=PICK, leaf=st.booleans())
+    def cancel(self, reply: int, leaf: bool) -> None:
+        """Cancel a reply a client knows of, or the newest message of a conversation (a coach's reply perhaps)."""
         self.counts.ran("cancel")
-        self.run(self._cancel(self._a_reply(reply)))
+        self.run(self._cancel(self._a_leaf(reply, replies_only=True) if leaf else self._a_reply(reply)))
 
     async def _cancel(self, target: Awaitable[str | None]) -> None:
         reply_id = await target
@@ -460,10 +476,11 @@ class ServiceMachine(RuleBasedStateMachine):
         assert cancelled.message.status == pb.MESSAGE_STATUS_CANCELLED
         self.seen_final(cancelled.message)
 
-    @rule(message=PICK)
-    def delete_message(self, message: int) -> None:
+    @rule(message=PICK, leaf=st.booleans())
+    def delete_message(self, message: int, leaf: bool) -> None:
+        """Delete a message a client knows of, or the newest message of a conversation."""
         self.counts.ran("delete_message")
-        self.run(self._delete_message(self._a_message(message)))
+        self.run(self._delete_message(self._a_leaf(message, replies_only=False) if leaf else self._a_message(message)))
 
     async def _delete_message(self, target: Awaitable[str | None]) -> None:
         message_id = await target
@@ -543,7 +560,10 @@ class ServiceMachine(RuleBasedStateMachine):
                 self.conversations[session.conversation_id] = user
             self.sessions[session.session_id] = (user, session.conversation_id)
         self.saw_stage(session.session_id, session.stage, session.turns_used, session.end_reason, "session_started")
-        self.coaches.append(CoachClient(user, session.session_id, session.conversation_id, call))
+        client = CoachClient(user, session.session_id, session.conversation_id, call)
+        self.coaches.append(client)
+        if session.stage == pb.COACHING_STAGE_WRAPPING_UP:  # a rejoin mid-wrap-up: the stream follows the closing
+            await self._coach_ask(_now(client), None, 0)
 
     def saw_stage(self, session_id: str, stage: int, turns: int, reason: int, source: str) -> None:
         name = pb.CoachingStage.Name(stage).removeprefix("COACHING_STAGE_").lower()
@@ -578,12 +598,12 @@ class ServiceMachine(RuleBasedStateMachine):
     async def _coach_ask(
         self,
         target: Awaitable[CoachClient | None],
-        request: pb.CoachRequest,
+        request: pb.CoachRequest | None,
         give_up_after: int,
         *,
         together: bool = False,
     ) -> None:
-        """Send one request and read its outcome (or, `give_up_after` deltas in, drop the stream). With `together`
+        """Send one request (None: none) and read its outcome (or, `give_up_after` deltas in, drop the stream). With `together`
         (another stream on the session at the same time), the stages this stream sees are checked in its own order:
         which of the two streams reads its outcome first is not the order the session moved in."""
         client = await target
@@ -591,8 +611,9 @@ class ServiceMachine(RuleBasedStateMachine):
             return
         deltas, received = "", 0
         try:
-            with contextlib.suppress(asyncio.InvalidStateError):  # the server ended the stream (a wrap-up it followed)
-                await client.call.write(request)
+            if request is not None:
+                with contextlib.suppress(asyncio.InvalidStateError):  # the server ended the stream (a wrap-up it followed)
+                    await client.call.write(request)
             async with asyncio.timeout(CALL_BOUND):
                 while True:
                     response = await client.call.read()
@@ -612,9 +633,11 @@ class ServiceMachine(RuleBasedStateMachine):
                         continue
                     break
         except grpc.aio.AioRpcError as error:
+            self.coaches.remove(client)
+            if (error.code(), error.details()) == CLIENT_WRITE_RACE:
+                return  # the server had ended the stream (following a wrap-up) before this client wrote to it
             # Ended, or a racing step deleted the conversation, or its turn was refused while another stream held it.
             self.allowed(error, {Code.FAILED_PRECONDITION, Code.NOT_FOUND}, "Coach")
-            self.coaches.remove(client)
             return
         session_id = client.session_id + (f"/{id(client)}" if together else "")
         if kind == "turn_completed":
@@ -733,8 +756,7 @@ class ServiceMachine(RuleBasedStateMachine):
         what = f"{reading.kind} ({reading.details!r})"
         if reading.code is not Code.OK:
             self.counts.saw(reading.code)
-            allowed = reading.allowed | (await self._reply_deleted(reading))
-            assert reading.code in allowed, f"{what} ended {reading.code.name}"
+            assert reading.code in reading.allowed, f"{what} ended {reading.code.name}"
         if reading.sent is not None:
             sent = reading.sent
             self.counts.saw(Code.OK)
@@ -769,16 +791,6 @@ class ServiceMachine(RuleBasedStateMachine):
             self.seen_final(final)
         else:
             assert reading.code is not Code.OK, f"{what}: the stream ended without its terminal event"
-
-    async def _reply_deleted(self, reading: Reading) -> set[Code]:
-        """A retry of a request whose reply was deleted (its user message left) is refused: INVALID_ARGUMENT."""
-        if reading.kind == "resume" or not reading.request_id:
-            return set()
-        c = messages.c
-        made = await self.rows.fetch(
-            sa.select(c.role).where(c.owner == reading.user, c.request_id == reading.request_id)
-        )
-        return {Code.INVALID_ARGUMENT} if [row.role for row in made] == ["user"] else set()
 
     async def check(self) -> None:
         """Every invariant, against the stored rows and what the clients received."""

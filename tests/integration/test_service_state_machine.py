@@ -19,7 +19,7 @@ from tests.integration.harness import running_replica, settings_for
 from tests.integration.hostile import LoopThread
 from tests.integration.service_model import Counts, Rows, ServiceMachine
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(600)  # a failure is shrunk for up to 5 minutes
 
 EXAMPLES, STEPS = 40, 30
 STEP_BOUND = 60.0  # seconds: a step (its calls are bounded themselves) that takes longer is a hang
