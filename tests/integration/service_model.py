@@ -221,7 +221,9 @@ class ServiceMachine(RuleBasedStateMachine):
     def allowed(self, error: grpc.aio.AioRpcError, allowed: frozenset[Code] | set[Code], what: str) -> Code:
         code = error.code()
         self.counts.saw(code)
-        assert code in allowed, f"{what} ended {code.name}: {error.details()!r} (allowed: {sorted(c.name for c in allowed)})"
+        assert code in allowed, (
+            f"{what} ended {code.name}: {error.details()!r} (allowed: {sorted(c.name for c in allowed)})"
+        )
         return code
 
     def owned(self, user: str) -> list[str]:
@@ -357,7 +359,9 @@ class ServiceMachine(RuleBasedStateMachine):
         k=st.integers(1, 6),
         deadline_ms=st.integers(1, 40),
     )
-    def start_reply(self, conversation: int, text: int, retry: int, writer: str, how: str, k: int, deadline_ms: int) -> None:
+    def start_reply(
+        self, conversation: int, text: int, retry: int, writer: str, how: str, k: int, deadline_ms: int
+    ) -> None:
         self.counts.ran("start_reply")
         self.run(self._start_reply(conversation, text, retry, writer, how, k, deadline_ms))
 
@@ -603,16 +607,18 @@ class ServiceMachine(RuleBasedStateMachine):
         *,
         together: bool = False,
     ) -> None:
-        """Send one request (None: none) and read its outcome (or, `give_up_after` deltas in, drop the stream). With `together`
-        (another stream on the session at the same time), the stages this stream sees are checked in its own order:
-        which of the two streams reads its outcome first is not the order the session moved in."""
+        """Send one request (None: none) and read its outcome (or, `give_up_after` deltas in, drop the stream). With
+        `together` (another stream on the session at the same time), the stages this stream sees are checked in its
+        own order: which of the two streams reads its outcome first is not the order the session moved in."""
         client = await target
         if client is None or client not in self.coaches:
             return
         deltas, received = "", 0
         try:
             if request is not None:
-                with contextlib.suppress(asyncio.InvalidStateError):  # the server ended the stream (a wrap-up it followed)
+                with contextlib.suppress(
+                    asyncio.InvalidStateError
+                ):  # the server ended the stream (a wrap-up it followed)
                     await client.call.write(request)
             async with asyncio.timeout(CALL_BOUND):
                 while True:
@@ -670,7 +676,9 @@ class ServiceMachine(RuleBasedStateMachine):
         first = await self._a_coach(index)
         if first is None:
             return
-        await self._coach_open(first.user, pb.CoachStart(session_id=first.session_id), {Code.FAILED_PRECONDITION, Code.NOT_FOUND})
+        await self._coach_open(
+            first.user, pb.CoachStart(session_id=first.session_id), {Code.FAILED_PRECONDITION, Code.NOT_FOUND}
+        )
         second = next((c for c in reversed(self.coaches) if c.session_id == first.session_id and c is not first), None)
         if second is None:
             return
@@ -679,7 +687,8 @@ class ServiceMachine(RuleBasedStateMachine):
         if other == "end":
             answer = pb.CoachRequest(end=pb.CoachEnd())
         await asyncio.gather(
-            self._coach_ask(_now(first), said, 0, together=True), self._coach_ask(_now(second), answer, 0, together=True)
+            self._coach_ask(_now(first), said, 0, together=True),
+            self._coach_ask(_now(second), answer, 0, together=True),
         )
 
     # ------------------------------------------------------------------------------------------ races
@@ -708,7 +717,9 @@ class ServiceMachine(RuleBasedStateMachine):
             "coach": lambda: self._coach_open(
                 owner, pb.CoachStart(persona=PERSONA, conversation_id=conversation_id), {Code.NOT_FOUND}
             ),
-            "coach_say": lambda: self._coach_ask(_now(coaching), pb.CoachRequest(user_turn=pb.CoachUserTurn(text="hi")), 0),
+            "coach_say": lambda: self._coach_ask(
+                _now(coaching), pb.CoachRequest(user_turn=pb.CoachUserTurn(text="hi")), 0
+            ),
             "share": lambda: self._share(_now(conversation_id), next(u for u in self.users if u != owner)),
             "delete": lambda: self._delete_conversation(_now(conversation_id)),
             "delete_message": lambda: self._delete_message(_now(replies[0])) if replies else asyncio.sleep(0),
@@ -761,7 +772,11 @@ class ServiceMachine(RuleBasedStateMachine):
             sent = reading.sent
             self.counts.saw(Code.OK)
             assert sent.user_message.content == self.requests[(reading.user, reading.request_id)].content
-            self.learned(reading.request_id, reading.user, pb.ReplyStarted(user_message=sent.user_message, assistant_message=sent.message))
+            self.learned(
+                reading.request_id,
+                reading.user,
+                pb.ReplyStarted(user_message=sent.user_message, assistant_message=sent.message),
+            )
             if reading.kind == "send":
                 self.seen_final(sent.message)
             return
@@ -889,12 +904,18 @@ class ServiceMachine(RuleBasedStateMachine):
         tasks = [r.task for r in self.readings if r.task is not None]
         if tasks:
             await asyncio.wait_for(asyncio.gather(*tasks), CALL_BOUND)
+        generations = self.replica.app.deps.replies.generations
         async with asyncio.timeout(CALL_BOUND):
-            while self.replica.app.deps.replies.in_flight:
-                await asyncio.sleep(0.02)
+            while True:  # a Coach stream cancelled just now may still be starting a reply: its row shows it
+                live = [g for c in [*self.conversations, *self.deleted] for g in generations.in_conversation(c)]
+                if live:
+                    await asyncio.gather(*(g.ended() for g in live))
+                    continue
+                streaming = [row for row in await self.rows.messages_of(self.users) if row.status == "streaming"]
+                if not streaming:
+                    break
+                await self._streaming_is_live(streaming)  # each ends, or its generation shows, within a bound
         await self.check()
-        streaming = [row.id for row in await self.rows.messages_of(self.users) if row.status == "streaming"]
-        assert not streaming, f"replies still STREAMING once every generation ended: {streaming}"
 
     def teardown(self) -> None:
         try:

@@ -24,9 +24,8 @@ from service.domain import Conversation, Lease, Message, MessageStatus, Role, ne
 from service.llm.fake import scripted_tokens
 from service.storage import tables
 from service.storage.database import Database
-from tests.integration.coach_stream import CoachCall
+from tests.integration.coach_stream import CoachCall, turn
 from tests.integration.coach_stream import start as coach_start
-from tests.integration.coach_stream import turn
 from tests.integration.harness import Replica, running_replica, settings_for
 from tests.integration.rpc_errors import error_info
 from tests.wire.ollama_server import ChatScript, OllamaServer

@@ -63,6 +63,7 @@ def test_the_service_keeps_its_invariants_over_any_sequence_of_rpcs(database_url
         runner.close()
     print(
         f"\nstate machine: {counts.examples} examples, {counts.steps} steps, {counts.calls} client calls "
-        f"in {time.monotonic() - began:.1f} s; statuses {dict(sorted(counts.statuses.items()))}; rules {dict(sorted(counts.rules.items()))}"
+        f"in {time.monotonic() - began:.1f} s; statuses {dict(sorted(counts.statuses.items()))}; "
+        f"rules {dict(sorted(counts.rules.items()))}"
     )
     assert counts.examples >= EXAMPLES and counts.steps >= EXAMPLES
