@@ -207,6 +207,7 @@ class ServiceMachine(RuleBasedStateMachine):
         self.sessions: dict[str, tuple[str, str]] = {}  # session -> (owner, conversation)
         self.coaches: list[CoachClient] = []
         self.pending_gone: list[tuple[str, str]] = []
+        self.targets: dict[str, str] = {}  # regeneration request -> the message it regenerates
         counts.examples += 1
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -372,7 +373,11 @@ class ServiceMachine(RuleBasedStateMachine):
         if len(self.pending()) >= 6:
             await self._wait(self.pending()[0])
         user = self.conversations[conversation_id]
-        earlier = [r for (u, r), req in self.requests.items() if u == user and req.conversation_id == conversation_id]
+        earlier = [
+            r
+            for (u, r), req in self.requests.items()
+            if u == user and req.conversation_id == conversation_id and not r.startswith("regenerate-")
+        ]
         if retry == 0 and earlier:  # a retry: the same request again
             request_id = pick(earlier, text)
             content = self.requests[(user, request_id)].content
@@ -455,6 +460,70 @@ class ServiceMachine(RuleBasedStateMachine):
         reading.task = asyncio.create_task(self._read(call, reading, k or None))
         self.readings.append(reading)
         self.counts.calls += 1
+
+    @rule(message=PICK, retry=st.booleans(), k=st.sampled_from([0, 0, 2]))
+    def regenerate(self, message: int, retry: bool, k: int) -> None:
+        """RegenerateReply of a message a client knows of (a reply beside it, or one to it), read to its end or given
+        up `k` events in; or a retry of an earlier regeneration (it attaches to the reply that one made)."""
+        self.counts.ran("regenerate")
+        self.run(self._regenerate(message, retry, k))
+
+    async def _regenerate(self, index: int, retry: bool, k: int) -> None:
+        earlier = [(u, r) for (u, r), req in self.requests.items() if req.reply_id and r.startswith("regenerate-")]
+        earlier = [key for key in earlier if self.requests[key].conversation_id in self.conversations]
+        if retry and earlier:
+            user, request_id = pick(earlier, index)
+            target = self.targets[request_id]
+        else:
+            found = await self._a_message(index)
+            if found is None:
+                return
+            target, request_id = found, f"regenerate-{uuid.uuid4()}"
+        conversation_id = ({**self.user_messages, **self.replies}).get(target, "")
+        user = self.conversations.get(conversation_id, "")
+        if not user or len(self.pending()) >= 6:
+            return
+        stored = await self.rows.message(target)
+        if stored is None:
+            return  # deleted: a regeneration of it is NOT_FOUND, which the deletes' races check already
+        parent = stored.parent_id or "" if stored.role == "assistant" else stored.id
+        self.targets[request_id] = target
+        self.requests.setdefault((user, request_id), Request(user, conversation_id, parent))
+        # Busy with another reply; deleted since (the target, or its conversation).
+        allowed = {Code.FAILED_PRECONDITION, Code.NOT_FOUND} | ({Code.CANCELLED} if k else set())
+        reading = Reading("regenerate", user, conversation_id, request_id, allowed=frozenset(allowed))
+        call = self.stubs[user].RegenerateReply(
+            pb.RegenerateReplyRequest(message_id=target, request_id=request_id),
+            metadata=self.auth[user],
+            timeout=CALL_BOUND,
+        )
+        reading.task = asyncio.create_task(self._read(call, reading, k or None))
+        self.readings.append(reading)
+        self.counts.calls += 1
+
+    @rule(conversation=PICK, viewer=PICK)
+    def unshare(self, conversation: int, viewer: int) -> None:
+        """The owner takes a viewer's access back (NOT_FOUND when it was not shared with them)."""
+        self.counts.ran("unshare")
+        self.run(self._unshare(self._a_conversation(conversation), pick(self.users, viewer)))
+
+    async def _unshare(self, target: Awaitable[str], viewer: str) -> None:
+        conversation_id = await target
+        owner = self.conversations.get(conversation_id, "")
+        if not owner or viewer == owner:
+            return
+        try:
+            await self.stubs[owner].UnshareConversation(
+                pb.UnshareConversationRequest(conversation_id=conversation_id, user_id=viewer),
+                metadata=self.auth[owner],
+                timeout=CALL_BOUND,
+            )
+        except grpc.aio.AioRpcError as error:
+            self.allowed(error, {Code.NOT_FOUND}, "UnshareConversation")
+            assert viewer not in self.shares.get(conversation_id, set()), "a viewer's share was not found"
+            return
+        assert viewer in self.shares.get(conversation_id, set()), "unshared a conversation never shared"
+        self.shares[conversation_id].discard(viewer)
 
     @rule(reply=PICK, leaf=st.booleans())
     def cancel(self, reply: int, leaf: bool) -> None:
@@ -785,7 +854,12 @@ class ServiceMachine(RuleBasedStateMachine):
             return
         assert events[0].HasField("started"), events[0]
         started = events[0].started
-        if reading.kind != "resume":
+        if reading.kind == "regenerate":  # the message answered, stored before; the new reply under it
+            assert (
+                started.assistant_message.parent_message_id == self.requests[(reading.user, reading.request_id)].content
+            )
+            self.learned(reading.request_id, reading.user, started)
+        elif reading.kind != "resume":
             assert started.user_message.content == self.requests[(reading.user, reading.request_id)].content
             self.learned(reading.request_id, reading.user, started)
         text, offset = "", reading.offset
