@@ -75,14 +75,14 @@ class Request:
 
     user: str
     conversation_id: str
-    content: str
+    content: str  # the text sent; for a regeneration, the message its reply follows
     user_message_id: str = ""
     reply_id: str = ""
 
 
 @dataclass
 class Reading:
-    """A reply stream as one client read it: StreamReply, ResumeReply (from `offset`), or SendMessage."""
+    """A reply as one client read it: StreamReply, RegenerateReply, ResumeReply (from `offset`), or SendMessage."""
 
     kind: str
     user: str
@@ -110,6 +110,8 @@ class CoachClient:
 
 @dataclass
 class Counts:
+    """What the runs did, for the test's closing line: examples, steps, client calls, statuses, rules."""
+
     examples: int = 0
     steps: int = 0
     calls: int = 0
