@@ -270,6 +270,7 @@ class ServiceMachine(RuleBasedStateMachine):
             pb.CreateConversationRequest(title="chat"), metadata=self.auth[user], timeout=CALL_BOUND
         )
         assert made.conversation.owner_user_id == user
+        self.counts.saw(Code.OK)
         self.conversations[made.conversation.conversation_id] = user
 
     @rule(conversation=PICK, viewer=PICK)
@@ -291,6 +292,7 @@ class ServiceMachine(RuleBasedStateMachine):
         except grpc.aio.AioRpcError as error:
             self.allowed(error, {Code.NOT_FOUND}, "ShareConversation")  # deleted by a racing step
             return
+        self.counts.saw(Code.OK)
         self.shares.setdefault(conversation_id, set()).add(viewer)
 
     @rule(conversation=PICK)
@@ -309,6 +311,7 @@ class ServiceMachine(RuleBasedStateMachine):
                 metadata=self.auth[owner],
                 timeout=CALL_BOUND,
             )
+            self.counts.saw(Code.OK)
         except grpc.aio.AioRpcError as error:
             self.allowed(error, {Code.NOT_FOUND}, "DeleteConversation")  # a racing delete got there first
         self.conversations.pop(conversation_id, None)
@@ -525,6 +528,7 @@ class ServiceMachine(RuleBasedStateMachine):
             assert viewer not in self.shares.get(conversation_id, set()), "a viewer's share was not found"
             return
         assert viewer in self.shares.get(conversation_id, set()), "unshared a conversation never shared"
+        self.counts.saw(Code.OK)
         self.shares[conversation_id].discard(viewer)
 
     @rule(reply=PICK, leaf=st.booleans())
@@ -549,6 +553,7 @@ class ServiceMachine(RuleBasedStateMachine):
             self.allowed(error, {Code.FAILED_PRECONDITION, Code.NOT_FOUND}, "CancelReply")
             return
         assert cancelled.message.status == pb.MESSAGE_STATUS_CANCELLED
+        self.counts.saw(Code.OK)
         self.seen_final(cancelled.message)
 
     @rule(message=PICK, leaf=st.booleans())
@@ -573,6 +578,7 @@ class ServiceMachine(RuleBasedStateMachine):
             self.allowed(error, {Code.NOT_FOUND}, "DeleteMessage")  # deleted already (with a parent, or raced)
             return
         assert deleted.deleted_count >= 1
+        self.counts.saw(Code.OK)
         assert await self.rows.message(message_id) is None
 
     @rule(which=PICK)
@@ -626,6 +632,7 @@ class ServiceMachine(RuleBasedStateMachine):
             self.allowed(error, allowed, "Coach start")
             return
         assert response is not grpc.aio.EOF and response.HasField("session_started"), response
+        self.counts.saw(Code.OK)
         session = response.session_started.session
         assert session.persona == PERSONA
         if not start.session_id:
@@ -716,6 +723,7 @@ class ServiceMachine(RuleBasedStateMachine):
             # Ended, or a racing step deleted the conversation, or its turn was refused while another stream held it.
             self.allowed(error, {Code.FAILED_PRECONDITION, Code.NOT_FOUND}, "Coach")
             return
+        self.counts.saw(Code.OK)
         session_id = client.session_id + (f"/{id(client)}" if together else "")
         if kind == "turn_completed":
             done = response.turn_completed
@@ -956,16 +964,23 @@ class ServiceMachine(RuleBasedStateMachine):
             assert seen == {c: o for c, o in self.conversations.items() if o == user or c in shared}
             others = [c for c, o in self.conversations.items() if o != user]
             for conversation_id in others[:1]:
-                try:
-                    await self.stubs[user].GetConversation(
+                code = await self._code_of(
+                    self.stubs[user].GetConversation(
                         pb.GetConversationRequest(conversation_id=conversation_id),
                         metadata=self.auth[user],
                         timeout=CALL_BOUND,
                     )
-                    assert conversation_id in shared, f"{user} read another user's conversation"
-                except grpc.aio.AioRpcError as error:
-                    assert conversation_id not in shared
-                    self.allowed(error, {Code.PERMISSION_DENIED}, "GetConversation of another user's")
+                )
+                expected = Code.OK if conversation_id in shared else Code.PERMISSION_DENIED
+                assert code == expected, f"{user} reading another user's conversation: {code.name}"
+
+    @staticmethod
+    async def _code_of(call: Awaitable[Any]) -> Code:
+        try:
+            await call
+        except grpc.aio.AioRpcError as error:
+            return error.code()
+        return Code.OK
 
     @invariant()
     def consistent(self) -> None:

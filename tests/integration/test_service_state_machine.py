@@ -5,6 +5,7 @@ replica on SQLite and on Postgres, the invariants checked against the stored row
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Coroutine
 from typing import Any
@@ -21,7 +22,8 @@ from tests.integration.service_model import Counts, Rows, ServiceMachine
 
 pytestmark = pytest.mark.timeout(600)  # a failure is shrunk for up to 5 minutes
 
-EXAMPLES, STEPS = 40, 30
+# CHAT_TEST_STATE_EXAMPLES searches harder (e.g. 300, a few minutes per database); the default keeps ~40 s each.
+EXAMPLES, STEPS = int(os.environ.get("CHAT_TEST_STATE_EXAMPLES", "40")), 30
 STEP_BOUND = 60.0  # seconds: a step (its calls are bounded themselves) that takes longer is a hang
 
 
