@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import platform
 import re
@@ -671,8 +672,10 @@ def summary(m: dict[str, Any], c: dict[str, Any] | None) -> dict[str, Any]:
         "writing_transactions_per_reply": wal["commit_records"] / n,
         # pg_stat_database also counts other sessions' work in the database (autovacuum workers): JSON only
         "commits_per_reply_postgres": postgres["xact_commit"] / n,
-        "rows_inserted_per_reply": postgres["tup_inserted"] / n,
-        "rows_updated_per_reply": postgres["tup_updated"] / n,
+        # the service's tables (pg_stat_database also counts TOAST chunks and catalog rows: JSON only)
+        "rows_inserted_per_reply": sum(t["n_tup_ins"] for t in m["tables"].values()) / n,
+        "rows_updated_per_reply": sum(t["n_tup_upd"] for t in m["tables"].values()) / n,
+        "hot_updates_per_reply": sum(t["n_tup_hot_upd"] for t in m["tables"].values()) / n,
         "flush_rows_per_reply": sum(flushes) / n,
         "flush_transactions": len(flushes),
         "rows_per_flush_transaction": sum(flushes) / len(flushes) if flushes else 0,
@@ -708,6 +711,51 @@ def summary(m: dict[str, Any], c: dict[str, Any] | None) -> dict[str, Any]:
     return s
 
 
+def projection(s: dict[str, Any], *, per_replica: int, counts: tuple[int, ...]) -> list[dict[str, float]]:
+    """The per-reply measurements scaled to `counts` concurrent streams of the measured shape (arithmetic, not
+    measurement): replies of `reply_seconds`, `per_replica` streams a serving process (the paced benchmark's
+    capacity), one flush tick every 250 ms a replica, a NOTIFY a tick for every 150 replies in flight (the
+    service's batch) plus one a reply's end."""
+    seconds = s["reply_seconds"]
+    rows = []
+    for n in counts:
+        replicas = math.ceil(n / per_replica)
+        replies = n / seconds  # replies started (and ended) a second
+        row = {
+            "streams": n,
+            "replicas": replicas,
+            "replies_per_s": replies,
+            "row_writes_per_s": n * s["flush_rows_per_reply"] / seconds
+            + replies * (s["rows_inserted_per_reply"] + s["rows_updated_per_reply"] - s["flush_rows_per_reply"]),
+            "writing_transactions_per_s": replies * 2 + replicas * 4,
+            "wal_mb_per_s": n * s["wal_bytes_per_reply"] / seconds / 1e6,
+            "notify_per_s": replicas * 4 * math.ceil(per_replica / 150) + replies,
+            "egress_mbit_per_s": n * s["tcp_bytes_down_per_reply"] / seconds * 8 / 1e6,
+        }
+        if "pg_cpu_us_start" in s:
+            per_stream_second = (s["pg_cpu_us_start"] + s["pg_cpu_us_end"]) / seconds + s[
+                "flush_rows_per_reply"
+            ] / seconds * s["pg_cpu_us_flush_row"]
+            row["postgres_cores"] = n * per_stream_second / 1e6
+        rows.append(row)
+    return rows
+
+
+def projection_table(rows: list[dict[str, float]]) -> list[str]:
+    lines = [
+        "| streams | replicas | replies/s | row writes/s | writing transactions/s | WAL MB/s | NOTIFY/s "
+        "| Postgres cores | egress Mbit/s |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['streams']:,} | {r['replicas']:,} | {r['replies_per_s']:,.0f} | {r['row_writes_per_s']:,.0f} "
+            f"| {r['writing_transactions_per_s']:,.0f} | {r['wal_mb_per_s']:,.0f} | {r['notify_per_s']:,.0f} "
+            f"| {r.get('postgres_cores', float('nan')):,.1f} | {r['egress_mbit_per_s']:,.0f} |"
+        )
+    return lines
+
+
 def report(s: dict[str, Any], m: dict[str, Any], c: dict[str, Any] | None) -> str:
     lines = [
         f"per reply ({s['replies']} replies of {m['tokens']} tokens at {m['rate']:g} tokens/s, "
@@ -719,8 +767,9 @@ def report(s: dict[str, Any], m: dict[str, Any], c: dict[str, Any] | None) -> st
         ("SQL statements (service side)", s["statements_per_reply"], ".1f"),
         ("transactions committed (service side)", s["transactions_per_reply_served"], ".2f"),
         ("transactions that wrote (commit records in WAL)", s["writing_transactions_per_reply"], ".2f"),
-        ("rows inserted (Postgres)", s["rows_inserted_per_reply"], ".1f"),
-        ("rows updated (Postgres)", s["rows_updated_per_reply"], ".1f"),
+        ("rows inserted (Postgres, the service's tables)", s["rows_inserted_per_reply"], ".1f"),
+        ("rows updated (Postgres, the service's tables)", s["rows_updated_per_reply"], ".1f"),
+        ("  of which HOT (no index entry written)", s["hot_updates_per_reply"], ".1f"),
         ("flush row updates", s["flush_rows_per_reply"], ".1f"),
         ("WAL bytes (this database's records)", s["wal_bytes_per_reply"], ",.0f"),
         ("  of which full-page images", s["wal_fpi_bytes_per_reply"], ",.0f"),
@@ -736,7 +785,7 @@ def report(s: dict[str, Any], m: dict[str, Any], c: dict[str, Any] | None) -> st
         "",
         f"per replica: {s['flush_transactions']} flush transactions in {m['seconds']:.1f} s "
         f"({s['flush_transactions_per_s']:.1f}/s), {s['rows_per_flush_transaction']:.1f} rows each; "
-        f"statements by kind: {m['served']['statements']}",
+        f"statements by kind: { {k: v for k, v in m['served']['statements'].items() if v} }",
     ]
     if c and "alone" in c:
         lines += [
@@ -756,12 +805,18 @@ def report(s: dict[str, Any], m: dict[str, Any], c: dict[str, Any] | None) -> st
                 f"| {r['postgres_cpu_us_per_transaction']:,.0f} µs | {r['replies_per_s']:,.0f} "
                 f"| {r['wal_bytes_per_s_cluster'] / 1e6:.1f} |"
             )
-        for label, r in (("flush, HOT", c["hot"]["flush"]), ("a reply's mix, HOT", c["hot"]["mixed"])):
-            lines.append(
-                f"| {label} | {r['clients']} | {r['tps']:,.0f} | {r['postgres_cores']:.2f} "
-                f"| {r['postgres_cpu_us_per_transaction']:,.0f} µs | {r.get('replies_per_s', 0):,.0f} "
-                f"| {r['wal_bytes_per_s_cluster'] / 1e6:.1f} |"
-            )
+        lines.append(
+            f"| flush, HOT | {c['hot']['flush']['clients']} | {c['hot']['flush']['tps']:,.0f} "
+            f"| {c['hot']['flush']['postgres_cores']:.2f} "
+            f"| {c['hot']['flush']['postgres_cpu_us_per_transaction']:,.0f} µs | - "
+            f"| {c['hot']['flush']['wal_bytes_per_s_cluster'] / 1e6:.1f} |"
+        )
+        r = c["hot"]["mixed"]
+        lines.append(
+            f"| a reply's mix, HOT | {r['clients']} | {r['tps']:,.0f} | {r['postgres_cores']:.2f} "
+            f"| {r['postgres_cpu_us_per_transaction']:,.0f} µs | {r['replies_per_s']:,.0f} "
+            f"| {r['wal_bytes_per_s_cluster'] / 1e6:.1f} |"
+        )
         lines += [
             "",
             f"Postgres CPU: start {s['pg_cpu_us_start']:,.0f} µs, end {s['pg_cpu_us_end']:,.0f} µs, "
@@ -786,6 +841,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="rows per flush in the replay (streams per replica)")
     parser.add_argument("--pgbench-seconds", type=float, default=5.0)
     parser.add_argument("--no-ceiling", action="store_true", help="the per-reply part only")
+    parser.add_argument("--per-replica", type=int, default=200, help="streams a process carries (paced bench)")
     parser.add_argument("--reuse", action="store_true", help="the per-reply part from scale-latest.json")
     args = parser.parse_args()
     if args.command == "serve":
@@ -800,12 +856,16 @@ def main() -> None:
         if not args.no_ceiling:
             limit = asyncio.run(ceiling(measured, batch=args.batch, seconds=args.pgbench_seconds, workdir=Path(tmp)))
     numbers = summary(measured, limit)
+    projected = projection(numbers, per_replica=args.per_replica, counts=(10_000, 100_000, 1_000_000))
     print(report(numbers, measured, limit))
+    print(f"\nscaled (arithmetic; {args.per_replica} streams a process, the measured reply shape):")
+    print("\n".join(projection_table(projected)))
     document = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "command": " ".join(["python -m tests.bench.scale", *sys.argv[1:]]),
         "summary": numbers,
+        "projection": projected,
         "per_reply": measured,
         "ceiling": limit,
     }
