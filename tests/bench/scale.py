@@ -1,21 +1,25 @@
 """What one reply and one replica cost the database, and where one Postgres primary stops: the inputs of the
 README's "Internet scale" arithmetic.
 
-    python -m tests.bench.scale [--streams 20] [--tokens 60] [--rate 20] [--pgbench-seconds 10]
+    python -m tests.bench.scale [--streams 20] [--tokens 60] [--rate 20] [--batch 200] [--pgbench-seconds 5]
+                                [--per-replica 200] [--no-ceiling] [--reuse]
 
-1. Per reply, measured: `--streams` replies of `--tokens` tokens at `--rate` tokens/s (started over one second)
-   through chat-service on a private Postgres database, the model being the in-process clock model. Counted:
-   SQL statements and transactions by kind (SQLAlchemy engine events inside the served process: `serve` below),
-   rows inserted/updated and commits from Postgres' own statistics (pg_stat_database / pg_stat_user_tables of
-   the private database), WAL bytes the database's records took (pg_walinspect, filtered to this database's
-   relations and its transactions' commit records: other users of the cluster do not count), NOTIFYs and the
-   reply ids they carry (a LISTEN on the `chat_reply` channel), and the bytes a reply costs on the gRPC wire:
-   the protobuf messages (+5 bytes of gRPC framing each) and the TCP bytes through a counting proxy.
-2. The primary's ceiling: pgbench replaying a reply's transactions (start, flushes, end, as measured in 1.)
-   against a copy of the schema, at increasing client counts; reported as reply-transactions/s, commits/s,
-   WAL MB/s, and the concurrent streams that rate sustains.
+1. Per reply, measured: `--streams` replies (second turns) of `--tokens` tokens at `--rate` tokens/s, started
+   over one second, through chat-service (the real App, `serve` below) on a private Postgres database, the model
+   being the in-process clock model. Counted: SQL statements and commits by kind (SQLAlchemy engine events in
+   the served process), rows from pg_stat_user_tables of the private database, the WAL its records took
+   (pg_walinspect: records of its relations and the commit records of its transactions; other users of the
+   cluster do not count), NOTIFYs and the reply ids they carry (a LISTEN on `chat_reply`), and a reply's bytes
+   on the gRPC wire: protobuf messages (+5 bytes of gRPC framing each) and TCP bytes through a counting proxy.
+2. The primary's ceiling: pgbench replaying a reply's transactions (start, flushes of `--batch` rows, end) on a
+   seeded copy of the schema: each alone (Postgres CPU per transaction, from its backends' /proc times), then
+   mixed as replies mix them at 2, 8 and 32 clients; then the same with flushes as HOT updates (a what-if: the
+   lease expiry out of the index of replies in flight, fillfactor 70).
+3. The arithmetic: the per-reply numbers scaled to 10k / 100k / 1M concurrent streams at `--per-replica`
+   streams a serving process.
 
-Prints tables, writes JSON to tests/bench/results/scale-*.json. Bounded: about a minute on a 2-core box.
+Prints tables, writes JSON to tests/bench/results/scale-*.json. About 70 s on a 2-core box; pgbench must be
+installed (Debian: postgresql-client), and the Postgres user must be a superuser (pg_walinspect).
 """
 
 from __future__ import annotations
