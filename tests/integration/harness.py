@@ -27,7 +27,7 @@ class Replica:
 
     async def key(self, user: str, *, admin: bool = False) -> str:
         if user not in self._keys:
-            _, self._keys[user] = await self.app.deps.api_keys.create(user, scopes={"admin"} if admin else ())
+            _, self._keys[user] = await self.app.deps.use_cases.api_keys.create(user, scopes={"admin"} if admin else ())
         return self._keys[user]
 
     async def auth(self, user: str) -> tuple[tuple[str, str], ...]:

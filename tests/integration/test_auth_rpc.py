@@ -51,7 +51,7 @@ async def test_revoked_key_is_refused_at_once(replica: Replica) -> None:
     key = await replica.key("alice")
     auth = (("authorization", f"Bearer {key}"),)
     await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
-    await replica.app.deps.api_keys.revoke(key.split("_")[1])
+    await replica.app.deps.use_cases.api_keys.revoke(key.split("_")[1])
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -180,7 +180,7 @@ async def test_metrics_endpoint_is_scraped(database_url: str) -> None:
             await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
         # The instant fake model can finish both replies before the flusher's first tick: run one (the event the
         # counter reports) instead of hoping one fits in the test's run time.
-        await replica.app.deps.replies.generations.tick()
+        await replica.app.deps.use_cases.replies.generations.tick()
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     assert response.status_code == 200

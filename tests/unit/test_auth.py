@@ -15,16 +15,6 @@ from tests.fakes import FakeClock, FakeStorage
 
 
 @pytest.fixture
-def storage() -> FakeStorage:
-    return FakeStorage()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def keys(storage: FakeStorage, clock: FakeClock) -> ApiKeys:
     return ApiKeys(storage.unit_of_work, PageTokens(b"secret"), clock=clock)
 
