@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from service.domain import ApiKey, InvalidArgument, NotFound, Page, PermissionDenied, Principal, Unauthenticated
-from service.pagination import PageTokens, page_size
+from service.pagination import PageTokens
 from service.ports import UnitOfWorkFactory
 
 KEY_PREFIX = "csk"
@@ -102,12 +102,10 @@ class ApiKeys:
     async def list(self, *, user_id: str | None, size: int, token: str) -> Page[ApiKey]:
         if user_id:
             check_user_id(user_id)
-        limit = page_size(size)
-        scope = f"api_keys:{user_id or '*'}"
-        after = self._tokens.decode(scope, token)
+        request = self._tokens.request(f"api_keys:{user_id or '*'}", size, token)
         async with self._uow() as uow:
-            rows = await uow.api_keys.list(user_id=user_id, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            rows = await uow.api_keys.list(user_id=user_id, limit=request.limit, after=request.after)
+        return request.page(rows.items, rows.cursor)
 
     async def revoke(self, key_id: str) -> ApiKey:
         if not key_id:

@@ -358,6 +358,14 @@ class FailedPrecondition(DomainError):
 class OutOfRange(DomainError):
     reason = "OUT_OF_RANGE"
 
+    @classmethod
+    def past_the_end(cls, offset: int, length: int) -> OutOfRange:
+        """A reader asked for a reply's text from `offset`, past the end of its final `length` characters."""
+        return cls(
+            f"offset {offset} is past the end of the reply ({length} characters)",
+            metadata={"offset": str(offset), "length": str(length)},
+        )
+
 
 class ResourceExhausted(DomainError):
     reason = "RATE_LIMITED"

@@ -26,7 +26,7 @@ from service.domain import (
     check_id,
     shown,
 )
-from service.pagination import PageTokens, page_size
+from service.pagination import PageTokens
 from service.ports import UnitOfWork, UnitOfWorkFactory
 
 
@@ -64,13 +64,11 @@ class Sharing:
     async def shares(self, principal: Principal, conversation_id: str, size: int, token: str) -> Page[Share]:
         """ListConversationShares (the owner only): the grants, by user id."""
         conversation_id = check_id("conversation_id", conversation_id)
-        limit = page_size(size)
-        scope = f"shares:{principal.user_id}:{conversation_id}"
-        after = self._tokens.decode(scope, token)
+        request = self._tokens.request(f"shares:{principal.user_id}:{conversation_id}", size, token)
         async with self._uow() as uow:
             await conversation_for(uow, principal, conversation_id, Need.WRITE)
-            rows = await uow.shares.list_by_conversation(conversation_id, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            rows = await uow.shares.list_by_conversation(conversation_id, limit=request.limit, after=request.after)
+        return request.page(rows.items, rows.cursor)
 
 
 async def authorize(

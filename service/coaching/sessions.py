@@ -32,7 +32,7 @@ from service.coaching.store import SessionStore
 from service.coaching.voice import Voice
 from service.coaching.wrapup import Action, ClientEnded, Event, LimitReached, Turn
 from service.domain import InvalidArgument, Message, Page, Principal
-from service.pagination import PageTokens, page_size
+from service.pagination import PageTokens
 from service.personas import Persona, PersonaCatalog
 from service.replies import Delta, Ended, Replies, ReplyEvent
 
@@ -61,12 +61,7 @@ class Coaching:
 
     def personas(self, size: int, token: str) -> Page[Persona]:
         """ListPersonas: the catalog by name, paginated."""
-        limit = page_size(size)
-        start = self._tokens.offset("personas", token)
-        every = self._personas.all()
-        following = start + limit
-        cursor = str(following) if following < len(every) else None
-        return Page(every[start:following], self._tokens.encode("personas", cursor))
+        return self._tokens.slice("personas", self._personas.all(), size, token)
 
     async def coach(self, principal: Principal, commands: AsyncIterator[Command]) -> AsyncIterator[CoachEvent]:
         """Coach: `start` first, then turns until the session ends (its last event is `SessionEnded`) or the

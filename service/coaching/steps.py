@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from tenacity import RetryCallState
+
 from service.coaching.classifier import FinishClassifier
 from service.coaching.intent import might_ask_to_finish
 from service.coaching.state import CoachingSession
@@ -39,6 +41,7 @@ from service.coaching.wrapup import (
 )
 from service.domain import FailedPrecondition, Message, Principal
 from service.replies import Replies, ReplyEvent, Started
+from service.retrying import retrying
 
 T = TypeVar("T")
 
@@ -189,14 +192,14 @@ class Steps:
     async def _when_idle(self, principal: Principal, session: CoachingSession, begin: Callable[[], Awaitable[T]]) -> T:
         """`begin()`; when it is refused (a reply started in the conversation meanwhile, on another replica or
         not from a coaching stream: that reply may already be over), again once the conversation is idle."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
+
+        async def idle(_: RetryCallState) -> None:
+            await self._await_idle(principal, session)
+
+        async for attempt in retrying(FailedPrecondition, attempts=START_ATTEMPTS, before_sleep=idle):
+            with attempt:
                 return await begin()
-            except FailedPrecondition:
-                if attempt == START_ATTEMPTS:
-                    raise
-                await self._await_idle(principal, session)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _replying(
         self, principal: Principal, session: CoachingSession, event: Event | None

@@ -272,10 +272,7 @@ class Replies:
         # Past the end of a final reply: a reader that got text from it (it names a generation) was sent text that
         # was never stored (its replica stopped first), and is rewound; an offset out of the blue is out of range.
         if message.status.is_final and offset > len(message.content) and not generation:
-            raise OutOfRange(
-                f"offset {offset} is past the end of the reply ({len(message.content)} characters)",
-                metadata={"offset": str(offset), "length": str(len(message.content))},
-            )
+            raise OutOfRange.past_the_end(offset, len(message.content))
         yield Started(user, message)
         async for event in self._follow(message, offset, generation):
             yield event
