@@ -16,13 +16,13 @@ from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
 from service import audio, llm, telemetry
+from service.auth.jwts import JwtVerifier, authenticator
 from service.domain import Principal
-from service.jwt_auth import JwtVerifier, authenticator
-from service.limits import RateLimiter, ReplicaLimits, UserLimits
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, Synthesizer, Transcriber
-from service.redis_limits import RedisLimits
+from service.ratelimit.limits import RateLimiter, ReplicaLimits, UserLimits
+from service.ratelimit.redis import RedisLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import Guards, ServiceInterceptor

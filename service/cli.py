@@ -260,7 +260,7 @@ async def _announce_revocation(database: Any, key_id: str) -> None:
     SQLite a server in another process re-reads the key within its 5 s cache."""
     import sqlalchemy as sa
 
-    from service.auth import REVOKED_CHANNEL
+    from service.auth.api_keys import REVOKED_CHANNEL
 
     if database.engine.dialect.name != "postgresql":
         return

@@ -9,14 +9,14 @@ from datetime import datetime, timedelta
 
 from service.attachments import Attachments
 from service.attachments.prompts import FileReadingProvider
-from service.auth import REVOKED_CHANNEL, ApiKeys
+from service.auth.api_keys import REVOKED_CHANNEL, ApiKeys
 from service.branches import Branches
 from service.chat import Conversations, ModelCatalog
 from service.coaching.classifier import FinishClassifier
-from service.coaching.sessions import Coaching
-from service.coaching.state import Limits
-from service.coaching.store import SessionStore
+from service.coaching.coach import Coaching
+from service.coaching.session_records import SessionRecords
 from service.coaching.voice import Voice
+from service.domain.coaching import SessionLimits
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import (
@@ -28,7 +28,7 @@ from service.ports import (
     Transcriber,
     UnitOfWorkFactory,
 )
-from service.replies import Replies, ReplyLimits
+from service.replies import Replies, ReplyOptions
 from service.settings import Settings
 from service.sharing import Sharing
 
@@ -39,11 +39,11 @@ class Options:
 
     replica_id: str
     default_model: str
-    replies: ReplyLimits = field(default_factory=ReplyLimits)
+    replies: ReplyOptions = field(default_factory=ReplyOptions)
     max_message_bytes: int = 32 * 1024
     max_attachment_bytes: int = 5 * 1024 * 1024
     max_audio_bytes: int = 3 * 1024 * 1024
-    coaching_limits: Limits = field(default_factory=Limits)  # of sessions whose `start` sets none
+    coaching_limits: SessionLimits = field(default_factory=SessionLimits)  # of sessions whose `start` sets none
     classify_finish: bool = True
     key_cache_needs_bus: bool = False  # trust cached keys only while revocations can reach this replica
 
@@ -52,7 +52,7 @@ class Options:
         return cls(
             replica_id=settings.resolved_replica_id,
             default_model=settings.resolved_model,
-            replies=ReplyLimits(
+            replies=ReplyOptions(
                 max_message_bytes=settings.max_message_bytes,
                 max_reply_tokens=settings.max_reply_tokens,
                 history_token_budget=settings.history_token_budget,
@@ -67,7 +67,9 @@ class Options:
             max_message_bytes=settings.max_message_bytes,
             max_attachment_bytes=settings.max_attachment_bytes,
             max_audio_bytes=settings.max_audio_bytes,
-            coaching_limits=Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds)),
+            coaching_limits=SessionLimits(
+                settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds)
+            ),
             classify_finish=settings.coach_classify_finish,
             key_cache_needs_bus=not settings.is_sqlite,
         )
@@ -78,7 +80,7 @@ class UseCases:
     replies: Replies
     conversations: Conversations
     coaching: Coaching
-    session_store: SessionStore  # the coaching sessions' records, which `coaching` works through
+    session_records: SessionRecords  # the coaching sessions' records, which `coaching` works through
     attachments: Attachments
     sharing: Sharing
     branches: Branches
@@ -107,16 +109,16 @@ def use_cases(
         replica_id=options.replica_id,
         clock=clock,
         notifications=notifications,
-        limits=options.replies,
+        options=options.replies,
         model_calls=model_calls,
     )
     models = ModelCatalog(provider, default_model=options.default_model)
     conversations = Conversations(
         uow, replies, models, personas, page_tokens, clock=clock, max_prompt_bytes=options.max_message_bytes
     )
-    session_store = SessionStore(uow, conversations, personas, clock=clock, default_limits=options.coaching_limits)
+    session_records = SessionRecords(uow, conversations, personas, clock=clock, default_limits=options.coaching_limits)
     coaching = Coaching(
-        session_store,
+        session_records,
         replies,
         Voice(
             transcriber,
@@ -133,7 +135,7 @@ def use_cases(
         replies,
         conversations,
         coaching,
-        session_store,
+        session_records,
         Attachments(uow, attachment_store, clock=clock, max_bytes=options.max_attachment_bytes),
         Sharing(uow, page_tokens, clock=clock),
         Branches(uow, replies, page_tokens, clock=clock),

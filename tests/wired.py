@@ -9,12 +9,12 @@ from service.audio import NO_SYNTHESIZER, NO_TRANSCRIBER, Unconfigured
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import AttachmentStore, Notifications, Provider
-from service.replies import ReplyLimits
+from service.replies import ReplyOptions
 from service.storage.notifications import LocalNotifications
 from service.wiring import Options, UseCases, use_cases
 from tests.fakes import FakeAttachmentStore, FakeClock, FakeStorage
 
-QUICK = ReplyLimits(flush_interval=0.01)
+QUICK = ReplyOptions(flush_interval=0.01)
 
 
 class Wire(Protocol):
@@ -32,7 +32,7 @@ def wire(
     attachment_store: AttachmentStore | None = None,
     replica_id: str = "replica-a",
     default_model: str = "scripted",
-    replies: ReplyLimits = QUICK,
+    replies: ReplyOptions = QUICK,
     max_message_bytes: int = 1000,
     max_audio_bytes: int = 1024,
     **options: Any,

@@ -2,7 +2,7 @@
 
 Several streams may use one session (a rejoin while the old stream lingers, two devices, two replicas).
 A step is decided by the pure state machine on the session as stored, and stored by compare-and-set
-(`SessionStore.claim`): a decision made on a session another stream moved since is made again on what
+(`SessionRecords.claim`): a decision made on a session another stream moved since is made again on what
 that stream left. So the stored stages only ever follow the state machine, whatever the interleaving:
 never backwards, ENDED final, never two questions in a row.
 
@@ -24,10 +24,11 @@ from typing import TypeVar
 from tenacity import RetryCallState
 
 from service.coaching.classifier import FinishClassifier
-from service.coaching.intent import might_ask_to_finish
-from service.coaching.state import CoachingSession
-from service.coaching.store import SessionStore
-from service.coaching.wrapup import (
+from service.coaching.session_records import SessionRecords
+from service.domain import FailedPrecondition, Message, Principal
+from service.domain.coaching import CoachingSession
+from service.domain.intent import might_ask_to_finish
+from service.domain.wrapup import (
     Action,
     ClientEnded,
     EndReason,
@@ -39,7 +40,6 @@ from service.coaching.wrapup import (
     WrappedUp,
     advance,
 )
-from service.domain import FailedPrecondition, Message, Principal
 from service.replies import Replies, ReplyEvent, Started
 from service.retrying import retrying
 
@@ -89,7 +89,7 @@ class Begun:
 class Steps:
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRecords,
         replies: Replies,
         *,
         clock: Callable[[], datetime],

@@ -12,7 +12,7 @@ import grpc
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.app import App, build
-from service.auth import parse_key
+from service.auth.api_keys import parse_key
 from service.ports import Provider
 from service.settings import Settings
 

@@ -28,7 +28,7 @@ from service.domain import (
     Unavailable,
     new_id,
 )
-from service.replies import Replies, ReplyLimits
+from service.replies import Replies, ReplyOptions
 from tests.fakes import FakeAttachmentStore, FakeClock, FakeStorage, ScriptedProvider
 from tests.media import JPEG, png, png_of_size
 from tests.wired import wire
@@ -67,7 +67,7 @@ async def make_service() -> AsyncIterator[MakeService]:
             FakeClock(),
             provider,
             attachment_store=store,
-            replies=ReplyLimits(flush_interval=0.01, history_token_budget=history_token_budget),
+            replies=ReplyOptions(flush_interval=0.01, history_token_budget=history_token_budget),
             max_attachment_bytes=LIMIT,
         )
         built.append(use_cases.replies)

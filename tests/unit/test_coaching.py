@@ -9,6 +9,7 @@ from datetime import timedelta
 import pytest
 
 from service.coaching.classifier import QUESTION
+from service.coaching.coach import Coaching
 from service.coaching.events import (
     CoachEvent,
     Command,
@@ -20,10 +21,8 @@ from service.coaching.events import (
     UserTurn,
     WrapUpConfirmation,
 )
-from service.coaching.sessions import Coaching
+from service.coaching.session_records import SessionRecords
 from service.coaching.steps import CONFIRMATION
-from service.coaching.store import SessionStore
-from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
     Completion,
     FailedPrecondition,
@@ -34,6 +33,7 @@ from service.domain import (
     Prompt,
     Role,
 )
+from service.domain.wrapup import EndReason, Position, Stage
 from service.replies import Delta, Replies
 from service.wiring import UseCases
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
@@ -119,8 +119,8 @@ class Judge(ScriptedProvider):
 
 
 @pytest.fixture
-def store(use_cases: UseCases) -> SessionStore:
-    return use_cases.session_store
+def store(use_cases: UseCases) -> SessionRecords:
+    return use_cases.session_records
 
 
 @pytest.fixture
@@ -312,7 +312,7 @@ async def test_the_model_decides_ambiguous_turns(
 
 
 async def test_a_claim_stores_only_what_was_decided_on_the_stored_session(
-    coaching: Coaching, store: SessionStore
+    coaching: Coaching, store: SessionRecords
 ) -> None:
     session = (await begin(Learner(coaching), persona="english_buddy")).session
     confirming = await store.claim(session, Position(Stage.CONFIRMING))
@@ -328,7 +328,7 @@ async def test_a_claim_stores_only_what_was_decided_on_the_stored_session(
     assert await store.claim(confirming, Position(Stage.WRAPPING_UP, EndReason.USER_REQUESTED)) is None
 
 
-async def test_a_claim_that_changes_nothing_writes_nothing(coaching: Coaching, store: SessionStore) -> None:
+async def test_a_claim_that_changes_nothing_writes_nothing(coaching: Coaching, store: SessionRecords) -> None:
     session = (await begin(Learner(coaching), persona="english_buddy")).session
     wrapping = await store.claim(session, Position(Stage.WRAPPING_UP, EndReason.CLIENT_ENDED))
     assert wrapping is not None

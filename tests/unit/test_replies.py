@@ -33,7 +33,7 @@ from service.domain import (
 )
 from service.personas import PersonaCatalog
 from service.ports import Flush, Provider
-from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyLimits, Rewind, Started
+from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyOptions, Rewind, Started
 from service.replies.generation import STOP_MESSAGES
 from service.replies.generations import ABANDONED_MESSAGE
 from service.storage.notifications import LocalNotifications
@@ -59,7 +59,7 @@ def make_replies(wired: Wire) -> MakeReplies:
     def make(provider: Provider, *, replica_id: str = REPLICA, **limits: Any) -> Replies:
         settings = {"flush_interval": 0.01, "lease_seconds": 10.0, **limits}
         return wired(
-            provider, replica_id=replica_id, notifications=notifications, replies=ReplyLimits(**settings)
+            provider, replica_id=replica_id, notifications=notifications, replies=ReplyOptions(**settings)
         ).replies
 
     return make

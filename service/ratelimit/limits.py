@@ -1,7 +1,7 @@
 """Per-user limits: requests per minute (a token bucket) and concurrent streams.
 
 `RateLimiter` counts on one replica, in memory. The interceptor sees the limits through `UserLimits`: per
-replica (`ReplicaLimits`), or shared by every replica through Redis (service/redis_limits.py).
+replica (`ReplicaLimits`), or shared by every replica through Redis (service/ratelimit/redis.py).
 """
 
 from __future__ import annotations
