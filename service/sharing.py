@@ -22,8 +22,8 @@ from service.domain import (
     Principal,
     Share,
     ShareRole,
-    check_access,
     check_id,
+    check_shared_access,
     shown,
 )
 from service.pagination import PageTokens
@@ -74,13 +74,15 @@ class Sharing:
 async def authorize(
     uow: UnitOfWork, principal: Principal, resource: Conversation | Message | None, kind: str, need: Need
 ) -> None:
-    """`domain.check_access` for a stored conversation or message: the caller's grant on its conversation is looked
-    up only when the caller is not the owner (never on the owner's own path)."""
-    shared = False
-    if resource is not None and resource.owner != principal.user_id:
+    """`domain.check_shared_access` for a stored conversation or message: the grant is the caller's share of its
+    conversation."""
+
+    async def granted() -> bool:
+        assert resource is not None
         conversation_id = resource.id if isinstance(resource, Conversation) else resource.conversation_id
-        shared = await uow.shares.get(conversation_id, principal.user_id) is not None
-    check_access(resource, principal, kind, need=need, shared=shared)
+        return await uow.shares.get(conversation_id, principal.user_id) is not None
+
+    await check_shared_access(resource, principal, kind, need=need, granted=granted)
 
 
 async def conversation_for(
