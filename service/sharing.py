@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from service.auth.api_keys import check_user_id
+from service.auth.principals import check_user_id
 from service.domain import (
     Conversation,
     InvalidArgument,

@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from chat.v1 import admin_pb2 as apb
 from chat.v1 import admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
-from service.auth.api_keys import USER_ID_MAX
+from service.auth.principals import USER_ID_MAX
 from service.llm.fake import FakeProvider
 from service.storage.tables import metadata
 from tests.integration.coach_stream import CoachCall, start
@@ -179,7 +179,10 @@ NOT_FROM_CALLERS = {
     ("api_keys", "id"): "made by the service",
     ("api_keys", "secret_hash"): "a SHA-256 hex digest",
     ("conversations", "id"): "made by the service",
-    ("conversations", "owner"): "the caller's user id: at most USER_ID_MAX (auth.check_user_id, for keys and JWTs)",
+    (
+        "conversations",
+        "owner",
+    ): "the caller's user id: at most USER_ID_MAX (principals.check_user_id, keys and JWTs)",
     ("messages", "id"): "made by the service",
     ("messages", "conversation_id"): "a conversation's id",
     ("messages", "owner"): "the caller's user id",
