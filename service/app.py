@@ -21,8 +21,9 @@ from service.domain import Principal
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, Synthesizer, Transcriber
-from service.ratelimit.limits import RateLimiter, ReplicaLimits, UserLimits
+from service.ratelimit.limits import UserLimits
 from service.ratelimit.redis import RedisLimits
+from service.ratelimit.replica import RateLimiter, ReplicaLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import Guards, ServiceInterceptor
