@@ -34,7 +34,6 @@ import platform
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ import psutil
 import sqlalchemy as sa
 
 from chat.v1 import chat_pb2 as pb
-from tests.bench.__main__ import RESULTS, postgres_database
+from tests.bench.__main__ import RESULTS, ServerProcess, postgres_database
 from tests.bench.clock_provider import MODEL
 from tests.bench.scenarios import Target
 from tests.bench.servers import RequestPaced
@@ -153,7 +152,7 @@ async def serve(database_url: str) -> None:
     handler = grpc.method_handlers_generic_handler("bench.v1.Stats", {"Get": grpc.unary_unary_rpc_method_handler(get)})
     app.server.add_generic_rpc_handlers((handler,))
     port = await app.start()
-    _, key = await app.deps.api_keys.create("bench")
+    _, key = await app.deps.use_cases.api_keys.create("bench")
     print(f"READY {port} {key}", flush=True)
     await stop.wait()
     await app.stop(grace=1.0)
@@ -298,33 +297,10 @@ async def wal_of_database(dsn: str, start: str, end: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ per reply
 
 
-class ServedProcess:
-    def __init__(self, database_url: str, log: Path) -> None:
-        self._log = log.open("w")
-        command = [sys.executable, "-m", "tests.bench.scale", "serve", "--database", database_url]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
-
-    def ready(self, timeout: float = 60) -> tuple[int, str]:
-        deadline = time.monotonic() + timeout
-        assert self.process.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if line.startswith("READY"):
-                _, port, key = line.split()
-                return int(port), key
-            if not line and self.process.poll() is not None:
-                break
-        raise RuntimeError(f"the scale server did not start (see {self._log.name})")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+def served_process(database_url: str, log: Path) -> ServerProcess:
+    """chat-service on `database_url`, served by this module's `serve` command in a process of its own."""
+    command = [sys.executable, "-m", "tests.bench.scale", "serve", "--database", database_url]
+    return ServerProcess("scale", database_url, 0, log, command=command)
 
 
 async def reply(target: Target, index: int, conversation_id: str, content: str, wire: Counter[str]) -> bool:
@@ -358,7 +334,7 @@ async def per_reply(streams: int, tokens: int, rate: float, workdir: Path) -> di
     url = await postgres_database(name)
     dsn = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
     admin_dsn = sa.make_url(url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
-    server = ServedProcess(url, workdir / "scale-server.log")
+    server = served_process(url, workdir / "scale-server.log")
     admin = await asyncpg.connect(admin_dsn)
     listener = NotifyCounter()
     proxy: CountingProxy | None = None
