@@ -8,7 +8,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,35 +16,25 @@ from grpc_reflection.v1alpha import reflection
 
 from chat.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc
 from service import audio, llm, telemetry
-from service.attachments import Attachments
-from service.attachments.prompts import FileReadingProvider
-from service.auth import REVOKED_CHANNEL, ApiKeys
-from service.branches import Branches
-from service.chat import Conversations, ModelCatalog
-from service.coaching.classifier import FinishClassifier
-from service.coaching.sessions import Coaching
-from service.coaching.state import Limits
-from service.coaching.store import SessionStore
-from service.coaching.voice import Voice
+from service.auth.jwts import JwtVerifier, authenticator
 from service.domain import Principal
-from service.jwt_auth import JwtVerifier, authenticator
-from service.limits import RateLimiter, ReplicaLimits, UserLimits
 from service.pagination import PageTokens
 from service.personas import PersonaCatalog
 from service.ports import Notifications, Provider, Synthesizer, Transcriber
-from service.redis_limits import RedisLimits
-from service.replies import Replies, ReplyLimits
+from service.ratelimit.limits import UserLimits
+from service.ratelimit.redis import RedisLimits
+from service.ratelimit.replica import RateLimiter, ReplicaLimits
 from service.rpc.admin_servicer import AdminServicer
 from service.rpc.chat_servicer import ChatServicer
 from service.rpc.interceptors import Guards, ServiceInterceptor
 from service.settings import Settings
-from service.sharing import Sharing
 from service.startup import CannotStart
 from service.storage import migrate
 from service.storage.attachments import DatabaseAttachmentStore
 from service.storage.database import Database
 from service.storage.notifications import notifications_for
 from service.storage.shared_secrets import shared_secret
+from service.wiring import Options, UseCases, use_cases
 
 logger = logging.getLogger(__name__)
 
@@ -64,15 +54,9 @@ class Dependencies:
     notifications: Notifications
     provider: Provider
     personas: PersonaCatalog
-    api_keys: ApiKeys
-    replies: Replies
-    conversations: Conversations
-    coaching: Coaching
+    use_cases: UseCases
     transcriber: Transcriber
     synthesizer: Synthesizer
-    attachments: Attachments
-    sharing: Sharing
-    branches: Branches
     # --- security and observability
     authenticate: Callable[[str], Awaitable[Principal]] | None = None
     rate_limiter: UserLimits = field(default_factory=lambda: ReplicaLimits(RateLimiter(per_minute=0, max_streams=0)))
@@ -117,45 +101,21 @@ def build(
     model_calls = telemetry.ModelCalls(metrics)
     personas = PersonaCatalog.load(settings.personas_file)
     tokens = PageTokens()  # keyed in App.start, once the database can be read
-    limits = ReplyLimits(
-        max_message_bytes=settings.max_message_bytes,
-        max_reply_tokens=settings.max_reply_tokens,
-        history_token_budget=settings.history_token_budget,
-        history_max_messages=settings.history_max_messages,
-        flush_interval=settings.flush_interval_ms / 1000,
-        lease_seconds=settings.lease_seconds,
-        provider_attempts=settings.llm_retry_attempts,
-        max_reply_chars=settings.max_reply_chars,
-        max_model_streams=settings.llm_max_streams,
-        max_continuations=settings.max_continuations,
-    )
-    uow = database.unit_of_work
-    # The database holds attachments' bytes; an object store would be another `ports.AttachmentStore` here.
-    attachment_store = DatabaseAttachmentStore(database)
-    replies = Replies(
-        uow,
-        FileReadingProvider(provider, attachment_store),
-        personas,
-        replica_id=settings.resolved_replica_id,
+    transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
+    built = use_cases(
+        database.unit_of_work,
+        provider,
         clock=clock,
+        personas=personas,
+        page_tokens=tokens,
         notifications=notifications,
-        limits=limits,
+        # The database holds attachments' bytes; an object store would be another `ports.AttachmentStore` here.
+        attachment_store=DatabaseAttachmentStore(database),
+        transcriber=transcriber,
+        synthesizer=synthesizer,
+        options=Options.from_settings(settings),
         model_calls=model_calls,
     )
-    models = ModelCatalog(provider, default_model=settings.resolved_model)
-    conversations = Conversations(
-        uow, replies, models, personas, tokens, clock=clock, max_prompt_bytes=settings.max_message_bytes
-    )
-    # A revocation is announced to every replica (this one included), which forgets the key at once. Without a
-    # live link to other replicas (Postgres notifications down) the key cache is not trusted.
-    api_keys = ApiKeys(
-        uow,
-        tokens,
-        clock=clock,
-        announce=lambda key_id: notifications.publish(REVOKED_CHANNEL, key_id),
-        cache_trusted=(lambda: notifications.connected) if not settings.is_sqlite else (lambda: True),
-    )
-    notifications.subscribe(REVOKED_CHANNEL, api_keys.forget)
     jwts = JwtVerifier.from_files(
         secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
         public_key_file=settings.jwt_public_key_file,
@@ -164,39 +124,18 @@ def build(
         audience=settings.jwt_audience,
         leeway=settings.jwt_leeway_seconds,
     )
-    metrics.observe_flushes(lambda: replies.generations.commits)
-    metrics.observe_model_streams(replies.generations.model_streams)
-    transcriber, synthesizer = audio.build_transcriber(settings), audio.build_synthesizer(settings)
-    coaching = Coaching(
-        SessionStore(uow, conversations, personas, clock=clock, default_limits=coaching_limits(settings)),
-        replies,
-        Voice(
-            transcriber,
-            synthesizer,
-            max_audio_bytes=settings.max_audio_bytes,
-            max_message_bytes=settings.max_message_bytes,
-        ),
-        personas,
-        tokens,
-        clock=clock,
-        classifier=FinishClassifier(provider, observer=model_calls) if settings.coach_classify_finish else None,
-    )
+    metrics.observe_flushes(lambda: built.replies.generations.commits)
+    metrics.observe_model_streams(built.replies.generations.model_streams)
     return Dependencies(
         settings,
         database,
         notifications,
         provider,
         personas,
-        api_keys,
-        replies,
-        conversations,
-        coaching,
+        built,
         transcriber,
         synthesizer,
-        Attachments(uow, attachment_store, clock=clock, max_bytes=settings.max_attachment_bytes),
-        Sharing(uow, tokens, clock=clock),
-        Branches(uow, replies, tokens, clock=clock),
-        authenticate=authenticator(api_keys.authenticate, jwts),
+        authenticate=authenticator(built.api_keys.authenticate, jwts),
         rate_limiter=user_limits(settings),
         metrics=metrics,
         metrics_endpoint=metrics_endpoint,
@@ -221,11 +160,6 @@ def user_limits(settings: Settings) -> UserLimits:
     )
 
 
-def coaching_limits(settings: Settings) -> Limits:
-    """The limits of sessions whose `start` sets none."""
-    return Limits(settings.coach_max_turns, timedelta(seconds=settings.coach_max_duration_seconds))
-
-
 class App:
     """A running replica: the gRPC server, health, and the reply manager's lifecycle."""
 
@@ -246,7 +180,7 @@ class App:
         self.deps.page_tokens.key(await page_token_secret(settings, self.deps.database))
         self.port = self._listen(address or settings.listen)
         await self.deps.notifications.start()
-        await self.deps.replies.start()
+        await self.deps.use_cases.replies.start()
         await self.server.start()
         for service_name in ("", CHAT_SERVICE):
             await self.health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -274,8 +208,8 @@ class App:
         await self.health.enter_graceful_shutdown()
         if settings.shutdown_drain_seconds:
             await asyncio.sleep(settings.shutdown_drain_seconds)
-        await asyncio.gather(self.server.stop(grace + 2.0), self.deps.replies.close(grace))
-        await self.deps.coaching.close()
+        await asyncio.gather(self.server.stop(grace + 2.0), self.deps.use_cases.replies.close(grace))
+        await self.deps.use_cases.coaching.close()
         await self.deps.aclose()
 
 
@@ -287,9 +221,9 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
         interceptors=[
             ServiceInterceptor(
                 Guards(
-                    authenticate=deps.authenticate or deps.api_keys.authenticate,
+                    authenticate=deps.authenticate or deps.use_cases.api_keys.authenticate,
                     limiter=deps.rate_limiter,
-                    revocations=lambda: deps.api_keys.revocations,
+                    revocations=lambda: deps.use_cases.api_keys.revocations,
                 ),
                 deps.metrics,
             )
@@ -304,18 +238,18 @@ def create_server(deps: Dependencies, health_servicer: health.aio.HealthServicer
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(
-            deps.conversations,
-            deps.replies,
-            deps.coaching,
-            attachments=deps.attachments,
-            sharing=deps.sharing,
-            branches=deps.branches,
+            deps.use_cases.conversations,
+            deps.use_cases.replies,
+            deps.use_cases.coaching,
+            attachments=deps.use_cases.attachments,
+            sharing=deps.use_cases.sharing,
+            branches=deps.use_cases.branches,
             default_model=settings.resolved_model,
             link_to_generation=deps.model_calls.link_to_generation if deps.model_calls else lambda _: None,
         ),
         server,
     )
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.api_keys), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(deps.use_cases.api_keys), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (CHAT_SERVICE, ADMIN_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -394,7 +328,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[str], None] = pri
         try:
             port = await app.start()
         except BaseException:
-            await app.deps.replies.close(0)
+            await app.deps.use_cases.replies.close(0)
             await app.deps.aclose()
             raise
     except BaseException:
@@ -415,7 +349,7 @@ async def serve(settings: Settings, *, on_listening: Callable[[str], None] = pri
         "shutting down",
         extra={
             "grace_seconds": settings.shutdown_grace_seconds,
-            "replies_in_flight": app.deps.replies.in_flight,
+            "replies_in_flight": app.deps.use_cases.replies.in_flight,
         },
     )
     await app.stop()

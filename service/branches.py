@@ -23,7 +23,7 @@ from service.domain import (
     Principal,
     check_id,
 )
-from service.pagination import PageTokens, page_size
+from service.pagination import PageTokens
 from service.ports import UnitOfWork, UnitOfWorkFactory
 from service.replies import Replies
 from service.sharing import authorize, conversation_for
@@ -55,13 +55,13 @@ class Branches:
     async def siblings(self, principal: Principal, message_id: str, size: int, token: str) -> Page[Message]:
         """`message_id` and the messages sharing its parent, oldest first (a viewer of the conversation may too)."""
         message = await self._message(principal, message_id, Need.READ)
-        limit = page_size(size)
-        scope = f"siblings:{principal.user_id}:{message.conversation_id}:{message.parent_id}"
-        after = self._tokens.decode(scope, token)
+        request = self._tokens.request(
+            f"siblings:{principal.user_id}:{message.conversation_id}:{message.parent_id}", size, token
+        )
         async with self._uow() as uow:
-            rows = await uow.messages.list_siblings(message, limit=limit, after=after)
+            rows = await uow.messages.list_siblings(message, limit=request.limit, after=request.after)
             items = await with_attachment_ids(uow, rows.items)
-        return Page(items, self._tokens.encode(scope, rows.cursor))
+        return request.page(items, rows.cursor)
 
     async def delete(self, principal: Principal, message_id: str) -> tuple[Conversation, int]:
         """Delete `message_id` and every message under it, cancelling a reply generating among them first (as

@@ -159,16 +159,15 @@ class Conversations:
         self, principal: Principal, size: int, token: str, scope: ConversationScope = ConversationScope.OWNED
     ) -> Page[Conversation]:
         """The caller's conversations, those shared with the caller, or both (`scope`), newest activity first."""
-        limit = page_size(size)
         shared = "" if scope is ConversationScope.OWNED else f"\x00{scope.value}"  # OWNED keeps the tokens it had
-        listing = f"conversations:{principal.user_id}{shared}"
-        after = self._tokens.decode(listing, token)
+        request = self._tokens.request(f"conversations:{principal.user_id}{shared}", size, token)
+        limit, after = request.limit, request.after
         async with self._uow() as uow:
             if scope is ConversationScope.OWNED:
                 rows = await uow.conversations.list_by_owner(principal.user_id, limit=limit, after=after)
             else:
                 rows = await uow.shares.conversations(principal.user_id, scope, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(listing, rows.cursor))
+        return request.page(rows.items, rows.cursor)
 
     async def update(
         self, principal: Principal, conversation_id: str, fields: ConversationFields, mask: Collection[str]
@@ -212,11 +211,12 @@ class Conversations:
         """The current branch, or the one through `branch_message_id`, oldest first. A page token holds the leaf of
         the branch it lists: its pages stay on that branch even when the current branch changes meanwhile."""
         conversation_id = check_id("conversation_id", conversation_id)
-        limit = page_size(size)
-        scope = f"messages:{principal.user_id}:{conversation_id}" + (
-            f":{branch_message_id}" if branch_message_id else ""
+        request = self._tokens.request(
+            f"messages:{principal.user_id}:{conversation_id}" + (f":{branch_message_id}" if branch_message_id else ""),
+            size,
+            token,
         )
-        after = self._tokens.decode(scope, token)
+        limit, after = request.limit, request.after
         async with self._uow() as uow:
             conversation = await conversation_for(uow, principal, conversation_id, Need.READ)
             if after is None:
@@ -227,7 +227,7 @@ class Conversations:
             if after is not None and not rows.items and not await _in(uow, conversation_id, leaf):
                 raise FailedPrecondition("the branch this page token lists was deleted; list it from the start")
             items = await with_attachment_ids(uow, rows.items)
-        return Page(items, self._tokens.encode(scope, pinned(leaf, rows.cursor)))
+        return request.page(items, pinned(leaf, rows.cursor))
 
     async def search(
         self,
@@ -240,10 +240,9 @@ class Conversations:
         """Final messages matching every word of `query`, most relevant first, in the caller's conversations, those
         shared with the caller, or both (`scope`)."""
         terms = search_terms(query)
-        limit = page_size(size)
         shared = "" if scope is ConversationScope.OWNED else f"\x00{scope.value}"
-        listing = "search:" + principal.user_id + shared + "\x00" + " ".join(terms)
-        after = self._tokens.decode(listing, token)
+        request = self._tokens.request("search:" + principal.user_id + shared + "\x00" + " ".join(terms), size, token)
+        limit, after = request.limit, request.after
         async with self._uow() as uow:
             messages = uow.messages
             rows = await _bounded(
@@ -251,7 +250,7 @@ class Conversations:
                 limit,
                 size=lambda hit: len(hit.message.content) + len(hit.snippet),
             )
-        return Page(rows.items, self._tokens.encode(listing, rows.cursor))
+        return request.page(rows.items, rows.cursor)
 
     async def export(
         self,
@@ -286,12 +285,9 @@ class Conversations:
         yield writer.end()
 
     async def models(self, size: int, token: str) -> Page[ModelInfo]:
-        limit = page_size(size)
-        start = self._tokens.offset("models", token)
-        models = sorted(await self._models.models(), key=lambda m: m.name)
-        following = start + limit
-        cursor = str(following) if following < len(models) else None
-        return Page(models[start:following], self._tokens.encode("models", cursor))
+        page_size(size)  # checked before the provider is asked
+        self._tokens.offset("models", token)
+        return self._tokens.slice("models", sorted(await self._models.models(), key=lambda m: m.name), size, token)
 
     async def _validated(
         self, fields: ConversationFields, names: Collection[str], *, prefix: str

@@ -207,8 +207,8 @@ def _health(listen: str, *, service: str, timeout: float) -> int:
 
 
 async def _with_keys(settings: Settings) -> Any:
+    from service import wiring
     from service.app import page_token_secret, utc_now
-    from service.auth import ApiKeys
     from service.pagination import PageTokens
     from service.storage import migrate
     from service.storage.database import Database
@@ -219,7 +219,7 @@ async def _with_keys(settings: Settings) -> Any:
         await migrate.check(settings.database_url)
     database = Database(settings.database_url, pool_size=1)
     tokens = PageTokens(await page_token_secret(settings, database))
-    return database, ApiKeys(database.unit_of_work, tokens, clock=utc_now)
+    return database, wiring.api_keys(database.unit_of_work, tokens, clock=utc_now)
 
 
 async def _keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -260,7 +260,7 @@ async def _announce_revocation(database: Any, key_id: str) -> None:
     SQLite a server in another process re-reads the key within its 5 s cache."""
     import sqlalchemy as sa
 
-    from service.auth import REVOKED_CHANNEL
+    from service.auth.api_keys import REVOKED_CHANNEL
 
     if database.engine.dialect.name != "postgresql":
         return

@@ -6,8 +6,13 @@ import base64
 import hashlib
 import hmac
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
 
-from service.domain import InvalidArgument
+from service.domain import InvalidArgument, Page
+
+T = TypeVar("T")
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -63,10 +68,38 @@ class PageTokens:
             raise _not_ours()
         return int(cursor)
 
+    def request(self, scope: str, size: int, token: str) -> PageRequest:
+        """The steps every listing over the storage starts with: the page size checked (before the token), the
+        token read back into the storage's cursor for `scope`."""
+        limit = page_size(size)
+        return PageRequest(self, scope, limit, self.decode(scope, token))
+
+    def slice(self, scope: str, items: Sequence[T], size: int, token: str) -> Page[T]:
+        """A page of an in-memory listing (models, personas): its token carries the position."""
+        limit = page_size(size)
+        start = self.offset(scope, token)
+        following = start + limit
+        cursor = str(following) if following < len(items) else None
+        return Page(items[start:following], self.encode(scope, cursor))
+
     def _tag(self, scope: str, raw: bytes) -> bytes:
         if self._secret is None:
             raise RuntimeError("page tokens are used before their key is set")
         return hmac.new(self._secret, scope.encode() + b"\x00" + raw, hashlib.sha256).digest()[:_TAG_BYTES]
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """One listing's page as asked for: at most `limit` items after the storage cursor `after`."""
+
+    tokens: PageTokens
+    scope: str
+    limit: int
+    after: str | None
+
+    def page(self, items: Sequence[T], cursor: str | None) -> Page[T]:
+        """The page of `items`, its token leading to `cursor` (none after the last page)."""
+        return Page(items, self.tokens.encode(self.scope, cursor))
 
 
 def _not_ours() -> InvalidArgument:

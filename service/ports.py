@@ -8,7 +8,6 @@ from datetime import datetime
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
-from service.coaching.state import CoachingSession
 from service.domain import (
     ApiKey,
     Attachment,
@@ -22,6 +21,7 @@ from service.domain import (
     SearchHit,
     Share,
 )
+from service.domain.coaching import CoachingSession
 
 T = TypeVar("T")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from service.auth import check_user_id
+from service.auth.principals import check_user_id
 from service.domain import (
     Conversation,
     InvalidArgument,
@@ -22,11 +22,11 @@ from service.domain import (
     Principal,
     Share,
     ShareRole,
-    check_access,
     check_id,
+    check_shared_access,
     shown,
 )
-from service.pagination import PageTokens, page_size
+from service.pagination import PageTokens
 from service.ports import UnitOfWork, UnitOfWorkFactory
 
 
@@ -64,25 +64,25 @@ class Sharing:
     async def shares(self, principal: Principal, conversation_id: str, size: int, token: str) -> Page[Share]:
         """ListConversationShares (the owner only): the grants, by user id."""
         conversation_id = check_id("conversation_id", conversation_id)
-        limit = page_size(size)
-        scope = f"shares:{principal.user_id}:{conversation_id}"
-        after = self._tokens.decode(scope, token)
+        request = self._tokens.request(f"shares:{principal.user_id}:{conversation_id}", size, token)
         async with self._uow() as uow:
             await conversation_for(uow, principal, conversation_id, Need.WRITE)
-            rows = await uow.shares.list_by_conversation(conversation_id, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            rows = await uow.shares.list_by_conversation(conversation_id, limit=request.limit, after=request.after)
+        return request.page(rows.items, rows.cursor)
 
 
 async def authorize(
     uow: UnitOfWork, principal: Principal, resource: Conversation | Message | None, kind: str, need: Need
 ) -> None:
-    """`domain.check_access` for a stored conversation or message: the caller's grant on its conversation is looked
-    up only when the caller is not the owner (never on the owner's own path)."""
-    shared = False
-    if resource is not None and resource.owner != principal.user_id:
+    """`domain.check_shared_access` for a stored conversation or message: the grant is the caller's share of its
+    conversation."""
+
+    async def granted() -> bool:
+        assert resource is not None
         conversation_id = resource.id if isinstance(resource, Conversation) else resource.conversation_id
-        shared = await uow.shares.get(conversation_id, principal.user_id) is not None
-    check_access(resource, principal, kind, need=need, shared=shared)
+        return await uow.shares.get(conversation_id, principal.user_id) is not None
+
+    await check_shared_access(resource, principal, kind, need=need, granted=granted)
 
 
 async def conversation_for(

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self, TypeVar
 
-from service.coaching.state import CoachingSession
 from service.domain import (
     ApiKey,
     Attachment,
@@ -39,6 +38,7 @@ from service.domain import (
     Unavailable,
     Usage,
 )
+from service.domain.coaching import CoachingSession
 from service.ports import AttachmentStore, Clock, Flush, Held, Provider, RowsPage, UnitOfWorkFactory
 from service.storage import cursors
 

@@ -31,6 +31,7 @@ from service.domain import (
     attachment_tokens,
     check_access,
     check_id,
+    check_shared_access,
     estimate_tokens,
     is_text_type,
     new_id,
@@ -152,12 +153,13 @@ class Attachments:
 
 async def _readable(uow: UnitOfWork, principal: Principal, attachment_id: str) -> Attachment:
     attachment = await uow.attachments.get(attachment_id)
-    shared = (
-        attachment is not None
-        and attachment.owner != principal.user_id
-        and await uow.attachments.shared_with(attachment_id, principal.user_id)
+    await check_shared_access(
+        attachment,
+        principal,
+        "attachment",
+        need=Need.READ,
+        granted=lambda: uow.attachments.shared_with(attachment_id, principal.user_id),
     )
-    check_access(attachment, principal, "attachment", need=Need.READ, shared=shared)
     assert attachment is not None
     return attachment
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from service.coaching.intent import is_yes
 from service.domain import ChatTurn, Completion, DomainError, Prompt, Role
+from service.domain.intent import is_yes
 from service.ports import ModelCallObserver, Provider, QuietModelCalls
 
 logger = logging.getLogger(__name__)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
-from service.coaching.state import CoachingSession
-from service.coaching.wrapup import EndReason
 from service.domain import Message
+from service.domain.coaching import CoachingSession
+from service.domain.wrapup import EndReason
 from service.ports import Audio
 from service.replies import Delta
 

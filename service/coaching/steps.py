@@ -2,7 +2,7 @@
 
 Several streams may use one session (a rejoin while the old stream lingers, two devices, two replicas).
 A step is decided by the pure state machine on the session as stored, and stored by compare-and-set
-(`SessionStore.claim`): a decision made on a session another stream moved since is made again on what
+(`SessionRecords.claim`): a decision made on a session another stream moved since is made again on what
 that stream left. So the stored stages only ever follow the state machine, whatever the interleaving:
 never backwards, ENDED final, never two questions in a row.
 
@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
+from tenacity import RetryCallState
+
 from service.coaching.classifier import FinishClassifier
-from service.coaching.intent import might_ask_to_finish
-from service.coaching.state import CoachingSession
-from service.coaching.store import SessionStore
-from service.coaching.wrapup import (
+from service.coaching.session_records import SessionRecords
+from service.domain import FailedPrecondition, Message, Principal
+from service.domain.coaching import CoachingSession
+from service.domain.intent import might_ask_to_finish
+from service.domain.wrapup import (
     Action,
     ClientEnded,
     EndReason,
@@ -37,8 +40,8 @@ from service.coaching.wrapup import (
     WrappedUp,
     advance,
 )
-from service.domain import FailedPrecondition, Message, Principal
 from service.replies import Replies, ReplyEvent, Started
+from service.retrying import retrying
 
 T = TypeVar("T")
 
@@ -86,7 +89,7 @@ class Begun:
 class Steps:
     def __init__(
         self,
-        store: SessionStore,
+        store: SessionRecords,
         replies: Replies,
         *,
         clock: Callable[[], datetime],
@@ -189,14 +192,14 @@ class Steps:
     async def _when_idle(self, principal: Principal, session: CoachingSession, begin: Callable[[], Awaitable[T]]) -> T:
         """`begin()`; when it is refused (a reply started in the conversation meanwhile, on another replica or
         not from a coaching stream: that reply may already be over), again once the conversation is idle."""
-        for attempt in range(1, START_ATTEMPTS + 1):
-            try:
+
+        async def idle(_: RetryCallState) -> None:
+            await self._await_idle(principal, session)
+
+        async for attempt in retrying(FailedPrecondition, attempts=START_ATTEMPTS, before_sleep=idle):
+            with attempt:
                 return await begin()
-            except FailedPrecondition:
-                if attempt == START_ATTEMPTS:
-                    raise
-                await self._await_idle(principal, session)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        raise AssertionError("unreachable: tenacity re-raises the last error")
 
     def _replying(
         self, principal: Principal, session: CoachingSession, event: Event | None

@@ -126,10 +126,7 @@ async def read(buffer: ReplyBuffer, offset: int, generation: int = 0) -> AsyncIt
             return
         elif buffer.outcome is not None:
             if cursor > length:
-                raise OutOfRange(
-                    f"offset {offset} is past the end of the reply ({length} characters)",
-                    metadata={"offset": str(offset), "length": str(length)},
-                )
+                raise OutOfRange.past_the_end(offset, length)
             if buffer.outcome.error is not None:
                 raise buffer.outcome.error
             yield Ended(buffer.outcome.message)

@@ -10,8 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
-
 from service.domain import (
     Completion,
     DomainError,
@@ -27,6 +25,7 @@ from service.domain import (
 from service.ports import ModelCall, ModelCallObserver, Provider, QuietModelCalls
 from service.replies.buffer import Outcome, ReplyBuffer
 from service.replies.text import TextCleaner
+from service.retrying import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -143,14 +142,8 @@ class Producer:
         return self._provider.continues
 
     async def run(self, generation: Generation) -> Completion:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(ModelUnavailable),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.1),
-            reraise=True,
-        )
         async with self.gate.slot():
-            async for attempt in retrying:
+            async for attempt in retrying(ModelUnavailable, attempts=self._attempts, initial=0.2, ceiling=2.0):
                 with attempt:
                     return await self._consume(generation)
         raise AssertionError("unreachable: tenacity re-raises the last error")

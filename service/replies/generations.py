@@ -18,7 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState
 
 from service.domain import (
     Completion,
@@ -34,6 +34,7 @@ from service.domain import (
 from service.ports import Flush, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Outcome, ReplyBuffer
 from service.replies.generation import Generation, Producer, StreamGate, final_message
+from service.retrying import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -328,12 +329,7 @@ def _persistently(what: str, *, initial: float = 0.1, any_error: bool = False) -
             exc_info=level > logging.WARNING,
         )
 
-    return AsyncRetrying(
-        retry=retry_if_exception_type(errors),
-        wait=wait_exponential_jitter(multiplier=initial, max=_MAX_BACKOFF, jitter=initial / 2),
-        before_sleep=log,
-        reraise=True,
-    )
+    return retrying(errors, initial=initial, ceiling=_MAX_BACKOFF, before_sleep=log)
 
 
 def _outcome(stored: Message) -> Outcome:

@@ -80,10 +80,7 @@ class RemoteFollower:
                     cursor = length
                 if state.status.is_final:
                     if cursor > length:
-                        raise OutOfRange(
-                            f"offset {offset} is past the end of the reply ({length} characters)",
-                            metadata={"offset": str(offset), "length": str(length)},
-                        )
+                        raise OutOfRange.past_the_end(offset, length)
                     if state.status is MessageStatus.FAILED:
                         raise reply_error(state)  # the status its live readers got
                     yield Ended(state)

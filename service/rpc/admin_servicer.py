@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from chat.v1 import admin_pb2 as pb
 from chat.v1 import admin_pb2_grpc
-from service.auth import ApiKeys, require_admin
+from service.auth.api_keys import ApiKeys
+from service.auth.principals import require_admin
 from service.rpc import convert
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context

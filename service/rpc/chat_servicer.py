@@ -9,13 +9,13 @@ from chat.v1 import chat_pb2_grpc
 from service.attachments import Attachments
 from service.branches import Branches
 from service.chat import Conversations
-from service.coaching.sessions import Coaching
+from service.coaching.coach import Coaching
 from service.replies import Replies, Started
 from service.rpc import convert, sharing_convert
-from service.rpc.coach_servicer import CoachingMethods
+from service.rpc.coaching_methods import CoachingMethods
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context
-from service.rpc.sharing_servicer import AttachmentMethods, SharingMethods
+from service.rpc.sharing_methods import AttachmentMethods, SharingMethods
 from service.sharing import Sharing
 
 EXPORT_CHUNK_BYTES = 256 * 1024

@@ -17,9 +17,9 @@ from service.coaching.events import (
     TurnCompleted,
     UserTurn,
 )
-from service.coaching.state import CoachingSession
-from service.coaching.wrapup import EndReason, Stage
 from service.domain import InvalidArgument, duration_of
+from service.domain.coaching import CoachingSession
+from service.domain.wrapup import EndReason, Stage
 from service.personas import Persona
 from service.ports import Audio
 from service.replies import Delta

@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from chat.v1 import admin_pb2
 from chat.v1 import chat_pb2 as pb
-from service.auth import KEY_PREFIX
+from service.auth.api_keys import KEY_PREFIX
 from service.chat import ConversationFields
 from service.domain import (
     ApiKey,

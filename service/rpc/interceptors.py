@@ -25,7 +25,7 @@ import grpc
 from opentelemetry import trace
 
 from service.domain import InvalidArgument, Principal, ResourceExhausted, Unauthenticated
-from service.limits import StreamSlot, UserLimits
+from service.ratelimit.limits import StreamSlot, UserLimits
 from service.rpc import errors, tracing
 from service.rpc.context import principal_var
 from service.rpc.handlers import Context, Handler, StreamBehavior, UnaryBehavior, Undecodable, tolerant, wrap

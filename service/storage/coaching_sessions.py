@@ -7,8 +7,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.coaching.state import CoachingSession, Limits
-from service.coaching.wrapup import EndReason, Stage
+from service.domain.coaching import CoachingSession, SessionLimits
+from service.domain.wrapup import EndReason, Stage
 from service.storage.tables import coaching_sessions
 
 
@@ -56,7 +56,7 @@ def _session(row: Any) -> CoachingSession:
         owner=row.owner,
         conversation_id=row.conversation_id,
         persona=row.persona,
-        limits=Limits(row.max_turns, timedelta(seconds=row.max_duration_seconds)),
+        limits=SessionLimits(row.max_turns, timedelta(seconds=row.max_duration_seconds)),
         stage=Stage(row.stage),
         end_reason=EndReason(row.end_reason),
         turns_used=row.turns_used,

@@ -11,7 +11,9 @@ from typing import Any
 
 import asyncpg
 import sqlalchemy as sa
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import RetryCallState
+
+from service.retrying import retrying
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +98,10 @@ class PostgresNotifications(_Subscribers):
 
     async def _connect(self) -> Any:
         """A listening connection, retried with exponential backoff (and jitter) until Postgres answers."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((OSError, asyncpg.PostgresError, TimeoutError)),
-            wait=wait_exponential_jitter(multiplier=0.1, max=self._max_backoff, jitter=0.05),
-            before_sleep=_log_connect_failure,
-        )
-        async for attempt in retrying:
+        errors = (OSError, asyncpg.PostgresError, TimeoutError)
+        async for attempt in retrying(
+            errors, initial=0.1, ceiling=self._max_backoff, before_sleep=_log_connect_failure
+        ):
             with attempt:
                 return await asyncpg.connect(self._dsn, timeout=5)
         raise AssertionError("unreachable: tenacity retries until it connects")

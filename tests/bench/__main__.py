@@ -56,8 +56,13 @@ async def postgres_database(name: str, *, drop: bool = False) -> str:
 
 
 class ServerProcess:
-    def __init__(self, kind: str, database_url: str, every: int, log: Path) -> None:
-        command = [sys.executable, "-m", "tests.bench.servers", kind, "--database", database_url, "--every", str(every)]
+    """A bench server in a process of its own, which prints `READY <port> <key>` once it serves."""
+
+    def __init__(self, kind: str, database_url: str, every: int, log: Path, command: list[str] | None = None) -> None:
+        command = command or [
+            *(sys.executable, "-m", "tests.bench.servers", kind),
+            *("--database", database_url, "--every", str(every)),
+        ]
         self._log = log.open("w")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
 
@@ -74,12 +79,15 @@ class ServerProcess:
         raise RuntimeError(f"bench server did not start (see {self._log.name})")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
         self._log.close()
 
 

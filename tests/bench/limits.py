@@ -28,8 +28,9 @@ import redis
 
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
-from service.limits import RateLimiter, ReplicaLimits, UserLimits
-from service.redis_limits import RedisLimits
+from service.ratelimit.limits import UserLimits
+from service.ratelimit.redis import RedisLimits
+from service.ratelimit.replica import RateLimiter, ReplicaLimits
 from tests.e2e.process import Server, command
 from tests.net import free_port
 

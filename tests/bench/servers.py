@@ -248,7 +248,7 @@ async def run(kind: str, database_url: str, every: int) -> None:
         counter = WriteCounter(app.deps.database.engine)
         app.server.add_generic_rpc_handlers((stats_handler(counter),))
         port = await app.start()
-        _, key = await app.deps.api_keys.create("bench")
+        _, key = await app.deps.use_cases.api_keys.create("bench")
         print(f"READY {port} {key}", flush=True)
         await stop.wait()
         await app.stop(grace=1.0)

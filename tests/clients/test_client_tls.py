@@ -46,7 +46,7 @@ async def tls_server(sqlite_url: str, tmp_path: Path) -> AsyncIterator[TlsServer
     port = server.add_secure_port("127.0.0.1:0", credentials)
     await server.start()
     try:
-        _, secret = await deps.api_keys.create("alice")
+        _, secret = await deps.use_cases.api_keys.create("alice")
         yield TlsServer(f"127.0.0.1:{port}", ca, secret)
     finally:
         await server.stop(0)

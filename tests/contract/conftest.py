@@ -13,9 +13,9 @@ from typing import TypeVar
 
 import pytest
 
-from service.coaching.state import CoachingSession, Limits
-from service.coaching.wrapup import EndReason, Stage
 from service.domain import Conversation, Lease, Message, MessageStatus, Role, new_id
+from service.domain.coaching import CoachingSession, SessionLimits
+from service.domain.wrapup import EndReason, Stage
 from service.ports import RowsPage, UnitOfWork, UnitOfWorkFactory
 from service.storage.database import Database
 from tests.conftest import empty_database
@@ -95,7 +95,7 @@ def coaching_session(conv: Conversation, *, max_duration: timedelta = timedelta(
         owner=conv.owner,
         conversation_id=conv.id,
         persona="interviewer",
-        limits=Limits(max_turns=6, max_duration=max_duration),
+        limits=SessionLimits(max_turns=6, max_duration=max_duration),
         stage=Stage.ACTIVE,
         end_reason=EndReason.NONE,
         turns_used=0,

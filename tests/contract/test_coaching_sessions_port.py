@@ -7,8 +7,8 @@ from datetime import timedelta
 
 import pytest
 
-from service.coaching.state import CoachingSession
-from service.coaching.wrapup import EndReason, Stage
+from service.domain.coaching import CoachingSession
+from service.domain.wrapup import EndReason, Stage
 from service.ports import UnitOfWork, UnitOfWorkFactory
 from tests.contract.conftest import at, coaching_session, conversation, locked_twice, stored
 

@@ -12,7 +12,7 @@ import grpc
 from chat.v1 import chat_pb2 as pb
 from chat.v1 import chat_pb2_grpc
 from service.app import App, build
-from service.auth import parse_key
+from service.auth.api_keys import parse_key
 from service.ports import Provider
 from service.settings import Settings
 
@@ -27,7 +27,7 @@ class Replica:
 
     async def key(self, user: str, *, admin: bool = False) -> str:
         if user not in self._keys:
-            _, self._keys[user] = await self.app.deps.api_keys.create(user, scopes={"admin"} if admin else ())
+            _, self._keys[user] = await self.app.deps.use_cases.api_keys.create(user, scopes={"admin"} if admin else ())
         return self._keys[user]
 
     async def auth(self, user: str) -> tuple[tuple[str, str], ...]:

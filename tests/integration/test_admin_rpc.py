@@ -13,7 +13,7 @@ from grpc_status import rpc_status
 from chat.v1 import admin_pb2 as apb
 from chat.v1 import admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
-from service.auth import REVOKED_CHANNEL
+from service.auth.api_keys import REVOKED_CHANNEL
 from tests.conftest import _truncate
 from tests.integration.harness import Replica, running_replica, secret_of, settings_for
 

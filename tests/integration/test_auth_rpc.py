@@ -12,7 +12,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from chat.v1 import admin_pb2, admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
-from service.auth import REVOKED_CHANNEL
+from service.auth.api_keys import REVOKED_CHANNEL
 from tests.conftest import _truncate
 from tests.integration.coach_stream import CoachCall, turn
 from tests.integration.harness import Replica, running_replica, settings_for
@@ -51,7 +51,7 @@ async def test_revoked_key_is_refused_at_once(replica: Replica) -> None:
     key = await replica.key("alice")
     auth = (("authorization", f"Bearer {key}"),)
     await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
-    await replica.app.deps.api_keys.revoke(key.split("_")[1])
+    await replica.app.deps.use_cases.api_keys.revoke(key.split("_")[1])
     with pytest.raises(grpc.aio.AioRpcError) as error:
         await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
     assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -16,7 +16,7 @@ from google.protobuf import duration_pb2, field_mask_pb2
 from chat.v1 import admin_pb2 as apb
 from chat.v1 import admin_pb2_grpc
 from chat.v1 import chat_pb2 as pb
-from service.auth import USER_ID_MAX
+from service.auth.principals import USER_ID_MAX
 from service.llm.fake import FakeProvider
 from service.storage.tables import metadata
 from tests.integration.coach_stream import CoachCall, start
@@ -164,7 +164,7 @@ CALLER_GIVEN: dict[tuple[str, str], list[Probe]] = {
     ("coaching_sessions", "persona"): [Probe(_coach, "start.persona", fits=False)],
     ("messages", "request_id"): [Probe(_send, "request_id")],
     ("api_keys", "user_id"): [Probe(lambda r, v: _key(r, user_id=v), "user_id")],
-    # AdminService names the field `name` for the request's `display_name` (service/auth.py).
+    # AdminService names the field `name` for the request's `display_name` (service/auth/api_keys.py).
     ("api_keys", "name"): [Probe(lambda r, v: _key(r, display_name=v), None)],
     ("api_keys", "scopes"): [Probe(lambda r, v: _key(r, scopes=[v]), "scopes", fits=False)],
     ("attachments", "filename"): [Probe(lambda r, v: _upload(r, filename=v), "metadata.filename")],
@@ -179,7 +179,10 @@ NOT_FROM_CALLERS = {
     ("api_keys", "id"): "made by the service",
     ("api_keys", "secret_hash"): "a SHA-256 hex digest",
     ("conversations", "id"): "made by the service",
-    ("conversations", "owner"): "the caller's user id: at most USER_ID_MAX (auth.check_user_id, for keys and JWTs)",
+    (
+        "conversations",
+        "owner",
+    ): "the caller's user id: at most USER_ID_MAX (principals.check_user_id, keys and JWTs)",
     ("messages", "id"): "made by the service",
     ("messages", "conversation_id"): "a conversation's id",
     ("messages", "owner"): "the caller's user id",
@@ -188,7 +191,7 @@ NOT_FROM_CALLERS = {
     ("messages", "model"): "the conversation's model (conversations.model)",
     ("messages", "finish_reason"): "an enum",
     ("messages", "error_message"): "a domain error's message, bounded (test_a_failed_reply_keeps_its_error_bounded)",
-    ("messages", "error_reason"): "a domain error's reason: one of the short constants in service/domain.py",
+    ("messages", "error_reason"): "a domain error's reason: one of the short constants in service/domain/__init__.py",
     ("messages", "continued_at"): "made by the service: at most CHAT_MAX_CONTINUATIONS (5) 'generation:offset' pairs",
     ("messages", "lease_owner"): "the replica id, from configuration (at most 200 characters: Settings)",
     ("messages", "parent_id"): "a stored message's id (caller-given ids are checked UUIDs of stored messages)",
@@ -287,7 +290,7 @@ async def test_errors_repeat_only_the_start_of_a_huge_value(listed: Replica) -> 
             ),
         ):
             assert_bounded(await refused(call(value)), grpc.StatusCode.INVALID_ARGUMENT, value)
-        # service/auth.py repeats unknown scopes whole; the error map still cuts the description to 200 bytes.
+        # service/auth/api_keys.py repeats unknown scopes whole; the error map still cuts the description to 200 bytes.
         scopes = await refused(_key(listed, scopes=[value, value[:3000], value[:2000]]))
         assert_bounded(scopes, grpc.StatusCode.INVALID_ARGUMENT, value, echo=200)
         assert_bounded(await coach_refused(listed, persona=value), grpc.StatusCode.INVALID_ARGUMENT, value)

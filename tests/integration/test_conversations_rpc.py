@@ -195,7 +195,7 @@ async def test_delete_stops_a_reply_in_flight(slow_replica: Replica) -> None:
     while (response := await call.read()) is not grpc.aio.EOF:
         events.append(response.event)
     assert events[-1].completed.message.status == pb.MESSAGE_STATUS_CANCELLED
-    assert replica.app.deps.replies.in_flight == 0
+    assert replica.app.deps.use_cases.replies.in_flight == 0
 
 
 async def test_list_models(replica: Replica) -> None:

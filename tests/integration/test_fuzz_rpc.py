@@ -86,7 +86,7 @@ def _named(ids: list[str]) -> dict[str, st.SearchStrategy[str]]:
     """Values worth aiming at: real ids, personas, models and update-mask paths, and page tokens whose MAC
     checks but whose cursor is anything at all (the fuzzer knows the key)."""
     minted = PageTokens(SECRET.encode())
-    # Not "personas": ListPersonas parses its cursor in service/coaching/sessions.py, outside this branch (see
+    # Not "personas": ListPersonas parses its cursor in service/coaching/coach.py, outside this branch (see
     # test_page_tokens_rpc.py::test_a_malformed_personas_cursor_is_invalid_page_token).
     scopes = ["conversations:alice", "api_keys:*", "models", "search:alice\x00hello"]
     scopes += [f"messages:alice:{cid}" for cid in ids]

@@ -158,7 +158,7 @@ async def test_a_huge_reply_does_not_stop_the_replica_from_starting_again(databa
             assert outcome.completed is not None
             assert len(outcome.completed.content) == MAX_REPLY_CHARS
             assert outcome.completed.finish_reason == pb.FINISH_REASON_LENGTH
-            await replica.app.deps.replies.generations.tick(sweep=True)
+            await replica.app.deps.use_cases.replies.generations.tick(sweep=True)
             hits = await replica.stub.SearchMessages(
                 pb.SearchMessagesRequest(query="word"), metadata=await replica.auth("alice")
             )

@@ -10,8 +10,8 @@ import pytest
 import redis.asyncio
 
 from service.domain import ResourceExhausted
-from service.limits import RateLimiter
-from service.redis_limits import RedisLimits
+from service.ratelimit.redis import RedisLimits
+from service.ratelimit.replica import RateLimiter
 from tests.e2e.process import poll_until
 
 

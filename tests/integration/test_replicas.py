@@ -77,7 +77,7 @@ async def test_cancel_on_b_stops_the_generation_on_a_within_a_second(replicas: t
     events = await read_all(call)  # the stream on A ends with the cancelled reply
     assert events[-1].completed.message.status == pb.MESSAGE_STATUS_CANCELLED
     assert events[-1].completed.message.content == cancelled.message.content
-    assert a.app.deps.replies.in_flight == 0
+    assert a.app.deps.use_cases.replies.in_flight == 0
 
 
 @pytest.mark.parametrize("continuations", [0, 2], ids=["continuing-off", "continuing-on"])
@@ -102,7 +102,7 @@ async def test_a_reply_whose_owner_died_is_continued_or_ended_exactly_once(
         call, started = await start_on(a, "owner dies")
         message_id = started.assistant_message.message_id
         await call.read()
-        replies = a.app.deps.replies
+        replies = a.app.deps.use_cases.replies
         await replies.generations.tick()  # some text flushed
         # Simulate the owner dying: its generation and flusher stop without a word to the database.
         replies._flusher_task.cancel()  # type: ignore[union-attr]

@@ -23,7 +23,7 @@ from tests.integration.test_limits_rpc import retry_info
 from tests.private_redis import PrivateRedis
 
 Pair = tuple[Replica, Replica]
-LIMITS_LOGGER = "service.redis_limits"
+LIMITS_LOGGER = "service.ratelimit.redis"
 
 
 @contextlib.asynccontextmanager

@@ -141,7 +141,8 @@ async def test_errors_set_span_status(database_url: str, spans: InMemorySpanExpo
         auth = await replica.auth("alice")
         with pytest.raises(grpc.aio.AioRpcError):
             await replica.stub.GetConversation(pb.GetConversationRequest(conversation_id="nope"), metadata=auth)
-        server = rpc_span(spans.get_finished_spans(), "GetConversation")
+        # The server ends its span just after it sent the status the client got: waited for, with a bound.
+        server = await wait_for_span(spans, "/chat.v1.ChatService/GetConversation")
         # The caller's mistake: status code recorded, span status left UNSET (gRPC semantic conventions).
         assert server.attributes is not None and server.attributes["rpc.grpc.status_code"] == 3
         assert server.status.status_code is StatusCode.UNSET
@@ -152,7 +153,7 @@ async def test_errors_set_span_status(database_url: str, spans: InMemorySpanExpo
                 pb.SendMessageRequest(conversation_id=conversation.conversation_id, content="x"), metadata=auth
             )
         assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
-        send = rpc_span(spans.get_finished_spans(), "SendMessage")
+        send = await wait_for_span(spans, "/chat.v1.ChatService/SendMessage")
         assert send.status.status_code is StatusCode.ERROR  # a server-side failure
         generation = await wait_for_span(spans, "chat llama3.2")
         assert generation.kind is SpanKind.CLIENT
@@ -180,7 +181,7 @@ async def test_metrics_endpoint_is_scraped(database_url: str) -> None:
             await replica.stub.ListConversations(pb.ListConversationsRequest(), metadata=auth)
         # The instant fake model can finish both replies before the flusher's first tick: run one (the event the
         # counter reports) instead of hoping one fits in the test's run time.
-        await replica.app.deps.replies.generations.tick()
+        await replica.app.deps.use_cases.replies.generations.tick()
         async with httpx.AsyncClient() as client:
             response = await client.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
     assert response.status_code == 200

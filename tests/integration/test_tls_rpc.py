@@ -79,7 +79,7 @@ async def list_over(address: str, credentials: grpc.ChannelCredentials | None, t
 async def test_tls(database_url: str, pki: Pki) -> None:
     settings = settings_for(database_url, tls_cert_file=pki.files["server.pem"], tls_key_file=pki.files["server.key"])
     async with serving(settings) as (app, address):
-        _, token = await app.deps.api_keys.create("alice")
+        _, token = await app.deps.use_cases.api_keys.create("alice")
         trusted = grpc.ssl_channel_credentials(root_certificates=pki.ca)
         assert await list_over(address, trusted, token) == grpc.StatusCode.OK
         # A client that does not trust the CA, or speaks plaintext, gets no service.
@@ -96,7 +96,7 @@ async def test_mutual_tls(database_url: str, pki: Pki) -> None:
         tls_client_ca_file=pki.files["ca.pem"],
     )
     async with serving(settings) as (app, address):
-        _, token = await app.deps.api_keys.create("alice")
+        _, token = await app.deps.use_cases.api_keys.create("alice")
 
         def client(pem: Pem | None) -> grpc.ChannelCredentials:
             if pem is None:

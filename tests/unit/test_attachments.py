@@ -12,8 +12,7 @@ from typing import Protocol
 import pytest
 
 from service.attachments import Attachments, UploadHeader
-from service.attachments.prompts import FileReadingProvider
-from service.chat import ConversationFields, Conversations, ModelCatalog
+from service.chat import ConversationFields, Conversations
 from service.domain import (
     Attachment,
     Conversation,
@@ -29,12 +28,10 @@ from service.domain import (
     Unavailable,
     new_id,
 )
-from service.pagination import PageTokens
-from service.personas import PersonaCatalog
-from service.replies import Replies, ReplyLimits
-from service.storage.notifications import LocalNotifications
+from service.replies import Replies, ReplyOptions
 from tests.fakes import FakeAttachmentStore, FakeClock, FakeStorage, ScriptedProvider
 from tests.media import JPEG, png, png_of_size
+from tests.wired import wire
 
 ALICE = Principal("alice")
 BOB = Principal("bob")
@@ -62,31 +59,19 @@ async def make_service() -> AsyncIterator[MakeService]:
     built: list[Replies] = []
 
     def make(*, takes_images: bool = True, history_token_budget: int = 3072) -> Service:
-        storage, clock, store = FakeStorage(), FakeClock(), FakeAttachmentStore()
+        storage, store = FakeStorage(), FakeAttachmentStore()
         provider = ScriptedProvider(pieces=["ok"])
         provider.takes_images = takes_images
-        personas = PersonaCatalog.load()
-        replies = Replies(
-            storage.unit_of_work,
-            FileReadingProvider(provider, store),
-            personas,
-            replica_id="replica-a",
-            clock=clock,
-            notifications=LocalNotifications(),
-            limits=ReplyLimits(flush_interval=0.01, history_token_budget=history_token_budget),
+        use_cases = wire(
+            storage,
+            FakeClock(),
+            provider,
+            attachment_store=store,
+            replies=ReplyOptions(flush_interval=0.01, history_token_budget=history_token_budget),
+            max_attachment_bytes=LIMIT,
         )
-        built.append(replies)
-        conversations = Conversations(
-            storage.unit_of_work,
-            replies,
-            ModelCatalog(provider, default_model=MODEL),
-            personas,
-            PageTokens(b"secret"),
-            clock=clock,
-            max_prompt_bytes=1000,
-        )
-        attachments = Attachments(storage.unit_of_work, store, clock=clock, max_bytes=LIMIT)
-        return Service(attachments, replies, conversations, provider, store, storage)
+        built.append(use_cases.replies)
+        return Service(use_cases.attachments, use_cases.replies, use_cases.conversations, provider, store, storage)
 
     yield make
     for replies in built:

@@ -7,21 +7,11 @@ import time
 import jwt
 import pytest
 
-from service.auth import ApiKeys, hash_secret, parse_key
+from service.auth.api_keys import ApiKeys, hash_secret, parse_key
+from service.auth.jwts import JwtVerifier
 from service.domain import ApiKey, InvalidArgument, NotFound, Principal, Unauthenticated
-from service.jwt_auth import JwtVerifier
 from service.pagination import PageTokens
 from tests.fakes import FakeClock, FakeStorage
-
-
-@pytest.fixture
-def storage() -> FakeStorage:
-    return FakeStorage()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import run_state_machine_as_test
 
 from service.branches import Branches
-from service.chat import ConversationFields, Conversations, ModelCatalog
+from service.chat import ConversationFields, Conversations
 from service.domain import (
     Conversation,
     FailedPrecondition,
@@ -32,11 +32,10 @@ from service.domain import (
 )
 from service.export import ExportFormat
 from service.pagination import PageTokens
-from service.personas import PersonaCatalog
-from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyLimits, Started
-from service.storage.notifications import LocalNotifications
+from service.replies import Delta, Ended, Replies, ReplyEvent, Started
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
 from tests.tree_machine import Listed, Made, NumberedProvider, TreeMachine, turns_of
+from tests.wired import wire
 
 ALICE = Principal("alice")
 BOB = Principal("bob")
@@ -79,30 +78,14 @@ class Tree:
         await self.replies.close(0)
 
 
-def wire(storage: FakeStorage, clock: FakeClock, provider: ScriptedProvider) -> Tree:
-    personas = PersonaCatalog.load()
-    replies = Replies(
-        storage.unit_of_work,
-        provider,
-        personas,
-        replica_id="replica-a",
-        clock=clock,
-        notifications=LocalNotifications(),
-        limits=ReplyLimits(flush_interval=0.01),
-    )
-    tokens = PageTokens(b"page secret")
-    models = ModelCatalog(provider, default_model="scripted")
-    conversations = Conversations(
-        storage.unit_of_work, replies, models, personas, tokens, clock=clock, max_prompt_bytes=1000
-    )
-    return Tree(
-        storage, clock, provider, replies, conversations, Branches(storage.unit_of_work, replies, tokens, clock=clock)
-    )
+def wired_tree(storage: FakeStorage, clock: FakeClock, provider: ScriptedProvider) -> Tree:
+    built = wire(storage, clock, provider)
+    return Tree(storage, clock, provider, built.replies, built.conversations, built.branches)
 
 
 @pytest.fixture
 async def tree() -> AsyncIterator[Tree]:
-    built = wire(FakeStorage(), FakeClock(), NumberedProvider())
+    built = wired_tree(FakeStorage(), FakeClock(), NumberedProvider())
     yield built
     await built.close()
 
@@ -478,7 +461,7 @@ async def test_a_continued_reply_sees_its_own_branch() -> None:
     """Another replica died writing a reply on a branch made by an edit; the replica continuing it gives the model
     that branch, never the messages of the branch the edit left."""
     storage, clock = FakeStorage(), FakeClock()
-    tree = wire(storage, clock, ScriptedProvider(["Hello", ", ", "wörld"]))
+    tree = wired_tree(storage, clock, ScriptedProvider(["Hello", ", ", "wörld"]))
     try:
         conversation = await tree.conversation()
         question, _ = await tree.send(conversation, "one")
@@ -592,7 +575,7 @@ def test_the_tree_stays_consistent_over_any_sequence_of_steps() -> None:
 
             return loop.run_until_complete(bounded())
 
-        built = TreeMachine(UseCaseDriver(wire(FakeStorage(), FakeClock(), NumberedProvider())), run)
+        built = TreeMachine(UseCaseDriver(wired_tree(FakeStorage(), FakeClock(), NumberedProvider())), run)
         teardown = built.teardown
 
         def closing() -> None:

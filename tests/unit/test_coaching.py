@@ -8,9 +8,8 @@ from datetime import timedelta
 
 import pytest
 
-from service.audio import NO_SYNTHESIZER, NO_TRANSCRIBER, Unconfigured
-from service.chat import Conversations, ModelCatalog
-from service.coaching.classifier import QUESTION, FinishClassifier
+from service.coaching.classifier import QUESTION
+from service.coaching.coach import Coaching
 from service.coaching.events import (
     CoachEvent,
     Command,
@@ -22,12 +21,8 @@ from service.coaching.events import (
     UserTurn,
     WrapUpConfirmation,
 )
-from service.coaching.sessions import Coaching
-from service.coaching.state import Limits
+from service.coaching.session_records import SessionRecords
 from service.coaching.steps import CONFIRMATION
-from service.coaching.store import SessionStore
-from service.coaching.voice import Voice
-from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
     Completion,
     FailedPrecondition,
@@ -38,11 +33,11 @@ from service.domain import (
     Prompt,
     Role,
 )
-from service.pagination import PageTokens
-from service.personas import PersonaCatalog
-from service.replies import Delta, Replies, ReplyLimits
-from service.storage.notifications import LocalNotifications
+from service.domain.wrapup import EndReason, Position, Stage
+from service.replies import Delta, Replies
+from service.wiring import UseCases
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
+from tests.wired import Wire
 
 ALICE = Principal("alice")
 WAIT = 5.0
@@ -86,34 +81,21 @@ class Learner:
 
 
 @pytest.fixture
-def storage() -> FakeStorage:
-    return FakeStorage()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
 def provider() -> ScriptedProvider:
     return ScriptedProvider(["Nice", " to meet you."])
 
 
 @pytest.fixture
-async def replies(storage: FakeStorage, provider: ScriptedProvider, clock: FakeClock) -> AsyncIterator[Replies]:
-    built = Replies(
-        storage.unit_of_work,
-        provider,
-        PersonaCatalog.load(),
-        replica_id="replica-a",
-        clock=clock,
-        notifications=LocalNotifications(),
-        limits=ReplyLimits(flush_interval=0.01),
-    )
-    await built.start()
+async def use_cases(wired: Wire, provider: ScriptedProvider) -> AsyncIterator[UseCases]:
+    built = wired(provider, max_message_bytes=1024)
+    await built.replies.start()
     yield built
-    await built.close(grace=1.0)
+    await built.replies.close(grace=1.0)
+
+
+@pytest.fixture
+def replies(use_cases: UseCases) -> Replies:
+    return use_cases.replies
 
 
 class Judge(ScriptedProvider):
@@ -137,28 +119,13 @@ class Judge(ScriptedProvider):
 
 
 @pytest.fixture
-def store(storage: FakeStorage, replies: Replies, provider: ScriptedProvider, clock: FakeClock) -> SessionStore:
-    personas = PersonaCatalog.load()
-    conversations = Conversations(
-        storage.unit_of_work,
-        replies,
-        ModelCatalog(provider, default_model="scripted"),
-        personas,
-        PageTokens(b"secret"),
-        clock=clock,
-        max_prompt_bytes=1024,
-    )
-    return SessionStore(storage.unit_of_work, conversations, personas, clock=clock, default_limits=Limits())
+def store(use_cases: UseCases) -> SessionRecords:
+    return use_cases.session_records
 
 
 @pytest.fixture
-def coaching(store: SessionStore, replies: Replies, provider: ScriptedProvider, clock: FakeClock) -> Coaching:
-    personas = PersonaCatalog.load()
-    tokens = PageTokens(b"secret")
-    voice = Voice(
-        Unconfigured(NO_TRANSCRIBER), Unconfigured(NO_SYNTHESIZER), max_audio_bytes=1024, max_message_bytes=1024
-    )
-    return Coaching(store, replies, voice, personas, tokens, clock=clock, classifier=FinishClassifier(provider))
+def coaching(use_cases: UseCases) -> Coaching:
+    return use_cases.coaching
 
 
 async def begin(learner: Learner, **fields: object) -> SessionStarted:
@@ -325,36 +292,10 @@ def test_personas_are_listed_by_page(coaching: Coaching) -> None:
     [("Yes.", WrapUpConfirmation), ("no", TurnCompleted), (ModelUnavailable("down"), TurnCompleted)],
 )
 async def test_the_model_decides_ambiguous_turns(
-    storage: FakeStorage, clock: FakeClock, verdict: str | Exception, expected: type[CoachEvent]
+    wired: Wire, verdict: str | Exception, expected: type[CoachEvent]
 ) -> None:
     judge = Judge(verdict)
-    replies = Replies(
-        storage.unit_of_work,
-        judge,
-        PersonaCatalog.load(),
-        replica_id="replica-a",
-        clock=clock,
-        notifications=LocalNotifications(),
-    )
-    personas, tokens = PersonaCatalog.load(), PageTokens(b"secret")
-    conversations = Conversations(
-        storage.unit_of_work,
-        replies,
-        ModelCatalog(judge, default_model="scripted"),
-        personas,
-        tokens,
-        clock=clock,
-        max_prompt_bytes=1024,
-    )
-    coaching = Coaching(
-        SessionStore(storage.unit_of_work, conversations, personas, clock=clock),
-        replies,
-        Voice(Unconfigured(NO_TRANSCRIBER), Unconfigured(NO_SYNTHESIZER), max_audio_bytes=1, max_message_bytes=1024),
-        personas,
-        tokens,
-        clock=clock,
-        classifier=FinishClassifier(judge),
-    )
+    coaching = wired(judge, max_message_bytes=1024).coaching
     learner = Learner(coaching)
     await begin(learner, persona="english_buddy")
 
@@ -365,14 +306,13 @@ async def test_the_model_decides_ambiguous_turns(
 
     assert judge.questions == ["I think I'll head off soon"]
     assert isinstance(event, expected)
-    await replies.close(0)
 
 
 # ---------------------------------------------------------------------------------------------- compare-and-set
 
 
 async def test_a_claim_stores_only_what_was_decided_on_the_stored_session(
-    coaching: Coaching, store: SessionStore
+    coaching: Coaching, store: SessionRecords
 ) -> None:
     session = (await begin(Learner(coaching), persona="english_buddy")).session
     confirming = await store.claim(session, Position(Stage.CONFIRMING))
@@ -388,7 +328,7 @@ async def test_a_claim_stores_only_what_was_decided_on_the_stored_session(
     assert await store.claim(confirming, Position(Stage.WRAPPING_UP, EndReason.USER_REQUESTED)) is None
 
 
-async def test_a_claim_that_changes_nothing_writes_nothing(coaching: Coaching, store: SessionStore) -> None:
+async def test_a_claim_that_changes_nothing_writes_nothing(coaching: Coaching, store: SessionRecords) -> None:
     session = (await begin(Learner(coaching), persona="english_buddy")).session
     wrapping = await store.claim(session, Position(Stage.WRAPPING_UP, EndReason.CLIENT_ENDED))
     assert wrapping is not None

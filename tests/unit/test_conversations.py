@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Protocol
 
 import pytest
 
-from service.chat import DEFAULT_TITLE, ConversationFields, Conversations, ModelCatalog
+from service.chat import DEFAULT_TITLE, ConversationFields, Conversations
 from service.domain import (
     Conversation,
     InvalidArgument,
@@ -21,66 +19,28 @@ from service.domain import (
     Principal,
 )
 from service.llm.fake import MODEL_NAME, FakeProvider
-from service.pagination import PageTokens
-from service.personas import PersonaCatalog
 from service.ports import Provider
-from service.replies import Replies, ReplyLimits
-from service.storage.notifications import LocalNotifications
+from service.wiring import UseCases
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
+from tests.wired import Wire
 
 ALICE = Principal("alice")
 BOB = Principal("bob")
 WAIT = 5.0
 
 
-@dataclass(frozen=True)
-class Service:
-    conversations: Conversations
-    replies: Replies
-
-
 class MakeService(Protocol):
-    def __call__(self, provider: Provider | None = None) -> Service: ...
+    def __call__(self, provider: Provider | None = None) -> UseCases: ...
 
 
 @pytest.fixture
-def storage() -> FakeStorage:
-    return FakeStorage()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def make_service(storage: FakeStorage, clock: FakeClock) -> AsyncIterator[MakeService]:
+def make_service(wired: Wire) -> MakeService:
     """Wires `Conversations` as `service.app.build` does; the default provider is the FakeProvider."""
-    built: list[Replies] = []
-    personas = PersonaCatalog.load()
 
-    def make(provider: Provider | None = None) -> Service:
-        provider = provider or FakeProvider()
-        replies = Replies(
-            storage.unit_of_work,
-            provider,
-            personas,
-            replica_id="replica-a",
-            clock=clock,
-            notifications=LocalNotifications(),
-            limits=ReplyLimits(flush_interval=0.01),
-        )
-        built.append(replies)
-        models = ModelCatalog(provider, default_model=MODEL_NAME)
-        tokens = PageTokens(b"page secret")
-        conversations = Conversations(
-            storage.unit_of_work, replies, models, personas, tokens, clock=clock, max_prompt_bytes=1000
-        )
-        return Service(conversations, replies)
+    def make(provider: Provider | None = None) -> UseCases:
+        return wired(provider or FakeProvider(), default_model=MODEL_NAME)
 
-    yield make
-    for replies in built:
-        await replies.close(0)
+    return make
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from service.domain import (
     check_access,
     check_id,
     check_request_id,
+    check_shared_access,
     check_text,
     history_window,
 )
@@ -220,3 +221,27 @@ def test_check_access_lets_a_viewer_read_and_never_write() -> None:
     check_access(conversation_of("bob"), Principal("alice"), "conversation", need=Need.READ, shared=True)
     with pytest.raises(PermissionDenied, match="shared with you read-only"):
         check_access(conversation_of("bob"), Principal("alice"), "conversation", need=Need.WRITE, shared=True)
+
+
+async def test_check_shared_access_asks_for_the_grant_only_when_the_caller_is_not_the_owner() -> None:
+    asked: list[str] = []
+
+    async def granted() -> bool:
+        asked.append("asked")
+        return True
+
+    await check_shared_access(
+        conversation_of("alice"), Principal("alice"), "conversation", need=Need.WRITE, granted=granted
+    )
+    assert asked == []
+    await check_shared_access(
+        conversation_of("bob"), Principal("alice"), "conversation", need=Need.READ, granted=granted
+    )
+    assert asked == ["asked"]
+    with pytest.raises(PermissionDenied, match="shared with you read-only"):
+        await check_shared_access(
+            conversation_of("bob"), Principal("alice"), "conversation", need=Need.WRITE, granted=granted
+        )
+    with pytest.raises(NotFound):
+        await check_shared_access(None, Principal("alice"), "conversation", need=Need.READ, granted=granted)
+    assert asked == ["asked", "asked"]

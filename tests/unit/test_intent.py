@@ -6,7 +6,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from service.coaching.intent import (
+from service.domain.intent import (
     FINISH_PHRASES,
     YES_PHRASES,
     YES_WORDS,

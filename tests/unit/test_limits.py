@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from service.domain import ResourceExhausted
-from service.limits import RateLimiter
+from service.ratelimit.replica import RateLimiter
 
 
 class Clock:

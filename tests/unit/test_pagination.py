@@ -128,3 +128,36 @@ def test_a_token_carrying_invalid_utf8_is_invalid(tokens: PageTokens) -> None:
     token = base64.urlsafe_b64encode(forged_tag + raw).decode()
 
     assert_rejected(tokens, SCOPE, token)
+
+
+# ---------------------------------------------------------------------------------------------- request / slice
+
+
+def test_a_request_checks_the_size_before_the_token(tokens: PageTokens) -> None:
+    with pytest.raises(InvalidArgument) as error:
+        tokens.request(SCOPE, -1, "not a token")
+    assert violated_field(error) == "page_size"
+
+
+def test_a_request_carries_the_cursor_and_its_page_the_next_token(tokens: PageTokens) -> None:
+    first = tokens.request(SCOPE, 0, "")
+    assert (first.limit, first.after) == (DEFAULT_PAGE_SIZE, None)
+    page = first.page(["a", "b"], "cursor-2")
+    second = tokens.request(SCOPE, 2, page.next_page_token)
+    assert (second.limit, second.after) == (2, "cursor-2")
+    assert second.page(["c"], None).next_page_token == ""
+    with pytest.raises(InvalidArgument):
+        tokens.request("conversations:bob", 2, page.next_page_token)
+
+
+def test_a_slice_pages_through_a_list_in_memory(tokens: PageTokens) -> None:
+    items, seen, token = list(range(5)), [], ""
+    for _ in range(len(items)):
+        page = tokens.slice("numbers", items, 2, token)
+        seen += page.items
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == items
+    with pytest.raises(InvalidArgument):
+        tokens.slice("other", items, 2, tokens.slice("numbers", items, 2, "").next_page_token)

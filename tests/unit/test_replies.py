@@ -33,11 +33,12 @@ from service.domain import (
 )
 from service.personas import PersonaCatalog
 from service.ports import Flush, Provider
-from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyLimits, Rewind, Started
+from service.replies import Delta, Ended, Replies, ReplyEvent, ReplyOptions, Rewind, Started
 from service.replies.generation import STOP_MESSAGES
 from service.replies.generations import ABANDONED_MESSAGE
 from service.storage.notifications import LocalNotifications
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
+from tests.wired import Wire
 
 REPLICA = "replica-a"
 ALICE = Principal("alice")
@@ -51,39 +52,17 @@ class MakeReplies(Protocol):
 
 
 @pytest.fixture
-def storage() -> FakeStorage:
-    return FakeStorage()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def make_replies(storage: FakeStorage, clock: FakeClock) -> AsyncIterator[MakeReplies]:
-    """Builds `Replies` as `service.app.build` does, with short intervals; closes them all afterwards."""
-    built: list[Replies] = []
-    personas = PersonaCatalog.load()
+def make_replies(wired: Wire) -> MakeReplies:
+    """Builds `Replies` as `service.app.build` does, with short intervals; closed after the test."""
     notifications = LocalNotifications()  # one process: replicas built here share the bus
 
     def make(provider: Provider, *, replica_id: str = REPLICA, **limits: Any) -> Replies:
         settings = {"flush_interval": 0.01, "lease_seconds": 10.0, **limits}
-        replies = Replies(
-            storage.unit_of_work,
-            provider,
-            personas,
-            replica_id=replica_id,
-            clock=clock,
-            notifications=notifications,
-            limits=ReplyLimits(**settings),
-        )
-        built.append(replies)
-        return replies
+        return wired(
+            provider, replica_id=replica_id, notifications=notifications, replies=ReplyOptions(**settings)
+        ).replies
 
-    yield make
-    for replies in built:
-        await replies.close(0)
+    return make
 
 
 # ---------------------------------------------------------------------------------------------- helpers

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
 from service.domain import FailedPrecondition, InvalidArgument, MessageStatus, PermissionDenied, Principal, Role
-from service.personas import PersonaCatalog
-from service.ports import Provider
-from service.replies import Replies, ReplyLimits, Started
-from service.storage.notifications import LocalNotifications
+from service.replies import Replies, Started
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
 from tests.unit.test_replies import ALICE, MODEL, add_conversation, collect, ended, text_of
+from tests.wired import Wire
 
 BOB = Principal("bob")
 STEER = "Close the session with a summary."
-
-
-@pytest.fixture
-def storage() -> FakeStorage:
-    return FakeStorage()
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
 
 
 @pytest.fixture
@@ -34,26 +21,11 @@ def provider() -> ScriptedProvider:
     return ScriptedProvider(["Well", " done!"], models=(MODEL,))
 
 
-def build(storage: FakeStorage, clock: FakeClock, provider: Provider) -> Replies:
-    personas = PersonaCatalog.load()
-    limits = ReplyLimits(flush_interval=0.01)
-    return Replies(
-        storage.unit_of_work,
-        provider,
-        personas,
-        replica_id="r",
-        clock=clock,
-        notifications=LocalNotifications(),
-        limits=limits,
-    )
-
-
 @pytest.fixture
-async def replies(storage: FakeStorage, clock: FakeClock, provider: ScriptedProvider) -> AsyncIterator[Replies]:
-    built = build(storage, clock, provider)
-    await built.start()
-    yield built
-    await built.close(0)
+async def replies(wired: Wire, provider: ScriptedProvider) -> Replies:
+    replies = wired(provider).replies
+    await replies.start()
+    return replies
 
 
 async def test_a_steer_is_the_last_thing_the_model_reads_and_is_never_stored(
@@ -126,9 +98,11 @@ async def test_record_stores_a_fixed_answer_without_the_model(
     assert [m.id for m in storage.messages_in(conversation.id)] == [user.id, answer.id]
 
 
-async def test_record_keeps_isolation_and_one_reply_at_a_time(storage: FakeStorage, clock: FakeClock) -> None:
+async def test_record_keeps_isolation_and_one_reply_at_a_time(
+    wired: Wire, storage: FakeStorage, clock: FakeClock
+) -> None:
     held = ScriptedProvider(["a", "b"], models=(MODEL,), pause_after=1)
-    replies = build(storage, clock, held)
+    replies = wired(held).replies
     conversation = await add_conversation(storage, clock)
 
     with pytest.raises(PermissionDenied):
@@ -141,4 +115,3 @@ async def test_record_keeps_isolation_and_one_reply_at_a_time(storage: FakeStora
         await replies.record(ALICE, conversation.id, "I have to go", "Shall we wrap up?")
     held.release.set()
     await collect(events)
-    await replies.close(0)

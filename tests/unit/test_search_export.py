@@ -15,8 +15,7 @@ from tests.fakes import ScriptedProvider
 from tests.unit import test_conversations as base
 from tests.unit.test_conversations import ALICE, BOB, MakeService
 
-# The wiring fixtures of the conversation use-case tests, shared.
-storage, clock, make_service = base.storage, base.clock, base.make_service
+make_service = base.make_service  # the conversation use-case tests' fixture, shared
 
 
 async def service_with(make_service: MakeService, *texts: str, user: Principal = ALICE) -> tuple[Conversations, str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from service.chat import ConversationFields, Conversations, ModelCatalog
+from service.chat import ConversationFields, Conversations
 from service.domain import (
     Conversation,
     ConversationScope,
@@ -20,12 +20,10 @@ from service.domain import (
     ShareRole,
 )
 from service.export import ExportFormat
-from service.pagination import PageTokens
-from service.personas import PersonaCatalog
-from service.replies import Delta, Ended, Replies, ReplyLimits, Started
+from service.replies import Delta, Ended, Replies, Started
 from service.sharing import Sharing
-from service.storage.notifications import LocalNotifications
 from tests.fakes import FakeClock, FakeStorage, ScriptedProvider
+from tests.wired import wire
 
 ALICE, BOB, CAROL = Principal("alice"), Principal("bob"), Principal("carol")
 MODEL = "scripted"
@@ -46,22 +44,9 @@ class Service:
 async def service() -> AsyncIterator[Service]:
     storage, clock = FakeStorage(), FakeClock()
     provider = ScriptedProvider(pieces=["a narwhal ", "story"])
-    personas, tokens = PersonaCatalog.load(), PageTokens(b"secret")
-    replies = Replies(
-        storage.unit_of_work,
-        provider,
-        personas,
-        replica_id="replica-a",
-        clock=clock,
-        notifications=LocalNotifications(),
-        limits=ReplyLimits(flush_interval=0.01),
-    )
-    models = ModelCatalog(provider, default_model=MODEL)
-    conversations = Conversations(
-        storage.unit_of_work, replies, models, personas, tokens, clock=clock, max_prompt_bytes=1000
-    )
-    yield Service(Sharing(storage.unit_of_work, tokens, clock=clock), conversations, replies, provider, storage, clock)
-    await replies.close(0)
+    built = wire(storage, clock, provider)
+    yield Service(built.sharing, built.conversations, built.replies, provider, storage, clock)
+    await built.replies.close(0)
 
 
 async def create(service: Service, principal: Principal = ALICE, title: str = "t") -> Conversation:

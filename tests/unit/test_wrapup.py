@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.coaching.wrapup import (
+from service.domain.wrapup import (
     Action,
     ClientEnded,
     EndReason,

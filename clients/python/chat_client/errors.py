@@ -80,7 +80,7 @@ class ModelUnavailable(Unavailable):
     plain Unavailable, chat-service itself is up."""
 
 
-# The ErrorInfo reasons chat-service gives a model provider's failures (its service/domain.py).
+# The ErrorInfo reasons chat-service gives a model provider's failures (its service/domain/__init__.py).
 MODEL_REASONS = frozenset({"MODEL_UNAVAILABLE", "MODEL_FAILED"})
 
 

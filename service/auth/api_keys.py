@@ -10,13 +10,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.domain import ApiKey, InvalidArgument, NotFound, Page, PermissionDenied, Principal, Unauthenticated
-from service.pagination import PageTokens, page_size
+from service.auth.principals import SCOPES, check_user_id
+from service.domain import ApiKey, InvalidArgument, NotFound, Page, Principal, Unauthenticated
+from service.pagination import PageTokens
 from service.ports import UnitOfWorkFactory
 
 KEY_PREFIX = "csk"
-USER_ID_MAX = 128
-SCOPES = frozenset({"admin"})
 # Notification channel announcing a revoked key id to every replica (see `ports.Notifications`).
 REVOKED_CHANNEL = "chat_key_revoked"
 
@@ -33,18 +32,6 @@ def parse_key(token: str) -> tuple[str, str] | None:
     if prefix != KEY_PREFIX or not key_id or not secret:
         return None
     return key_id, secret
-
-
-def check_user_id(user_id: str) -> str:
-    if not user_id or len(user_id) > USER_ID_MAX or not user_id.isprintable() or user_id != user_id.strip():
-        raise InvalidArgument.field("user_id", f"must be 1-{USER_ID_MAX} printable characters")
-    return user_id
-
-
-def require_admin(principal: Principal) -> Principal:
-    if not principal.is_admin:
-        raise PermissionDenied("this method needs the admin scope")
-    return principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +89,10 @@ class ApiKeys:
     async def list(self, *, user_id: str | None, size: int, token: str) -> Page[ApiKey]:
         if user_id:
             check_user_id(user_id)
-        limit = page_size(size)
-        scope = f"api_keys:{user_id or '*'}"
-        after = self._tokens.decode(scope, token)
+        request = self._tokens.request(f"api_keys:{user_id or '*'}", size, token)
         async with self._uow() as uow:
-            rows = await uow.api_keys.list(user_id=user_id, limit=limit, after=after)
-        return Page(rows.items, self._tokens.encode(scope, rows.cursor))
+            rows = await uow.api_keys.list(user_id=user_id, limit=request.limit, after=request.after)
+        return request.page(rows.items, rows.cursor)
 
     async def revoke(self, key_id: str) -> ApiKey:
         if not key_id:

@@ -8,8 +8,6 @@ from datetime import datetime, timedelta
 
 from service.chat import ConversationFields, Conversations
 from service.coaching.events import Start
-from service.coaching.state import CoachingSession, Limits
-from service.coaching.wrapup import EndReason, Position, Stage
 from service.domain import (
     PERSONA_NAME_MAX,
     FailedPrecondition,
@@ -25,13 +23,15 @@ from service.domain import (
     new_id,
     shown,
 )
+from service.domain.coaching import CoachingSession, SessionLimits
+from service.domain.wrapup import EndReason, Position, Stage
 from service.personas import Persona, PersonaCatalog
 from service.ports import UnitOfWorkFactory
 
-NO_LIMITS = Limits()
+NO_LIMITS = SessionLimits()
 
 
-class SessionStore:
+class SessionRecords:
     def __init__(
         self,
         uow: UnitOfWorkFactory,
@@ -39,7 +39,7 @@ class SessionStore:
         personas: PersonaCatalog,
         *,
         clock: Callable[[], datetime],
-        default_limits: Limits = NO_LIMITS,
+        default_limits: SessionLimits = NO_LIMITS,
     ) -> None:
         self._uow = uow
         self._conversations = conversations
@@ -132,13 +132,13 @@ class SessionStore:
             raise InvalidArgument.field("start.persona", f"unknown persona {shown(name)!r}; see ListPersonas")
         return persona
 
-    def _limits(self, start: Start) -> Limits:
+    def _limits(self, start: Start) -> SessionLimits:
         if start.max_turns < 0:
             raise InvalidArgument.field("start.max_turns", "must not be negative")
         if start.max_duration < timedelta(0):
             raise InvalidArgument.field("start.max_duration", "must not be negative")
         defaults = self._default_limits
-        return Limits(start.max_turns or defaults.max_turns, start.max_duration or defaults.max_duration)
+        return SessionLimits(start.max_turns or defaults.max_turns, start.max_duration or defaults.max_duration)
 
     async def _conversation(self, principal: Principal, conversation_id: str, persona: Persona) -> str:
         """A new conversation with the persona, or the caller's own one (given the persona if it has none)."""

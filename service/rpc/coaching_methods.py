@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from chat.v1 import chat_pb2 as pb
+from service.coaching.coach import Coaching
 from service.coaching.events import Command
-from service.coaching.sessions import Coaching
 from service.rpc import coaching_convert
 from service.rpc.context import current_principal
 from service.rpc.handlers import Context

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Generic, Protocol, TypeVar
@@ -358,6 +358,14 @@ class FailedPrecondition(DomainError):
 class OutOfRange(DomainError):
     reason = "OUT_OF_RANGE"
 
+    @classmethod
+    def past_the_end(cls, offset: int, length: int) -> OutOfRange:
+        """A reader asked for a reply's text from `offset`, past the end of its final `length` characters."""
+        return cls(
+            f"offset {offset} is past the end of the reply ({length} characters)",
+            metadata={"offset": str(offset), "length": str(length)},
+        )
+
 
 class ResourceExhausted(DomainError):
     reason = "RATE_LIMITED"
@@ -503,6 +511,15 @@ def check_access(resource: Owned | None, principal: Principal, kind: str, *, nee
     if shared:
         raise PermissionDenied(f"the {kind} is shared with you read-only")
     raise PermissionDenied(f"the {kind} belongs to another user")
+
+
+async def check_shared_access(
+    resource: Owned | None, principal: Principal, kind: str, *, need: Need, granted: Callable[[], Awaitable[bool]]
+) -> None:
+    """`check_access` for a resource that may be shared: the caller's grant is looked up (`granted()`) only when
+    the caller is not the owner, so the owner's own path never pays for it."""
+    shared = resource is not None and resource.owner != principal.user_id and await granted()
+    check_access(resource, principal, kind, need=need, shared=shared)
 
 
 def estimate_tokens(text: str) -> int:

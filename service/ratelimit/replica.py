@@ -1,7 +1,7 @@
-"""Per-user limits: requests per minute (a token bucket) and concurrent streams.
+"""Per-user limits kept by one replica, in memory: requests per minute (a token bucket) and concurrent streams.
 
-`RateLimiter` counts on one replica, in memory. The interceptor sees the limits through `UserLimits`: per
-replica (`ReplicaLimits`), or shared by every replica through Redis (service/redis_limits.py).
+`RateLimiter` counts; `ReplicaLimits` is the `UserLimits` over it (ratelimit/limits.py). ratelimit/redis.py
+keeps the same limits for every replica, with a `RateLimiter` as its fallback.
 """
 
 from __future__ import annotations
@@ -9,39 +9,10 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
-from service.domain import ResourceExhausted
+from service.ratelimit.limits import StreamSlot, rate_exceeded, streams_exceeded
 
 _PRUNE_AT = 10_000  # buckets kept before full (idle) ones are dropped
-STREAM_RETRY_SECONDS = 1.0  # a refused stream's RetryInfo: nobody knows when another stream will end
-
-
-@dataclass(frozen=True, slots=True)
-class StreamSlot:
-    """One open stream's place in its user's count: `stream_id` names it in a shared count ("" when only this
-    replica counts it)."""
-
-    user: str
-    stream_id: str = ""
-
-
-class UserLimits(Protocol):
-    """What the interceptor asks of the limits: a request per call and per further client message, a slot per
-    open stream. Refusals are ResourceExhausted with the time until a retry may succeed."""
-
-    async def check_request(self, user: str) -> None: ...
-
-    async def open_stream(self, user: str) -> StreamSlot: ...
-
-    def close_stream(self, slot: StreamSlot) -> None:
-        """Give a slot back; never waits (it runs as a stream ends, cancelled or not)."""
-
-    @property
-    def open_streams(self) -> int:
-        """Streams open on this replica."""
-
-    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -125,11 +96,3 @@ class ReplicaLimits:
 
     async def aclose(self) -> None:
         return None
-
-
-def rate_exceeded(per_minute: int, retry_after: float) -> ResourceExhausted:
-    return ResourceExhausted(f"rate limit of {per_minute} requests per minute reached", retry_after=retry_after)
-
-
-def streams_exceeded(max_streams: int) -> ResourceExhausted:
-    return ResourceExhausted(f"at most {max_streams} streams may be open at once", retry_after=STREAM_RETRY_SECONDS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from service.coaching.intent import asks_to_finish, is_yes
+from service.domain.intent import asks_to_finish, is_yes
 
 
 class Stage(enum.StrEnum):

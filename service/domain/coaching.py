@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from service.coaching.wrapup import EndReason, Position, Stage
+from service.domain.wrapup import EndReason, Position, Stage
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class SessionLimits:
     """0 turns or a zero duration means no limit of that kind."""
 
     max_turns: int = 0
@@ -22,7 +22,7 @@ class CoachingSession:
     owner: str
     conversation_id: str
     persona: str
-    limits: Limits
+    limits: SessionLimits
     stage: Stage
     end_reason: EndReason
     turns_used: int

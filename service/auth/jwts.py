@@ -21,7 +21,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-from service.auth import KEY_PREFIX, SCOPES, check_user_id
+from service.auth.api_keys import KEY_PREFIX
+from service.auth.principals import SCOPES, check_user_id
 from service.domain import InvalidArgument, Principal, Unauthenticated
 
 SYMMETRIC = ("HS256",)

@@ -25,7 +25,8 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 
-from service.limits import RateLimiter, StreamSlot, rate_exceeded, streams_exceeded
+from service.ratelimit.limits import StreamSlot, rate_exceeded, streams_exceeded
+from service.ratelimit.replica import RateLimiter
 
 logger = logging.getLogger(__name__)
 

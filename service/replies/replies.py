@@ -45,7 +45,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyLimits:
+class ReplyOptions:
+    """How replies are made: message and reply sizes, the history window, flush and lease timing, model attempts
+    (the CHAT_* settings, through `service.wiring.Options`)."""
+
     max_message_bytes: int = 32 * 1024
     max_reply_tokens: int = 512
     history_token_budget: int = 3072
@@ -87,21 +90,21 @@ class Replies:
         replica_id: str,
         clock: Callable[[], datetime],
         notifications: Notifications,
-        limits: ReplyLimits = ReplyLimits(),
+        options: ReplyOptions = ReplyOptions(),
         model_calls: ModelCallObserver | None = None,
     ) -> None:
         self._uow = uow
         self._personas = personas
         self._replica_id = replica_id
         self._clock = clock
-        self._limits = limits
+        self._options = options
         self._takes_images = provider.takes_images
         self._closing = False
         self._remote = RemoteFollower(
             uow,
             clock=clock,
-            poll_interval=limits.flush_interval,
-            lease_seconds=limits.lease_seconds,
+            poll_interval=options.flush_interval,
+            lease_seconds=options.lease_seconds,
             notifications=notifications,
             on_stalled=lambda message: self.generations.take_over(message),
         )
@@ -109,18 +112,18 @@ class Replies:
             uow,
             Producer(
                 provider,
-                attempts=limits.provider_attempts,
-                max_chars=limits.max_reply_chars,
-                gate=StreamGate(limits.max_model_streams),
+                attempts=options.provider_attempts,
+                max_chars=options.max_reply_chars,
+                gate=StreamGate(options.max_model_streams),
                 observer=model_calls,
             ),
             replica_id=replica_id,
             clock=clock,
-            flush_interval=limits.flush_interval,
-            lease_seconds=limits.lease_seconds,
+            flush_interval=options.flush_interval,
+            lease_seconds=options.lease_seconds,
             on_changed=self._remote.publish,
             continuation=self._continuation,
-            max_continuations=limits.max_continuations,
+            max_continuations=options.max_continuations,
         )
         self._flusher_task: asyncio.Task[None] | None = None
         self._starting: set[asyncio.Task[_Reply]] = set()
@@ -180,7 +183,7 @@ class Replies:
     ) -> tuple[Message, Message]:
         """Store a user message and a fixed assistant answer (no model involved): (user, assistant)."""
         conversation_id = check_id("conversation_id", conversation_id)
-        check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+        check_text("content", content, max_bytes=self._options.max_message_bytes, required=True)
         now = self._clock()
         async with self._uow() as uow:
             conversation = await uow.conversations.get(conversation_id, for_update=True)
@@ -238,7 +241,7 @@ class Replies:
         message's sibling is the correction itself, stored COMPLETED: a reply's stored text never changes, and the
         model is not called."""
         target = await self._owned_message(principal, message_id)
-        check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+        check_text("content", content, max_bytes=self._options.max_message_bytes, required=True)
         if target.role is Role.ASSISTANT:
             answered, correction = await self._correct(principal, target, content, check_request_id(request_id))
             yield Started(answered, correction)
@@ -272,10 +275,7 @@ class Replies:
         # Past the end of a final reply: a reader that got text from it (it names a generation) was sent text that
         # was never stored (its replica stopped first), and is rewound; an offset out of the blue is out of range.
         if message.status.is_final and offset > len(message.content) and not generation:
-            raise OutOfRange(
-                f"offset {offset} is past the end of the reply ({len(message.content)} characters)",
-                metadata={"offset": str(offset), "length": str(len(message.content))},
-            )
+            raise OutOfRange.past_the_end(offset, len(message.content))
         yield Started(user, message)
         async for event in self._follow(message, offset, generation):
             yield event
@@ -358,7 +358,7 @@ class Replies:
         leaf; "": as a first message), and start generating."""
         conversation_id = check_id("conversation_id", conversation_id)
         if content is not None:
-            check_text("content", content, max_bytes=self._limits.max_message_bytes, required=True)
+            check_text("content", content, max_bytes=self._options.max_message_bytes, required=True)
         request_id = check_request_id(request_id)
         files = check_attachment_ids(attachment_ids)
         if self._closing:
@@ -465,7 +465,7 @@ class Replies:
         """A new user message after `parent_id`, carrying `files` (checked: the caller's, sendable, within the
         context budget)."""
         user = _message(conversation_id, principal, Role.USER, content, now, request_id, parent_id)
-        budget = self._limits.history_token_budget
+        budget = self._options.history_token_budget
         await for_message(uow, principal, files, content=content, takes_images=self._takes_images, budget=budget)
         return dataclasses.replace(user, attachment_ids=files)
 
@@ -530,7 +530,7 @@ class Replies:
         """The history a reply under `leaf_id` sees: the newest messages of the branch up to it."""
         if not leaf_id:
             return ()
-        return await uow.messages.branch(conversation_id, leaf_id, limit=self._limits.history_max_messages)
+        return await uow.messages.branch(conversation_id, leaf_id, limit=self._options.history_max_messages)
 
     async def _continuation(self, uow: UnitOfWork, reply: Message) -> Prompt | None:
         """The prompt that continues `reply` from its stored text: its conversation's history before it, and the
@@ -550,11 +550,11 @@ class Replies:
         system = ChatTurn(Role.SYSTEM, instructions) if instructions else None
         files = await uow.attachments.linked([m.id for m in history if m.role is Role.USER])
         turns = [ChatTurn(m.role, m.content, files.get(m.id, ())) for m in history if _belongs_in_history(m)]
-        budget = self._limits.history_token_budget - (estimate_tokens(steer) if steer else 0)
+        budget = self._options.history_token_budget - (estimate_tokens(steer) if steer else 0)
         window = history_window(system, turns, budget=budget)
         if steer:  # after the history: the model reads it last, as the instruction for this reply
             window = (*window, ChatTurn(Role.SYSTEM, steer))
-        return Prompt(conversation.model, window, self._limits.max_reply_tokens, conversation.id)
+        return Prompt(conversation.model, window, self._options.max_reply_tokens, conversation.id)
 
     async def _follow(
         self, message: Message, offset: int, generation: int = 0
