@@ -923,7 +923,7 @@ class ServiceMachine(RuleBasedStateMachine):
             assert await self.rows.left_of(conversation_id) == 0, f"rows of deleted {conversation_id} remain"
 
     async def _streaming_is_live(self, streaming: list[Any]) -> None:
-        generations = self.replica.app.deps.replies.generations
+        generations = self.replica.app.deps.use_cases.replies.generations
         loop = asyncio.get_running_loop()
         for row in streaming:
             deadline = loop.time() + LAUNCH_BOUND
@@ -995,7 +995,7 @@ class ServiceMachine(RuleBasedStateMachine):
         tasks = [r.task for r in self.readings if r.task is not None]
         if tasks:
             await asyncio.wait_for(asyncio.gather(*tasks), CALL_BOUND)
-        generations = self.replica.app.deps.replies.generations
+        generations = self.replica.app.deps.use_cases.replies.generations
         async with asyncio.timeout(CALL_BOUND):
             while True:  # a Coach stream cancelled just now may still be starting a reply: its row shows it
                 live = [g for c in [*self.conversations, *self.deleted] for g in generations.in_conversation(c)]

@@ -281,7 +281,7 @@ async def test_a_coaching_session_started_in_a_conversation_deleted_meanwhile_is
     """The session's row was inserted in a transaction of its own after the conversation was checked: when the
     conversation was deleted in between, its foreign key failed and the caller got INTERNAL."""
     conversation_id = (await replica.conversation("alice")).conversation_id
-    conversations = replica.app.deps.conversations
+    conversations = replica.app.deps.use_cases.conversations
     given_the_persona = conversations.update
 
     async def deleted_once_checked(principal: Any, conversation_id: str, *args: Any) -> Any:
