@@ -414,8 +414,9 @@ class Replies:
             # Looked up under the conversation's lock: a concurrent retry with this request_id that got the lock
             # first has committed its messages by now, and this one attaches to them. A request id made here is new.
             existing = await uow.messages.find_by_request(principal.user_id, request_id) if retry else ()
-            if existing:
+            if existing and (content is not None or _answered(existing)):
                 return self._attach(existing, conversation_id, content, parent)
+            # An unprompted reply (a session's closing words) deleted since is made again: those following it rejoin.
             after = conversation.current_message_id if parent is None else parent
             history = await self._branch(uow, conversation_id, after)
             if parent and (not history or history[-1].id != parent):
@@ -482,6 +483,8 @@ class Replies:
         user = next((m for m in existing if m.role is Role.USER), None)
         assistant = next((m for m in existing if m.role is Role.ASSISTANT), None)
         regenerating = parent is not None and content is None
+        if assistant is None and user is not None and not regenerating:
+            raise NotFound("the reply this request_id made was deleted; send it again with a new request_id")
         if assistant is None or (user is None and content is not None) or (user is not None and regenerating):
             raise InvalidArgument.field("request_id", "was already used by another kind of request")
         same_text = content is None or (user is not None and user.content == content)
@@ -662,6 +665,11 @@ def _message(
         request_id=request_id,
         parent_id=parent_id,
     )
+
+
+def _answered(existing: Sequence[Message]) -> bool:
+    """Whether a request's messages still hold its reply (it may have been deleted since)."""
+    return any(m.role is Role.ASSISTANT for m in existing)
 
 
 def _belongs_in_history(message: Message) -> bool:

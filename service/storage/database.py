@@ -14,9 +14,10 @@ from sqlalchemy import event, exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from service.domain import Unavailable
+from service.domain import NotFound, Unavailable
 from service.storage.attachments import SqlAttachments
 from service.storage.coaching_sessions import SqlCoachingSessions
+from service.storage.integrity import is_foreign_key_violation
 from service.storage.repository import SqlApiKeys, SqlConversations, SqlMessages
 from service.storage.shares import SqlShares
 
@@ -70,6 +71,12 @@ class Database:
             try:
                 async with self.engine.connect() as conn:
                     yield conn
+            except exc.IntegrityError as error:
+                if not is_foreign_key_violation(error):
+                    raise
+                # A row written refers to one a concurrent request deleted since it was read (a conversation): what
+                # the caller asked to add to is gone, as if it had been deleted a moment earlier.
+                raise NotFound("not found: it was deleted meanwhile") from error
             except _UNREACHABLE as error:
                 if not _is_unreachable(error):
                     raise

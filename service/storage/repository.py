@@ -26,6 +26,7 @@ from service.domain import (
 )
 from service.ports import Flush, Held, RowsPage
 from service.storage import branches, cursors
+from service.storage.integrity import is_foreign_key_violation
 from service.storage.search import search_postgres, search_sqlite
 from service.storage.tables import api_keys, conversation_shares, conversations, message_attachments, messages
 
@@ -92,6 +93,9 @@ class SqlConversations:
         return _conversation(row) if row else None
 
     async def delete(self, conversation_id: str) -> None:
+        # The conversation's row is locked first, as every writer of its messages does (a reply starting locks it,
+        # then may end the leaf): taking the messages first would deadlock with such a writer.
+        await self.get(conversation_id, for_update=True)
         # Explicit, so it holds whether or not the database enforces the foreign key's cascade.
         in_conversation = sa.select(messages.c.id).where(messages.c.conversation_id == conversation_id)
         await self._conn.execute(
@@ -121,6 +125,8 @@ class SqlMessages:
             # One statement (a multi-row INSERT), one round trip, however many messages.
             await self._conn.execute(messages.insert(), rows)
         except IntegrityError as exc:
+            if is_foreign_key_violation(exc):
+                raise  # not a duplicate: the conversation is gone (the unit of work makes it NOT_FOUND)
             # The transaction is spoilt (Postgres): the caller retries its read in a new unit of work.
             raise DuplicateRequest(added[0].request_id) from exc
 

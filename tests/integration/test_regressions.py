@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -19,9 +20,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chat.v1 import chat_pb2 as pb
+from service.domain import Conversation, Lease, Message, MessageStatus, Role, new_id
 from service.llm.fake import scripted_tokens
 from service.storage import tables
 from service.storage.database import Database
+from tests.integration.coach_stream import CoachCall, turn
+from tests.integration.coach_stream import start as coach_start
 from tests.integration.harness import Replica, running_replica, settings_for
 from tests.integration.rpc_errors import error_info
 from tests.wire.ollama_server import ChatScript, OllamaServer
@@ -266,3 +270,121 @@ async def test_resuming_an_old_finished_reply_after_a_restart(database_url: str)
         beyond = await resume(restarted, message.message_id, len(text) + 1)
         _, _, error = await ending(beyond)
         assert error is not None and error.code() == grpc.StatusCode.OUT_OF_RANGE
+
+
+# --- found by the service state machine (tests/integration/test_service_state_machine.py)
+
+
+async def test_a_coaching_session_started_in_a_conversation_deleted_meanwhile_is_not_found(
+    replica: Replica, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session's row was inserted in a transaction of its own after the conversation was checked: when the
+    conversation was deleted in between, its foreign key failed and the caller got INTERNAL."""
+    conversation_id = (await replica.conversation("alice")).conversation_id
+    conversations = replica.app.deps.use_cases.conversations
+    given_the_persona = conversations.update
+
+    async def deleted_once_checked(principal: Any, conversation_id: str, *args: Any) -> Any:
+        conversation = await given_the_persona(principal, conversation_id, *args)
+        await conversations.delete(principal, conversation_id)  # a DeleteConversation that lands just now
+        return conversation
+
+    monkeypatch.setattr(conversations, "update", deleted_once_checked)
+    call = CoachCall(replica.stub, await replica.auth("alice"))
+    await call.send(coach_start(persona="english_buddy", conversation_id=conversation_id))
+
+    failure = await call.error()
+
+    assert failure.code() == grpc.StatusCode.NOT_FOUND, failure.details()
+
+
+async def test_a_retry_after_its_reply_was_deleted_is_not_found(replica: Replica) -> None:
+    """The retry found the request's user message without its reply (deleted since) and answered INVALID_ARGUMENT,
+    "request_id was already used by another kind of request": it is the same request; what it made is gone."""
+    conversation_id = (await replica.conversation("alice")).conversation_id
+    auth = await replica.auth("alice")
+    request = pb.SendMessageRequest(conversation_id=conversation_id, content="hello", request_id="once-1")
+    sent = await replica.stub.SendMessage(request, metadata=auth)
+    await replica.stub.DeleteMessage(pb.DeleteMessageRequest(message_id=sent.message.message_id), metadata=auth)
+
+    with pytest.raises(grpc.aio.AioRpcError) as retried:
+        await replica.stub.SendMessage(request, metadata=auth)
+
+    assert retried.value.code() == grpc.StatusCode.NOT_FOUND, retried.value.details()
+
+
+async def test_a_coaching_session_whose_closing_words_were_deleted_still_ends(slow_replica: Replica) -> None:
+    """The closing reply is keyed by the session (every stream following the wrap-up joins it). Once it was deleted,
+    the learner's message that began the wrap-up was left with that key and no reply: every rejoin and every end
+    failed INVALID_ARGUMENT, and the session could never end."""
+    replica = slow_replica
+    first = CoachCall(replica.stub, await replica.auth("alice"))
+    session = (await first.begin(persona="english_buddy")).session
+    await first.ask(turn("I have to go now"), "wrap_up_confirmation")
+    await first.send(turn("yes"))
+    assert (await first.call.read()).HasField("delta")  # the closing words have begun
+    first.call.cancel()  # the client drops; the session is wrapping up
+    auth = await replica.auth("alice")
+    listed = await replica.stub.ListMessages(
+        pb.ListMessagesRequest(conversation_id=session.conversation_id), metadata=auth
+    )
+    closing = listed.messages[-1]
+    assert closing.role == pb.ROLE_ASSISTANT
+    await replica.stub.DeleteMessage(pb.DeleteMessageRequest(message_id=closing.message_id), metadata=auth)
+
+    again = CoachCall(replica.stub, auth)
+    assert (await again.begin(session_id=session.session_id)).rejoined
+    ended = (await again.read_until("session_ended")).last
+
+    assert ended is not None and ended.session_ended.session.stage == pb.COACHING_STAGE_ENDED
+    assert ended.session_ended.message.message_id != closing.message_id
+    assert ended.session_ended.summary
+
+
+async def _delete_conversation(database: Database, conversation_id: str) -> None:
+    async with database.unit_of_work() as uow:
+        await uow.conversations.delete(conversation_id)
+        await uow.commit()
+
+
+async def _until_someone_waits_for_a_lock(database: Database) -> None:
+    waiting = sa.text(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    async with asyncio.timeout(10):
+        while True:
+            async with database.engine.connect() as conn:
+                if (await conn.execute(waiting)).scalar():
+                    return
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.postgres
+async def test_deleting_a_conversation_locks_it_before_its_messages(postgres_database: str) -> None:
+    """DeleteConversation deleted the conversation's messages, then the conversation. A reply starting meanwhile
+    locks the conversation, then ends the leaf left by a stopped replica (ensure_idle): each waited for the other,
+    and Postgres broke the deadlock by failing one of them, INTERNAL. Every writer locks the conversation first."""
+    database = Database(postgres_database)
+    now = datetime.now(UTC)
+    conversation = Conversation(new_id(), "alice", "t", "m", "", "", now, now)
+    leaf = Message(new_id(), conversation.id, "alice", Role.ASSISTANT, "", MessageStatus.STREAMING, now, now)
+    try:
+        async with database.unit_of_work() as uow:
+            await uow.conversations.add(conversation)
+            await uow.messages.add(leaf, lease=Lease("stopped-replica", 1, now - timedelta(seconds=1)))
+            await uow.conversations.set_current(conversation.id, leaf.id, now)
+            await uow.commit()
+        async with database.unit_of_work() as starting:  # as Replies._insert: the conversation locked first
+            assert await starting.conversations.touch_and_lock(conversation.id, now) is not None
+            deleting = asyncio.create_task(_delete_conversation(database, conversation.id))
+            await _until_someone_waits_for_a_lock(database)
+            ended = await starting.messages.mark_abandoned(
+                now=now, status=MessageStatus.INTERRUPTED.value, error_message="stopped", message_id=leaf.id
+            )
+            await starting.commit()
+        await asyncio.wait_for(deleting, 10)
+        assert ended == [leaf.id]
+        async with database.unit_of_work() as uow:
+            assert await uow.conversations.get(conversation.id) is None
+    finally:
+        await database.dispose()
