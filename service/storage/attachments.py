@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 CHUNK_BYTES = 256 * 1024
 
 
+# Read on every reply start (the files its history carries): built once, its cache key and SQL reused.
+_LINKED = (
+    sa.select(message_attachments.c.message_id, *attachments.c)
+    .join_from(message_attachments, attachments, attachments.c.id == message_attachments.c.attachment_id)
+    .where(message_attachments.c.message_id.in_(sa.bindparam("b_ids", expanding=True)))
+    .order_by(message_attachments.c.message_id, message_attachments.c.position)
+)
+
+
 class SqlAttachments:
     def __init__(self, conn: AsyncConnection) -> None:
         self._conn = conn
@@ -67,15 +76,8 @@ class SqlAttachments:
     async def linked(self, message_ids: Sequence[str]) -> Mapping[str, tuple[Attachment, ...]]:
         if not message_ids:
             return {}
-        links = message_attachments.c
-        query = (
-            sa.select(links.message_id, *attachments.c)
-            .join_from(message_attachments, attachments, attachments.c.id == links.attachment_id)
-            .where(links.message_id.in_(message_ids))
-            .order_by(links.message_id, links.position)
-        )
         found: dict[str, list[Attachment]] = {}
-        for row in await self._conn.execute(query):
+        for row in await self._conn.execute(_LINKED, {"b_ids": list(message_ids)}):
             found.setdefault(row.message_id, []).append(_attachment(row))
         return {message_id: tuple(items) for message_id, items in found.items()}
 

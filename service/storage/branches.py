@@ -17,7 +17,13 @@ from service.domain import Siblings
 from service.storage.tables import conversations, messages
 
 
-def path_to(conversation_id: str, leaf_id: str, *, depth: int | None = None, after: int | None = None) -> sa.CTE:
+def path_to(
+    conversation_id: str | sa.BindParameter[Any],
+    leaf_id: str | sa.BindParameter[Any],
+    *,
+    depth: int | sa.BindParameter[Any] | None = None,
+    after: int | None = None,
+) -> sa.CTE:
     """The `seq`s of the branch ending at `leaf_id`: at most `depth` messages up from it, only those after `after`."""
     m = messages.c
     start = sa.select(m.seq, m.parent_id, sa.literal(1, sa.Integer).label("depth")).where(
