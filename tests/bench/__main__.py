@@ -58,11 +58,7 @@ async def postgres_database(name: str, *, drop: bool = False) -> str:
 class ServerProcess:
     """A bench server in a process of its own, which prints `READY <port> <key>` once it serves."""
 
-    def __init__(self, kind: str, database_url: str, every: int, log: Path, command: list[str] | None = None) -> None:
-        command = command or [
-            *(sys.executable, "-m", "tests.bench.servers", kind),
-            *("--database", database_url, "--every", str(every)),
-        ]
+    def __init__(self, command: list[str], log: Path) -> None:
         self._log = log.open("w")
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=self._log, text=True)
 
@@ -116,7 +112,8 @@ async def measure(name: str, quick: bool, workdir: Path) -> dict[str, Any]:
         url = f"sqlite+aiosqlite:///{workdir / (name + '.db')}"
     elif database == "postgres":
         url = await postgres_database(pg_name)
-    server = ServerProcess(kind, url, every, workdir / f"{name}.log")
+    command = [sys.executable, "-m", "tests.bench.servers", kind, "--database", url, "--every", str(every)]
+    server = ServerProcess(command, workdir / f"{name}.log")
     results: dict[str, Any] = {}
     try:
         port, key = await asyncio.to_thread(server.ready)

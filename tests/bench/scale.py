@@ -49,11 +49,11 @@ import sqlalchemy as sa
 
 from chat.v1 import chat_pb2 as pb
 from tests.bench.__main__ import RESULTS, ServerProcess, postgres_database
-from tests.bench.clock_provider import MODEL
 from tests.bench.scenarios import Target
-from tests.bench.servers import RequestPaced
+from tests.bench.servers import RequestPaced, bench_settings
 
 CHANNEL = "chat_reply"
+MARKER = "bench:drained"  # a payload no reply id takes (ids are UUIDs)
 STATS_METHOD = "/bench.v1.Stats/Get"
 GRPC_FRAME = 5  # gRPC's length prefix on every message
 SETTLE = 11.0  # Postgres flushes an idle backend's pending statistics within 10 s
@@ -124,25 +124,12 @@ async def serve(database_url: str) -> None:
     """chat-service (the real App: interceptors, auth, storage, flusher, LISTEN/NOTIFY) with the paced clock model
     and a statement counter; `/bench.v1.Stats/Get` answers the counter as JSON. Prints `READY <port> <key>`."""
     from service.app import App, build
-    from service.settings import Settings
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    settings = Settings(
-        database_url=database_url,
-        listen="127.0.0.1:0",
-        llm_provider="fake",
-        default_model=MODEL,
-        max_reply_tokens=1_000_000,
-        auto_migrate=True,
-        replica_id="scale",
-        log_level="WARNING",
-        shutdown_grace_seconds=1.0,
-        rate_limit_per_minute=0,
-        max_concurrent_streams=0,
-    )
+    settings = bench_settings(database_url, replica_id="scale")
     app = App(build(settings, provider=RequestPaced()))
     counter = StatementCounter(app.deps.database.engine)
 
@@ -208,12 +195,25 @@ class NotifyCounter:
         self.ids = 0
         self.payload_bytes = 0
         self._conn: Any = None
+        self._marker: asyncio.Future[None] | None = None
 
     async def start(self, dsn: str) -> None:
         self._conn = await asyncpg.connect(dsn)
         await self._conn.add_listener(CHANNEL, self._on)
 
+    async def drain(self) -> None:
+        """Wait until every NOTIFY committed so far has arrived: Postgres delivers a channel's notifications in
+        commit order, so once this session's own marker arrives, those before it have too."""
+        self._marker = asyncio.get_running_loop().create_future()
+        await self._conn.execute(f"NOTIFY {CHANNEL}, '{MARKER}'")
+        async with asyncio.timeout(10):
+            await self._marker
+
     def _on(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        if payload == MARKER:
+            if self._marker is not None and not self._marker.done():
+                self._marker.set_result(None)
+            return  # the bench's own, not the service's
         self.notifications += 1
         self.ids += len(payload.split(","))
         self.payload_bytes += len(payload.encode())
@@ -221,9 +221,24 @@ class NotifyCounter:
     def snapshot(self) -> dict[str, int]:
         return {"notifications": self.notifications, "ids": self.ids, "payload_bytes": self.payload_bytes}
 
+    @property
+    def pid(self) -> int:
+        return int(self._conn.get_server_pid())
+
     async def close(self) -> None:
         if self._conn is not None:
             await self._conn.close()
+
+
+async def backends_gone(admin: Any, name: str, *, keep: int) -> None:
+    """Wait (bounded) until the served process's backends on database `name` have exited (all but `keep`'s):
+    a backend flushes its statistics as it exits."""
+    query = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> $2"
+    async with asyncio.timeout(10):
+        while True:
+            if not await admin.fetchval(query, name, keep):
+                return
+            await asyncio.sleep(0.05)
 
 
 DATABASE_STATS = (
@@ -300,7 +315,7 @@ async def wal_of_database(dsn: str, start: str, end: str) -> dict[str, Any]:
 def served_process(database_url: str, log: Path) -> ServerProcess:
     """chat-service on `database_url`, served by this module's `serve` command in a process of its own."""
     command = [sys.executable, "-m", "tests.bench.scale", "serve", "--database", database_url]
-    return ServerProcess("scale", database_url, 0, log, command=command)
+    return ServerProcess(command, log)
 
 
 async def reply(target: Target, index: int, conversation_id: str, content: str, wire: Counter[str]) -> bool:
@@ -368,14 +383,14 @@ async def per_reply(streams: int, tokens: int, rate: float, workdir: Path) -> di
         started = time.perf_counter()
         completed, wire = await replies(target, conversations, content, 1.0)
         seconds = time.perf_counter() - started
-        await asyncio.sleep(0.5)  # the last NOTIFY reaches the listener
+        await listener.drain()  # the last NOTIFYs reach the listener
         served = minus(await target.writes(), before["served"])
         notify = minus(listener.snapshot(), before["notify"])
         tcp = (proxy.up - before["tcp"][0], proxy.down - before["tcp"][1])
         await target.close()
         target = None
         server.stop()  # its backends exit: their statistics are flushed
-        await asyncio.sleep(0.5)
+        await backends_gone(admin, name, keep=listener.pid)
         after_database = await database_stats(admin, name)
         # synchronous_commit: every committed transaction of the run is flushed; walinspect reads up to here
         lsn = await admin.fetchval("SELECT pg_current_wal_flush_lsn()::text")

@@ -223,6 +223,24 @@ def rawsql_servicer(pool: Any) -> chat_pb2_grpc.ChatServiceServicer:
 # --- running one
 
 
+def bench_settings(database_url: str, *, replica_id: str) -> Settings:
+    """chat-service as the benchmarks serve it: the fake provider (a bench's own model passed to `build`), long
+    replies allowed, and no per-user limits (one bench user opens up to 1,000 streams: capacity is measured)."""
+    return Settings(
+        database_url=database_url,
+        listen="127.0.0.1:0",
+        llm_provider="fake",
+        default_model=MODEL,
+        max_reply_tokens=1_000_000,
+        auto_migrate=True,
+        replica_id=replica_id,
+        log_level=os.environ.get("CHAT_LOG_LEVEL", "WARNING"),
+        shutdown_grace_seconds=1.0,
+        rate_limit_per_minute=0,
+        max_concurrent_streams=0,
+    )
+
+
 async def run(kind: str, database_url: str, every: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -230,20 +248,7 @@ async def run(kind: str, database_url: str, every: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     key = ""
     if kind == "service":
-        settings = Settings(
-            database_url=database_url,
-            listen="127.0.0.1:0",
-            llm_provider="fake",
-            default_model=MODEL,
-            max_reply_tokens=1_000_000,
-            auto_migrate=True,
-            replica_id="bench",
-            log_level=os.environ.get("CHAT_LOG_LEVEL", "WARNING"),
-            shutdown_grace_seconds=1.0,
-            # One bench user opens up to 1000 streams: capacity is measured, not the per-user limits.
-            rate_limit_per_minute=0,
-            max_concurrent_streams=0,
-        )
+        settings = bench_settings(database_url, replica_id="bench")
         app = App(build(settings, provider=RequestPaced()))
         counter = WriteCounter(app.deps.database.engine)
         app.server.add_generic_rpc_handlers((stats_handler(counter),))

@@ -26,7 +26,7 @@ SERVERS = {
 def test_a_benchmark_server_starts_and_serves(name: str, tmp_path: Path) -> None:
     database = f"sqlite+aiosqlite:///{tmp_path / 'bench.db'}"
     command = [sys.executable, *SERVERS[name], "--database", database]
-    server = ServerProcess(name, database, 1, tmp_path / "server.log", command=command)
+    server = ServerProcess(command, tmp_path / "server.log")
     try:
         port, _key = server.ready(timeout=60)
         assert port > 0
