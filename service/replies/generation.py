@@ -186,8 +186,10 @@ class Producer:
             raise
         if tail := cleaner.finish():
             buffer.append(tail[: room - buffer.length])
-        counted = Usage(completion_tokens=len(buffer.text.split()), estimated=True)
-        return completion or Completion(FinishReason.STOP, counted)
+        if completion is not None:
+            return completion
+        # The provider sent no usage: the words written stand in for tokens (counted only then).
+        return Completion(FinishReason.STOP, Usage(completion_tokens=len(buffer.text.split()), estimated=True))
 
 
 def _cut(length: int) -> Completion:
