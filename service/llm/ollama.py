@@ -59,6 +59,7 @@ class OllamaProvider:
                         raise upstream_failure(self.name, "failed while generating the reply", str(chunk["error"]))
                     if chunk.get("done"):
                         final = chunk
+                        await lines.finish()  # the connection is reused for the next reply
                         break
                     # Thinking models stream `message.thinking` with empty content: not part of the reply.
                     content = chunk["message"]["content"]

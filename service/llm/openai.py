@@ -93,6 +93,7 @@ class OpenAIProvider:
                     if text := reply.add(line):
                         yield text
                     if reply.done:
+                        await lines.finish()  # the connection is reused for the next reply
                         break
             except TRANSPORT_ERRORS as exc:
                 raise self._upstream.transport_error(exc, started=reply.pieces > 0) from exc

@@ -8,6 +8,7 @@ streams run at once (`CHAT_LLM_MAX_STREAMS`): the HTTP client is never a silent 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from service.domain import DomainError, ModelFailed, ModelUnavailable
 logger = logging.getLogger(__name__)
 
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one streamed event; past this the upstream is broken or hostile
+END_OF_BODY_SECONDS = 1.0  # after a reply's last line, how long its body's end may take to arrive
 TRANSPORT_ERRORS = (aiohttp.ClientError, OSError, TimeoutError)
 
 
@@ -63,9 +65,10 @@ class Upstream:
         return self._session
 
     @contextlib.asynccontextmanager
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[Answer, AsyncIterator[bytes]]]:
+    async def stream(self, path: str, body: dict[str, Any]) -> AsyncIterator[tuple[Answer, Lines]]:
         """POST `body` as JSON; yields the answer and its lines (without the newline). The response is released
-        on exit, so a consumer that stops early closes the connection rather than leaving it half read."""
+        on exit: read to its end (see `Lines.finish`), the connection goes back to the pool for the next reply;
+        a consumer that stops early closes it rather than leaving it half read."""
         try:
             response = await self._client().post(self._base + path, json=body)
             answer = Answer(200) if response.status == 200 else Answer(response.status, await response.read())
@@ -74,7 +77,7 @@ class Upstream:
         try:
             # Errors while the caller reads the lines are the caller's to translate: only it knows whether
             # text has already been passed on.
-            yield answer, _lines(response.content) if answer.status == 200 else _no_lines()
+            yield answer, Lines(response.content if answer.status == 200 else None)
         finally:
             if response.content.at_eof():
                 response.release()  # read to the end: the connection goes back to the pool
@@ -102,25 +105,45 @@ class Upstream:
             await self._session.close()
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    pending = bytearray()
-    while chunk := await content.readany():
-        pending += chunk
-        start = 0
-        while (end := pending.find(b"\n", start)) >= 0:
-            if end > start:
-                yield bytes(pending[start:end])
-            start = end + 1
-        del pending[:start]
-        if len(pending) > MAX_LINE_BYTES:
-            raise ValueError("a streamed line is longer than the service accepts")
-    if pending.strip():
-        yield bytes(pending)
+class Lines:
+    """A streamed body's lines, split here as bytes arrive (one read may hold several lines, a line may span
+    reads). None: an answer without a body to stream (an error status)."""
 
+    def __init__(self, content: aiohttp.StreamReader | None) -> None:
+        self._content = content
 
-async def _no_lines() -> AsyncIterator[bytes]:
-    return
-    yield  # an async generator with nothing in it
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._lines()
+
+    async def _lines(self) -> AsyncIterator[bytes]:
+        if self._content is None:
+            return
+        pending = bytearray()
+        while chunk := await self._content.readany():
+            pending += chunk
+            start = 0
+            while (end := pending.find(b"\n", start)) >= 0:
+                if end > start:
+                    yield bytes(pending[start:end])
+                start = end + 1
+            del pending[:start]
+            if len(pending) > MAX_LINE_BYTES:
+                raise ValueError("a streamed line is longer than the service accepts")
+        if pending.strip():
+            yield bytes(pending)
+
+    async def finish(self) -> None:
+        """The reply's last line is read: read the body's end too (normally only the chunked encoding's last
+        chunk, already on its way), so that the connection is reused for the next reply instead of closed and
+        made again. A server that sends more, or takes longer than END_OF_BODY_SECONDS, has its connection
+        closed: the reply itself is complete either way."""
+        if self._content is None:
+            return
+        with contextlib.suppress(TimeoutError, *TRANSPORT_ERRORS):
+            async with asyncio.timeout(END_OF_BODY_SECONDS):
+                while chunk := await self._content.readany():
+                    if chunk.strip():
+                        return  # more than the end: not a body to trust with another reply
 
 
 def _dumps(value: Any) -> str:

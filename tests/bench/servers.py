@@ -3,6 +3,8 @@
 - `raw`: the baseline — a trivial grpc.aio server answering ChatService's methods with pre-built messages
   (StreamReply streams time-stamped deltas at the requested pace, or one pre-built message as fast as it can).
 - `service`: chat-service itself (the real App, auth, interceptors, storage), with the clock-stamping fake model.
+- `relay`: the floor of the paced path — raw grpc.aio on uvloop relaying an Ollama-wire upstream read with aiohttp
+  (`--upstream URL`), one delta per streamed line: no auth, no storage, no reply outliving its call.
 - `naive`: the design the earlier systems used — the generation runs inside the RPC and the partial reply is
   written to the database every `--every` tokens (1: per token).
 
@@ -123,6 +125,38 @@ def raw_servicer() -> chat_pb2_grpc.ChatServiceServicer:
     return chat_servicer(CreateConversation=create, GetConversation=get, StreamReply=stream)
 
 
+# --- the relay floor: what the paced path costs with nothing but gRPC, HTTP and JSON
+
+
+def relay_servicer(session: Any, upstream: str) -> chat_pb2_grpc.ChatServiceServicer:
+    import orjson
+
+    conversation = pb.Conversation(conversation_id=str(uuid.uuid4()), title="relay", model=MODEL)
+    created = pb.CreateConversationResponse(conversation=conversation)
+    message = pb.Message(message_id=str(uuid.uuid4()), role=pb.ROLE_ASSISTANT)
+    started = pb.StreamReplyResponse(event=pb.ReplyEvent(started=pb.ReplyStarted(assistant_message=message)))
+    completed = pb.StreamReplyResponse(event=pb.ReplyEvent(completed=pb.ReplyCompleted(message=message)))
+
+    async def create(_request: pb.CreateConversationRequest, _context: Any) -> pb.CreateConversationResponse:
+        return created
+
+    async def stream(request: pb.StreamReplyRequest, _context: Any) -> AsyncIterator[pb.StreamReplyResponse]:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": request.content}], "stream": True}
+        yield started
+        offset = 0
+        async with session.post(upstream + "/api/chat", data=orjson.dumps(body)) as response:
+            async for line in response.content:
+                chunk = orjson.loads(line)
+                if chunk.get("done"):
+                    continue  # read on to the end of the body: the connection goes back to the pool
+                text = chunk["message"]["content"]
+                yield delta(text, offset)
+                offset += len(text)
+        yield completed
+
+    return chat_servicer(CreateConversation=create, StreamReply=stream)
+
+
 # --- the naive design: generation inside the RPC, a database write every `every` tokens
 
 
@@ -241,7 +275,7 @@ def bench_settings(database_url: str, *, replica_id: str) -> Settings:
     )
 
 
-async def run(kind: str, database_url: str, every: int) -> None:
+async def run(kind: str, database_url: str, every: int, upstream: str = "") -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -261,7 +295,13 @@ async def run(kind: str, database_url: str, every: int) -> None:
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     engine = None
     pool = None
-    if kind == "rawsql":
+    session = None
+    if kind == "relay":
+        import aiohttp
+
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        chat_pb2_grpc.add_ChatServiceServicer_to_server(relay_servicer(session, upstream), server)
+    elif kind == "rawsql":
         import asyncpg
 
         dsn = database_url.replace("postgresql+asyncpg://", "postgresql://")
@@ -285,6 +325,8 @@ async def run(kind: str, database_url: str, every: int) -> None:
         await engine.dispose()
     if pool is not None:
         await pool.close()
+    if session is not None:
+        await session.close()
 
 
 class RequestPaced(ClockProvider):
@@ -303,11 +345,17 @@ class RequestPaced(ClockProvider):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["raw", "service", "naive", "rawsql"])
+    parser.add_argument("kind", choices=["raw", "service", "naive", "rawsql", "relay"])
     parser.add_argument("--database", default="")
     parser.add_argument("--every", type=int, default=1)
+    parser.add_argument("--upstream", default="", help="relay: the Ollama-wire server's base URL")
     args = parser.parse_args()
-    asyncio.run(run(args.kind, args.database, args.every))
+    if args.kind == "relay":  # on uvloop, as chat-service serves
+        import uvloop
+
+        uvloop.run(run(args.kind, args.database, args.every, args.upstream))
+    else:
+        asyncio.run(run(args.kind, args.database, args.every, args.upstream))
 
 
 if __name__ == "__main__":

@@ -332,3 +332,53 @@ async def test_closing_the_stream_early_closes_the_connection(wire: Backend) -> 
             break
 
     await asyncio.wait_for(wire.wire.client_gone.wait(), 5)
+
+
+# ------------------------------------------------------------------------------------------ connections
+
+
+def _chat_ports(backend: Backend) -> list[int]:
+    return [r.client_port for r in backend.wire.requests if r.path.endswith(backend.wire.chat_path)]
+
+
+async def test_replies_one_after_another_reuse_one_connection(wire: Backend) -> None:
+    """A reply read to its end leaves its connection for the next: no connect (nor its CPU and latency) per reply,
+    also when the body's end comes a moment after the last line, as from a server that flushed that line first."""
+    for _ in range(3):
+        wire.reply(ChatScript(end_delay=0.1))
+        items = await collect(wire.provider, prompt(wire.model))
+        assert isinstance(items[-1], Completion)
+
+    ports = _chat_ports(wire)
+    assert len(ports) == 3 and ports[0] != 0
+    assert len(set(ports)) == 1, ports
+
+
+async def test_a_body_left_open_after_its_last_line_completes_the_reply_and_its_connection_is_closed(
+    wire: Backend,
+) -> None:
+    # A minute of read timeout: the reply completes because the adapter stops waiting for the body's end on
+    # its own (after END_OF_BODY_SECONDS), not because reading timed out.
+    assert wire.connect is not None
+    provider = wire.connect(wire.wire.url, 60.0)
+    try:
+        wire.reply(ChatScript(linger=True))
+        items = await collect(provider, prompt(wire.model))
+        assert items[:-1] == list(ChatScript().pieces)
+        assert isinstance(items[-1], Completion) and items[-1].finish_reason is FinishReason.STOP
+        await asyncio.wait_for(wire.wire.client_gone.wait(), 5)  # that connection was closed, not pooled
+
+        assert isinstance((await collect(provider, prompt(wire.model)))[-1], Completion)
+        first, second = _chat_ports(wire)
+        assert first != second
+    finally:
+        await provider.aclose()
+
+
+async def test_bytes_after_the_last_line_are_ignored(wire: Backend) -> None:
+    wire.reply(ChatScript(after_ending=b"surplus after the end\n"))
+    items = await collect(wire.provider, prompt(wire.model))
+
+    assert items[:-1] == list(ChatScript().pieces)
+    assert isinstance(items[-1], Completion) and items[-1].finish_reason is FinishReason.STOP
+    assert isinstance((await collect(wire.provider, prompt(wire.model)))[-1], Completion)

@@ -18,6 +18,7 @@ SERVERS = {
     "service": ["-m", "tests.bench.servers", "service"],
     "naive": ["-m", "tests.bench.servers", "naive"],
     "raw": ["-m", "tests.bench.servers", "raw"],
+    "relay": ["-m", "tests.bench.servers", "relay", "--upstream", "http://127.0.0.1:9"],  # asked nothing here
     "scale": ["-m", "tests.bench.scale", "serve"],
 }
 

@@ -31,6 +31,7 @@ class Request:
     path: str
     headers: dict[str, str]  # names in lower case
     body: bytes
+    client_port: int = 0  # the client's end of the connection it came on: equal ports, one reused connection
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -91,7 +92,9 @@ class WireServer:
     @web.middleware
     async def _record(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         headers = {name.lower(): value for name, value in request.headers.items()}
-        self.requests.append(Request(request.method, request.path, headers, await request.read()))
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        port = int(peer[1]) if peer else 0
+        self.requests.append(Request(request.method, request.path, headers, await request.read(), port))
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
@@ -195,6 +198,9 @@ class ChatScript:
     end_after: int | None = None  # end the stream cleanly after this many pieces, without the final chunk
     garbage_after: int | None = None  # send a line that is not JSON after this many pieces
     stall_after: int | None = None  # send nothing more after this many pieces, until the client gives up
+    after_ending: bytes = b""  # sent after the format's last line, before the body ends
+    linger: bool = False  # after the last line, leave the body open until the client goes away
+    end_delay: float = 0.0  # seconds between the last line and the body's end (a server finishing its handler)
 
 
 class ChatServer(Served):
@@ -272,6 +278,11 @@ class ChatServer(Served):
         if await self._play(stream, model, pieces, script):
             for line in self.ending(model, reason, len(pieces), script, body):
                 await stream.send(line)
+            if script.after_ending:
+                await stream.send(script.after_ending)
+            if script.linger:
+                await asyncio.Event().wait()  # until the client goes away (the handler is then cancelled)
+            await asyncio.sleep(script.end_delay)
             await stream.end()
         return stream.response
 
