@@ -150,6 +150,13 @@ class ConversationRepository(Protocol):
         finds it may not use it must abandon the unit of work (nothing is committed)."""
         ...
 
+    async def start_reply(self, conversation_id: str, reply_id: str, when: datetime) -> Conversation | None:
+        """`touch_and_lock`, and make `reply_id` (a reply this transaction is about to insert) the current branch's
+        leaf — in one statement where the database can —; the conversation as it was before (its leaf the one the
+        reply follows), or None when there is none. A caller that then finds it may not use it, or does not insert
+        the reply after all, must abandon the unit of work (nothing is committed)."""
+        ...
+
     async def delete(self, conversation_id: str) -> None:
         """Delete the conversation and all its messages."""
         ...
@@ -165,7 +172,8 @@ class MessageRepository(Protocol):
 
     async def branch(self, conversation_id: str, leaf_id: str, *, limit: int) -> Sequence[Message]:
         """The newest `limit` messages of the branch ending at `leaf_id` (the path to it from a first message),
-        oldest first; none when there is no such message."""
+        oldest first, each with the ids of the files it carries (`attachment_ids`); none when there is no such
+        message."""
         ...
 
     async def list_branch(

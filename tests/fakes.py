@@ -256,6 +256,12 @@ class FakeConversations:
         await self.touch(conversation_id, when)
         return self._tx.state.conversations.get(conversation_id)
 
+    async def start_reply(self, conversation_id: str, reply_id: str, when: datetime) -> Conversation | None:
+        before = await self.touch_and_lock(conversation_id, when)
+        if before is not None:
+            await self.set_current(conversation_id, reply_id, when)
+        return before
+
     async def delete(self, conversation_id: str) -> None:
         state = self._tx.state
         gone = {k for k, r in state.messages.items() if r.message.conversation_id == conversation_id}
@@ -341,7 +347,11 @@ class FakeMessages:
         return found
 
     async def branch(self, conversation_id: str, leaf_id: str, *, limit: int) -> Sequence[Message]:
-        return [r.message for r in self._path(conversation_id, leaf_id)[-limit:]]
+        links = self._tx.state.links
+        return [
+            dataclasses.replace(r.message, attachment_ids=links.get(r.message.id, ()))
+            for r in self._path(conversation_id, leaf_id)[-limit:]
+        ]
 
     async def list_branch(
         self, conversation_id: str, leaf_id: str, *, limit: int, after: str | None

@@ -399,16 +399,18 @@ class Replies:
         parent: str | None = None,
     ) -> _Reply:
         """One transaction on the first-token path, in as few round trips as it can: lock and touch the
-        conversation (one statement), look for an earlier attempt (only for a request id the client chose), read
-        the branch the reply answers (its history), insert both messages (one statement), make the reply the current
-        branch's leaf, read the files the history carries (one statement; the new message's files are checked and
-        linked first, when it has any), commit."""
+        conversation and make the reply its current leaf (one statement on Postgres), look for an earlier attempt
+        (only for a request id the client chose), read the branch the reply answers (its history, with the ids of
+        the files each message carries), insert both messages (one statement), read the files the history carries
+        (only when it carries some; the new message's files are checked and linked first), commit."""
         now = self._clock()
         # A microsecond later keeps (create_time) order equal to insertion order for readers that sort by it.
         later = now + timedelta(microseconds=1)
+        reply_id = new_id()
         async with self._uow() as uow:
-            # Locked and touched in one statement; a refusal below leaves the transaction uncommitted.
-            conversation = await uow.conversations.touch_and_lock(conversation_id, later)
+            # Locked, touched and given the reply as its leaf in one statement; the conversation is as it was
+            # before. A refusal below, or an earlier attempt found, leaves the transaction uncommitted.
+            conversation = await uow.conversations.start_reply(conversation_id, reply_id, later)
             await authorize(uow, principal, conversation, "conversation", Need.WRITE)
             assert conversation is not None
             # Looked up under the conversation's lock: a concurrent retry with this request_id that got the lock
@@ -428,7 +430,7 @@ class Replies:
                 else None
             )
             assistant = Message(
-                id=new_id(),
+                id=reply_id,
                 conversation_id=conversation_id,
                 owner=principal.user_id,
                 role=Role.ASSISTANT,
@@ -442,7 +444,6 @@ class Replies:
             )
             lease = self.generations.new_lease(now)
             await uow.messages.add(*([user] if user is not None else []), assistant, lease=lease)
-            await uow.conversations.set_current(conversation_id, assistant.id, later)
             if user is not None and user.attachment_ids:
                 await uow.attachments.link(user.id, user.attachment_ids)
             prompt = await self._prompt(uow, conversation, [*history, user] if user is not None else history, steer)
@@ -548,7 +549,7 @@ class Replies:
         read by the provider wrapper when the model is called) that fit the token budget, and `steer`."""
         instructions = conversation.system_prompt or self._personas.instructions(conversation.persona)
         system = ChatTurn(Role.SYSTEM, instructions) if instructions else None
-        files = await uow.attachments.linked([m.id for m in history if m.role is Role.USER])
+        files = await uow.attachments.linked([m.id for m in history if m.role is Role.USER and m.attachment_ids])
         turns = [ChatTurn(m.role, m.content, files.get(m.id, ())) for m in history if _belongs_in_history(m)]
         budget = self._options.history_token_budget - (estimate_tokens(steer) if steer else 0)
         window = history_window(system, turns, budget=budget)

@@ -47,8 +47,35 @@ _SET_CURRENT = (
     .where(conversations.c.id == sa.bindparam("b_id"))
     .values(current_message_id=sa.bindparam("b_current"), update_time=sa.bindparam("b_time"))
 )
+# Postgres: lock the conversation, touch it and make the reply about to be inserted its current leaf, in one
+# statement that also returns the leaf it had (RETURNING sees only the new row; the locked subquery keeps the old).
+_PREVIOUS = (
+    sa.select(conversations.c.id, conversations.c.current_message_id.label("previous_leaf"))
+    .where(conversations.c.id == sa.bindparam("b_id"))
+    .with_for_update()
+    .subquery("before")
+)
+_START_REPLY = (
+    conversations.update()
+    .where(conversations.c.id == _PREVIOUS.c.id)
+    .values(current_message_id=sa.bindparam("b_current"), update_time=sa.bindparam("b_time"))
+    .returning(*conversations.c, _PREVIOUS.c.previous_leaf)
+)
 _BRANCH_PATH = branches.path_to(sa.bindparam("b_conversation"), sa.bindparam("b_leaf"), depth=sa.bindparam("b_depth"))
-_BRANCH = sa.select(messages).join(_BRANCH_PATH, messages.c.seq == _BRANCH_PATH.c.seq).order_by(messages.c.seq)
+# Each message's files as "position:attachment_id,...": the prompt reads the files only of messages that have some.
+_FILE_LIST = (
+    sa.select(
+        sa.func.aggregate_strings(
+            sa.cast(message_attachments.c.position, sa.String) + ":" + message_attachments.c.attachment_id, ","
+        )
+    )
+    .where(message_attachments.c.message_id == messages.c.id)
+    .scalar_subquery()
+    .label("file_list")
+)
+_BRANCH = (
+    sa.select(messages, _FILE_LIST).join(_BRANCH_PATH, messages.c.seq == _BRANCH_PATH.c.seq).order_by(messages.c.seq)
+)
 _FINISH = (
     messages.update()
     .where(
@@ -126,6 +153,19 @@ class SqlConversations:
         row = (await self._conn.execute(_TOUCH_AND_LOCK, {"b_id": conversation_id, "b_time": when})).first()
         return _conversation(row) if row else None
 
+    async def start_reply(self, conversation_id: str, reply_id: str, when: datetime) -> Conversation | None:
+        params = {"b_id": conversation_id, "b_current": reply_id, "b_time": when}
+        if self._conn.dialect.name == "postgresql":
+            row = (await self._conn.execute(_START_REPLY, params)).first()
+            if row is None:
+                return None
+            return dataclasses.replace(_conversation(row), current_message_id=row.previous_leaf or "")
+        # SQLite's RETURNING cannot show the leaf it replaces: two statements (its first write locks the database).
+        before = await self.touch_and_lock(conversation_id, when)
+        if before is not None:
+            await self._conn.execute(_SET_CURRENT, params)
+        return before
+
     async def delete(self, conversation_id: str) -> None:
         # The conversation's row is locked first, as every writer of its messages does (a reply starting locks it,
         # then may end the leaf): taking the messages first would deadlock with such a writer.
@@ -170,7 +210,7 @@ class SqlMessages:
 
     async def branch(self, conversation_id: str, leaf_id: str, *, limit: int) -> Sequence[Message]:
         params = {"b_conversation": conversation_id, "b_leaf": leaf_id, "b_depth": limit}
-        return [_message(row) for row in await self._conn.execute(_BRANCH, params)]
+        return [_carrying(_message(row), row.file_list) for row in await self._conn.execute(_BRANCH, params)]
 
     async def list_branch(
         self, conversation_id: str, leaf_id: str, *, limit: int, after: str | None
@@ -507,6 +547,15 @@ def _message(row: Any) -> Message:
         continued_at=_continuations(row.continued_at),
         parent_id=row.parent_id or "",
     )
+
+
+def _carrying(message: Message, file_list: str | None) -> Message:
+    """`message` with the attachment ids of its `file_list` ("position:id,..." in any order)."""
+    if not file_list:
+        return message
+    placed = sorted((int(position), attachment_id) for position, _, attachment_id in
+                    (item.partition(":") for item in file_list.split(",")))  # fmt: skip
+    return dataclasses.replace(message, attachment_ids=tuple(attachment_id for _, attachment_id in placed))
 
 
 def _continued(pairs: Sequence[tuple[int, int]]) -> str:

@@ -143,6 +143,63 @@ async def test_touch_and_lock_returns_the_touched_conversation(uow: UnitOfWorkFa
     assert await fetch(uow, conv.id) == touched
 
 
+async def test_start_reply_makes_the_reply_the_leaf_and_returns_the_conversation_as_it_was(
+    uow: UnitOfWorkFactory,
+) -> None:
+    conv = conversation()
+    first = message(conv, "one")
+    await stored(uow, conv, messages=[first])
+    async with uow() as work:
+        await work.conversations.set_current(conv.id, first.id, at(1))
+        await work.commit()
+    answer = reply(conv)
+
+    async with uow() as work:
+        before = await work.conversations.start_reply(conv.id, answer.id, at(8))
+        missing = await work.conversations.start_reply(conversation().id, answer.id, at(8))
+        await work.messages.add(answer)
+        await work.commit()
+
+    assert before == dataclasses.replace(conv, current_message_id=first.id, update_time=at(8))
+    assert missing is None
+    assert await fetch(uow, conv.id) == dataclasses.replace(before, current_message_id=answer.id)
+
+
+async def test_start_reply_left_uncommitted_changes_nothing(uow: UnitOfWorkFactory) -> None:
+    conv = conversation()
+    await stored(uow, conv)
+
+    async with uow() as work:
+        assert await work.conversations.start_reply(conv.id, reply(conv).id, at(9)) is not None
+
+    assert await fetch(uow, conv.id) == conv
+
+
+async def test_start_reply_serialises_two_replies_each_after_the_other(uow: UnitOfWorkFactory) -> None:
+    """Two replies starting at once: the second waits for the first's commit and follows its reply (on Postgres the
+    previous leaf is read under the lock in the same statement that replaces it)."""
+    conv = conversation()
+    await stored(uow, conv)
+    replies = iter([reply(conv), reply(conv)])
+    seen: list[tuple[str, str]] = []
+
+    async def start(work: UnitOfWork) -> tuple[Conversation | None, str]:
+        answer = next(replies)
+        return await work.conversations.start_reply(conv.id, answer.id, at(3)), answer.id
+
+    async def insert(work: UnitOfWork, started: tuple[Conversation | None, str]) -> None:
+        before, answer_id = started
+        assert before is not None
+        seen.append((before.current_message_id, answer_id))
+
+    await locked_twice(uow, start, insert)
+
+    (first_after, first_id), (second_after, second_id) = seen
+    assert (first_after, second_after) == ("", first_id)
+    stored_conv = await fetch(uow, conv.id)
+    assert stored_conv is not None and stored_conv.current_message_id == second_id
+
+
 async def test_get_for_update_serialises_read_modify_write(uow: UnitOfWorkFactory) -> None:
     conv = conversation(title="")
     await stored(uow, conv)

@@ -4,10 +4,11 @@ on the fake, SQLite and Postgres alike."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 
 import pytest
 
-from service.domain import Conversation, InvalidArgument, Message, MessageStatus, Role, Siblings
+from service.domain import Attachment, Conversation, InvalidArgument, Message, MessageStatus, Role, Siblings
 from service.ports import UnitOfWorkFactory
 from tests.contract.conftest import assert_paged, at, conversation, lease, message, reply, stored, walk
 
@@ -25,6 +26,10 @@ def chain(conv: Conversation, count: int, under: Message | None = None, prefix: 
         role = Role.USER if i % 2 == 0 else Role.ASSISTANT
         made.append(after(made[-1] if made else under, message(conv, f"{prefix}{i}", role=role)))
     return made
+
+
+def attachment(name: str) -> Attachment:
+    return Attachment(str(uuid.uuid4()), "alice", name, "text/plain", "text/plain", 3, "0" * 64, at(0))
 
 
 def bare(messages: list[Message]) -> list[Message]:
@@ -64,6 +69,25 @@ async def test_a_branch_is_the_path_to_its_leaf_oldest_first(uow: UnitOfWorkFact
         assert await work.messages.branch(conv.id, twig[-1].id, limit=3) == [trunk[1], *twig]
         assert await work.messages.branch(conv.id, elsewhere[0].id, limit=10) == []  # not this conversation's
         assert await work.messages.branch(conv.id, message(conv).id, limit=10) == []
+
+
+async def test_a_branch_carries_the_ids_of_each_messages_files_in_their_order(uow: UnitOfWorkFactory) -> None:
+    conv = conversation()
+    question, answer, follow_up = chain(conv, 3)
+    await stored(uow, conv, messages=[question, answer, follow_up])
+    files = [attachment(f"file-{i}") for i in range(11)]  # two-digit positions: ordered as numbers, not text
+    async with uow() as work:
+        for file in files:
+            await work.attachments.add(file)
+        await work.attachments.link(question.id, [f.id for f in reversed(files)])
+        await work.attachments.link(follow_up.id, [files[3].id])
+        await work.commit()
+
+    async with uow() as work:
+        got = await work.messages.branch(conv.id, follow_up.id, limit=10)
+
+    assert [m.attachment_ids for m in got] == [tuple(f.id for f in reversed(files)), (), (files[3].id,)]
+    assert [dataclasses.replace(m, attachment_ids=()) for m in got] == [question, answer, follow_up]
 
 
 @pytest.mark.parametrize("limit", [1, 2, 3, 5])
