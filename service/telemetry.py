@@ -73,9 +73,18 @@ def _service_name(default: str) -> str:
     return os.environ.get("OTEL_SERVICE_NAME") or default
 
 
+def tracing_enabled() -> bool:
+    """Whether spans go anywhere: an SDK tracer provider is installed (by `configure_tracing`, or a test's)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 def instrument_libraries(sync_engine: Any) -> None:
     """Child spans for SQL statements (this engine) and outgoing HTTP (aiohttp: the model adapters; httpx: the
-    audio adapters), each client library instrumented once per process."""
+    audio adapters), each client library instrumented once per process — only when tracing is on: the
+    instrumentation does its work per statement and per request (the statement's name parsed from its SQL, a
+    span made and ended, context attached) even when every span it makes is dropped."""
+    if not tracing_enabled():
+        return
     from opentelemetry.instrumentation.aiohttp_client import AioHttpClientInstrumentor
     from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer

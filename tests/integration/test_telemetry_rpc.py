@@ -40,12 +40,18 @@ _EXPORTER = InMemorySpanExporter()
 _PROCESSOR = _Switchable(_EXPORTER)
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
+@pytest.fixture(autouse=True)
+def sdk_tracing() -> None:
+    """The SDK's tracer provider, installed before any replica of these tests is built: a replica instruments
+    its libraries (SQL, HTTP) only when tracing is on."""
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
         provider = telemetry.tracer_provider()
         provider.add_span_processor(_PROCESSOR)
         trace.set_tracer_provider(provider)
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
     _EXPORTER.clear()
     _PROCESSOR.enabled = True
     try:
