@@ -15,8 +15,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 
 # Opening the terminal by name after setsid() makes it the controlling terminal, so Ctrl-C typed into it
 # reaches the program as SIGINT, as in a real terminal.
+# The program gets the terminal as a terminal emulator's shell would: as its controlling terminal, with Ctrl-C and
+# Ctrl-\ delivered (a test run started in the background of a non-interactive shell inherits both ignored).
 _ON_TTY = (
-    "import os, sys; fd = os.open(sys.argv[1], os.O_RDWR); [os.dup2(fd, n) for n in (0, 1, 2)]; "
+    "import os, signal, sys; fd = os.open(sys.argv[1], os.O_RDWR); [os.dup2(fd, n) for n in (0, 1, 2)]; "
+    "[signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGQUIT)]; "
     "os.execv(sys.argv[2], sys.argv[2:])"
 )
 
