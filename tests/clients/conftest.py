@@ -37,15 +37,6 @@ async def server(sqlite_url: str) -> AsyncIterator[Replica]:
 
 
 @pytest.fixture
-async def long_server(sqlite_url: str) -> AsyncIterator[Replica]:
-    """Replies of 400 tokens at 40 tokens/s (~10 s): a Ctrl-C on a loaded machine still lands mid-reply (a
-    cancelled reply ends the test at once)."""
-    settings = settings_for(sqlite_url, fake_tokens_per_second=40, fake_reply_tokens=400)
-    async with running_replica(settings) as running:
-        yield running
-
-
-@pytest.fixture
 async def slow_server(sqlite_url: str) -> AsyncIterator[Replica]:
     """Replies of 64 tokens at 40 tokens/s (~1.6 s): time to break a stream or press Ctrl-C mid-reply."""
     settings = settings_for(sqlite_url, fake_tokens_per_second=40, fake_reply_tokens=64)

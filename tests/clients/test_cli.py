@@ -151,8 +151,8 @@ async def test_interactive_conversation_with_slash_commands(server: Replica, tmp
     assert [r[2] for r in rows[1:2]] == ["Hello from the terminal"]
 
 
-async def test_ctrl_c_cancels_the_reply_not_the_program(long_server: Replica, tmp_path: Path) -> None:
-    session = await TerminalSession.start(env=await env_for(long_server, tmp_path, TERM="xterm"))
+async def test_ctrl_c_cancels_the_reply_not_the_program(slow_server: Replica, tmp_path: Path) -> None:
+    session = await TerminalSession.start(env=await env_for(slow_server, tmp_path, TERM="xterm"))
     try:
         await session.expect("you> ")
         session.send("Tell me a long story\n")
@@ -168,10 +168,11 @@ async def test_ctrl_c_cancels_the_reply_not_the_program(long_server: Replica, tm
         assert await session.wait() == 0
     finally:
         await session.close()
-    async with ChatClient(long_server.address, api_key=await long_server.key("alice")) as client:
+    async with ChatClient(slow_server.address, api_key=await slow_server.key("alice")) as client:
         conversation = await anext(client.iter_conversations())
-    reply = (await messages_of(long_server, conversation.conversation_id))[-1]
-    assert reply.status == pb.MESSAGE_STATUS_CANCELLED  # cut short: the full reply takes ~10 s
+    reply = (await messages_of(slow_server, conversation.conversation_id))[-1]
+    assert reply.status == pb.MESSAGE_STATUS_CANCELLED
+    assert 0 < len(reply.content) < 200
 
 
 @pytest.mark.parametrize(
