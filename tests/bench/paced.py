@@ -514,7 +514,7 @@ def main() -> None:
     (RESULTS / f"paced-{stamp}.json").write_text(json.dumps(results, indent=2))
     (RESULTS / "paced-latest.json").write_text(json.dumps(results, indent=2))
     if not args.no_readme:
-        rewrite_readme(text, "python -m tests.bench.paced" + (" --quick" if args.quick else ""))
+        rewrite_readme(text, " ".join(["python -m tests.bench.paced", *sys.argv[1:]]))  # the command as run
 
 
 if __name__ == "__main__":
