@@ -154,8 +154,8 @@ class SqlConversations:
         return _conversation(row) if row else None
 
     async def start_reply(self, conversation_id: str, reply_id: str, when: datetime) -> Conversation | None:
-        params = {"b_id": conversation_id, "b_current": reply_id, "b_time": when}
         if self._conn.dialect.name == "postgresql":
+            params = {"b_id": conversation_id, "b_current": reply_id, "b_time": when}
             row = (await self._conn.execute(_START_REPLY, params)).first()
             if row is None:
                 return None
@@ -163,7 +163,7 @@ class SqlConversations:
         # SQLite's RETURNING cannot show the leaf it replaces: two statements (its first write locks the database).
         before = await self.touch_and_lock(conversation_id, when)
         if before is not None:
-            await self._conn.execute(_SET_CURRENT, params)
+            await self.set_current(conversation_id, reply_id, when)
         return before
 
     async def delete(self, conversation_id: str) -> None:

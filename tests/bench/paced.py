@@ -324,7 +324,7 @@ async def run(levels: list[int], workers: list[int], quick: bool, profile: Path 
     with upstream(workdir) as url:
         await direct_trial(url, 50)  # warm-up
         results["direct"] = {str(n): (await direct_trial(url, n)).summary() for n in levels}
-        async with relay(workdir, url) as (target, server):
+        async with bench_server(workdir, "relay", "--upstream", url) as (target, server):
             print("  relay floor", file=sys.stderr, flush=True)
             await service_trial(target, server, 50)
             results["relay"] = {"levels": {str(n): (await service_trial(target, server, n)).summary() for n in levels}}
@@ -367,11 +367,10 @@ async def first_token_overhead(url: str, target: Target, server: Process, rounds
 
 
 @contextlib.asynccontextmanager
-async def relay(workdir: Path, upstream_url: str) -> AsyncIterator[tuple[Target, Process]]:
-    """The floor of the paced path: raw grpc.aio relaying the upstream with aiohttp (tests/bench/servers.py)."""
-    server = Process(
-        [sys.executable, "-m", "tests.bench.servers", "relay", "--upstream", upstream_url], workdir / "relay.log"
-    )
+async def bench_server(workdir: Path, kind: str, *args: str) -> AsyncIterator[tuple[Target, Process]]:
+    """A server of tests/bench/servers.py (`kind`: `relay`, the floor of the paced path — raw grpc.aio relaying
+    the upstream with aiohttp —, or `rawsql`, the unary baseline), and channels to it."""
+    server = Process([sys.executable, "-m", "tests.bench.servers", kind, *args], workdir / f"{kind}.log")
     try:
         port = server.ready("READY").split()[1]
         target = Target(f"127.0.0.1:{port}", "-", server.process.pid)
@@ -389,17 +388,10 @@ async def unary_baseline(workdir: Path, *, seconds: float) -> float:
     name = f"chat_bench_rawsql_{os.getpid()}"
     url = await postgres_database(name)
     await asyncio.to_thread(chat_service, "migrate", env={"CHAT_DATABASE_URL": url})
-    server = Process([sys.executable, "-m", "tests.bench.servers", "rawsql", "--database", url], workdir / "rawsql.log")
     try:
-        port = server.ready("READY").split()[1]
-        target = Target(f"127.0.0.1:{port}", "-", server.process.pid)
-        await target.open()
-        try:
+        async with bench_server(workdir, "rawsql", "--database", url) as (target, _server):
             return await unary(target, seconds=seconds)
-        finally:
-            await target.close()
     finally:
-        server.stop()
         await postgres_database(name, drop=True)
 
 

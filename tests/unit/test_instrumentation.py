@@ -34,4 +34,4 @@ def test_libraries_are_instrumented_only_when_tracing_is_on(tracing: str, expect
         [sys.executable, "-c", PROBE, tracing, database], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[-2] == expected
+    assert done.stdout.strip().splitlines()[-1] == expected
