@@ -39,8 +39,7 @@ class Options:
 
     replica_id: str
     default_model: str
-    replies: ReplyOptions = field(default_factory=ReplyOptions)
-    max_message_bytes: int = 32 * 1024
+    replies: ReplyOptions = field(default_factory=ReplyOptions)  # max_message_bytes: every use case's limit
     max_attachment_bytes: int = 5 * 1024 * 1024
     max_audio_bytes: int = 3 * 1024 * 1024
     coaching_limits: SessionLimits = field(default_factory=SessionLimits)  # of sessions whose `start` sets none
@@ -64,7 +63,6 @@ class Options:
                 max_model_streams=settings.llm_max_streams,
                 max_continuations=settings.max_continuations,
             ),
-            max_message_bytes=settings.max_message_bytes,
             max_attachment_bytes=settings.max_attachment_bytes,
             max_audio_bytes=settings.max_audio_bytes,
             coaching_limits=SessionLimits(
@@ -114,7 +112,7 @@ def use_cases(
     )
     models = ModelCatalog(provider, default_model=options.default_model)
     conversations = Conversations(
-        uow, replies, models, personas, page_tokens, clock=clock, max_prompt_bytes=options.max_message_bytes
+        uow, replies, models, personas, page_tokens, clock=clock, max_prompt_bytes=options.replies.max_message_bytes
     )
     session_records = SessionRecords(uow, conversations, personas, clock=clock, default_limits=options.coaching_limits)
     coaching = Coaching(
@@ -124,7 +122,7 @@ def use_cases(
             transcriber,
             synthesizer,
             max_audio_bytes=options.max_audio_bytes,
-            max_message_bytes=options.max_message_bytes,
+            max_message_bytes=options.replies.max_message_bytes,
         ),
         personas,
         page_tokens,

@@ -3,6 +3,7 @@ intervals and small limits tests want."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Protocol
 
 from service.audio import NO_SYNTHESIZER, NO_TRANSCRIBER, Unconfigured
@@ -14,7 +15,7 @@ from service.storage.notifications import LocalNotifications
 from service.wiring import Options, UseCases, use_cases
 from tests.fakes import FakeAttachmentStore, FakeClock, FakeStorage
 
-QUICK = ReplyOptions(flush_interval=0.01)
+QUICK = ReplyOptions(flush_interval=0.01, max_message_bytes=1000)
 
 
 class Wire(Protocol):
@@ -33,7 +34,7 @@ def wire(
     replica_id: str = "replica-a",
     default_model: str = "scripted",
     replies: ReplyOptions = QUICK,
-    max_message_bytes: int = 1000,
+    max_message_bytes: int | None = None,  # replaces `replies.max_message_bytes` when given
     max_audio_bytes: int = 1024,
     **options: Any,
 ) -> UseCases:
@@ -51,8 +52,9 @@ def wire(
         options=Options(
             replica_id=replica_id,
             default_model=default_model,
-            replies=replies,
-            max_message_bytes=max_message_bytes,
+            replies=replies
+            if max_message_bytes is None
+            else dataclasses.replace(replies, max_message_bytes=max_message_bytes),
             max_audio_bytes=max_audio_bytes,
             **options,
         ),

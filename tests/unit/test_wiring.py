@@ -34,8 +34,11 @@ def test_options_take_every_use_case_setting() -> None:
     options = Options.from_settings(settings)
 
     assert (options.replica_id, options.default_model) == ("replica-7", "m")
-    assert (options.max_message_bytes, options.max_attachment_bytes, options.max_audio_bytes) == (2000, 3000, 4000)
-    assert options.replies.max_message_bytes == 2000
+    assert (options.replies.max_message_bytes, options.max_attachment_bytes, options.max_audio_bytes) == (
+        2000,
+        3000,
+        4000,
+    )
     assert (options.replies.flush_interval, options.replies.provider_attempts) == (0.05, 5)
     assert options.coaching_limits == SessionLimits(6, timedelta(seconds=90))
     assert options.classify_finish is False
