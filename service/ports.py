@@ -424,7 +424,14 @@ class Notifications(Protocol):
     async def close(self) -> None: ...
 
 
-UnitOfWorkFactory = Callable[[], UnitOfWork]
+class UnitOfWorkFactory(Protocol):
+    def __call__(self, *, autocommit: bool = False) -> UnitOfWork:
+        """A unit of work. With `autocommit`, each statement is a transaction of its own, committed as it runs (so
+        `commit()` has nothing left to do, and leaving without it rolls nothing back): for one write that stands
+        alone, such as a reply's end — on Postgres one round trip instead of three (BEGIN, the write, COMMIT)."""
+        ...
+
+
 Clock = Callable[[], datetime]
 
 

@@ -1,9 +1,11 @@
 """The one way this service retries: tenacity, on the errors named only, with exponential backoff and jitter
-(half the first wait), re-raising the last error when the attempts run out."""
+(half the first wait), re-raising the last error when the attempts run out. `retried` is the same for one
+awaitable call, with a first attempt that costs nothing extra (for the calls every reply makes)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -13,6 +15,8 @@ from tenacity import (
     stop_never,
     wait_exponential_jitter,
 )
+
+T = TypeVar("T")
 
 
 def retrying(
@@ -32,3 +36,31 @@ def retrying(
         before_sleep=before_sleep,
         reraise=True,
     )
+
+
+async def retried(
+    call: Callable[[], Awaitable[T]],
+    errors: type[BaseException] | tuple[type[BaseException], ...],
+    *,
+    attempts: int | None = None,
+    initial: float = 0.0,
+    ceiling: float = 0.0,
+    before_sleep: Callable[[RetryCallState], Awaitable[None] | None] | None = None,
+) -> T:
+    """`await call()`, retried exactly as `retrying` would. The first attempt runs outside tenacity, whose
+    machinery costs ~40 µs an attempt (a reply's start and end pay it otherwise); at its first failure tenacity
+    takes over, its own first attempt being that failure (so the waits, the logging and the count of attempts
+    are tenacity's)."""
+    try:
+        return await call()
+    except errors as error:
+        failed: BaseException | None = error
+    async for attempt in retrying(
+        errors, attempts=attempts, initial=initial, ceiling=ceiling, before_sleep=before_sleep
+    ):
+        with attempt:
+            if failed is not None:
+                first, failed = failed, None
+                raise first
+            return await call()
+    raise AssertionError("unreachable: tenacity re-raises the last error")

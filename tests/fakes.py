@@ -103,8 +103,8 @@ class FakeStorage:
         self._lock = asyncio.Lock()
         self._commit_waiters: list[asyncio.Event] = []
 
-    def unit_of_work(self) -> FakeUnitOfWork:
-        return FakeUnitOfWork(self)
+    def unit_of_work(self, *, autocommit: bool = False) -> FakeUnitOfWork:
+        return FakeUnitOfWork(self, autocommit=autocommit)
 
     async def wait_until(self, condition: Callable[[], bool]) -> None:
         """Return once `condition()` holds, checking after each commit (bound it with `asyncio.timeout`)."""
@@ -152,7 +152,9 @@ class _Transaction:
 
 
 class FakeUnitOfWork:
-    """Implements `ports.UnitOfWork` over a copy of the committed state; `commit()` publishes the copy."""
+    """Implements `ports.UnitOfWork` over a copy of the committed state; `commit()` publishes the copy. With
+    `autocommit` leaving publishes it too: every statement would have been committed as it ran (no other unit of
+    work runs meanwhile: the storage's lock is held)."""
 
     conversations: FakeConversations
     messages: FakeMessages
@@ -161,8 +163,9 @@ class FakeUnitOfWork:
     attachments: FakeAttachments
     shares: FakeShares
 
-    def __init__(self, storage: FakeStorage) -> None:
+    def __init__(self, storage: FakeStorage, *, autocommit: bool = False) -> None:
         self._storage = storage
+        self._autocommit = autocommit
         self._tx: _Transaction | None = None
 
     async def __aenter__(self) -> Self:
@@ -176,6 +179,8 @@ class FakeUnitOfWork:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._autocommit and self._tx is not None and not self._tx.aborted:
+            self._storage._published(self._tx.state)
         self._tx = None  # leaving without commit discards the changes
         self._storage._lock.release()
         # Like returning a connection to a real pool (a reset round trip): leaving a unit of work is a point

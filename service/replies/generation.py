@@ -25,7 +25,7 @@ from service.domain import (
 from service.ports import ModelCall, ModelCallObserver, Provider, QuietModelCalls
 from service.replies.buffer import Outcome, ReplyBuffer
 from service.replies.text import TextCleaner
-from service.retrying import retrying
+from service.retrying import retried
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,9 @@ class Producer:
 
     async def run(self, generation: Generation) -> Completion:
         async with self.gate.slot():
-            async for attempt in retrying(ModelUnavailable, attempts=self._attempts, initial=0.2, ceiling=2.0):
-                with attempt:
-                    return await self._consume(generation)
-        raise AssertionError("unreachable: tenacity re-raises the last error")
+            return await retried(
+                lambda: self._consume(generation), ModelUnavailable, attempts=self._attempts, initial=0.2, ceiling=2.0
+            )
 
     async def _consume(self, generation: Generation) -> Completion:
         call = self._observer.started(self._provider.name, generation.prompt)

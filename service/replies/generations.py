@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import TypeVar
 
-from tenacity import AsyncRetrying, RetryCallState
+from tenacity import RetryCallState
 
 from service.domain import (
     Completion,
@@ -34,7 +36,7 @@ from service.domain import (
 from service.ports import Flush, UnitOfWork, UnitOfWorkFactory
 from service.replies.buffer import Outcome, ReplyBuffer
 from service.replies.generation import Generation, Producer, StreamGate, final_message
-from service.retrying import retrying
+from service.retrying import retried
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ RESTARTED_MESSAGE = "the service restarted while the reply was being generated"
 Continuation = Callable[[UnitOfWork, Message], Awaitable["Prompt | None"]]
 UNSTORABLE_MESSAGE = "the reply could not be stored in full"
 _MAX_BACKOFF = 5.0
+T = TypeVar("T")
 
 
 class Generations:
@@ -167,21 +170,25 @@ class Generations:
             ),
         ]
         candidates.append(dataclasses.replace(candidates[1], content=""))
-        async for attempt in _persistently(f"storing the end of reply {generation.id}"):
-            with attempt:
-                candidate = candidates[0]
-                try:
-                    async with self._uow() as uow:
-                        written = await uow.messages.finish(candidate, generation.lease)
-                        stored = None if written else await uow.messages.get(generation.id)
-                        await uow.commit()
-                except Unavailable:
-                    raise
-                except Exception as error:
-                    logger.exception("the database refused the end of reply %s", generation.id)
-                    if len(candidates) > 1:
-                        candidates.pop(0)
-                    raise _Refused from error
+
+        async def store() -> tuple[Message, bool, Message | None]:
+            """Writes the first candidate: (it, whether it was written, else what is stored: None if deleted)."""
+            candidate = candidates[0]
+            try:
+                async with self._uow(autocommit=True) as uow:  # one statement: one round trip
+                    written = await uow.messages.finish(candidate, generation.lease)
+                    stored = None if written else await uow.messages.get(generation.id)
+                    await uow.commit()
+            except Unavailable:
+                raise
+            except Exception as error:
+                logger.exception("the database refused the end of reply %s", generation.id)
+                if len(candidates) > 1:
+                    candidates.pop(0)
+                raise _Refused from error
+            return candidate, written, stored
+
+        candidate, written, stored = await _persistently(store, f"storing the end of reply {generation.id}")
         if written:
             return _outcome(candidate)
         generation.fenced = True
@@ -189,10 +196,11 @@ class Generations:
         return _fenced(stored) if stored else _deleted(candidate)
 
     async def _stored_outcome(self, generation: Generation) -> Outcome:
-        async for attempt in _persistently(f"reading reply {generation.id}"):
-            with attempt:
-                async with self._uow() as uow:
-                    stored = await uow.messages.get(generation.id)
+        async def read() -> Message | None:
+            async with self._uow() as uow:
+                return await uow.messages.get(generation.id)
+
+        stored = await _persistently(read, f"reading reply {generation.id}")
         final = final_message(generation, completion=None, error=None, now=self._clock())
         return _fenced(stored) if stored else _deleted(final)
 
@@ -206,9 +214,9 @@ class Generations:
             await asyncio.sleep(self._interval)
             ticks += 1
             sweep = ticks % self._sweep_every == 0
-            async for attempt in _persistently("flush", initial=self._interval, any_error=True):
-                with attempt:
-                    await self.tick(sweep=sweep)
+            await _persistently(
+                functools.partial(self.tick, sweep=sweep), "flush", initial=self._interval, any_error=True
+            )
 
     async def tick(self, *, sweep: bool = False) -> None:
         """One flush transaction: write what grew, renew leases, learn of cancels and lost leases; with `sweep`,
@@ -311,9 +319,12 @@ class _Refused(Exception):
     """The database refused a write (not an outage): retried with the next, plainer candidate."""
 
 
-def _persistently(what: str, *, initial: float = 0.1, any_error: bool = False) -> AsyncRetrying:
-    """Retries until it works, with exponential backoff up to 5 s and jitter: for writes that must happen
-    eventually (the database comes back). `any_error`: not only outages (a flush must never stop for good)."""
+async def _persistently(
+    call: Callable[[], Awaitable[T]], what: str, *, initial: float = 0.1, any_error: bool = False
+) -> T:
+    """`await call()` until it works, retried with exponential backoff up to 5 s and jitter: for writes that must
+    happen eventually (the database comes back). `any_error`: not only outages (a flush must never stop for
+    good)."""
     errors: tuple[type[BaseException], ...] = (Exception,) if any_error else (Unavailable, _Refused)
 
     def log(state: RetryCallState) -> None:
@@ -329,7 +340,7 @@ def _persistently(what: str, *, initial: float = 0.1, any_error: bool = False) -
             exc_info=level > logging.WARNING,
         )
 
-    return retrying(errors, initial=initial, ceiling=_MAX_BACKOFF, before_sleep=log)
+    return await retried(call, errors, initial=initial, ceiling=_MAX_BACKOFF, before_sleep=log)
 
 
 def _outcome(stored: Message) -> Outcome:

@@ -61,8 +61,8 @@ class Database:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
 
-    def unit_of_work(self) -> SqlUnitOfWork:
-        return SqlUnitOfWork(self)
+    def unit_of_work(self, *, autocommit: bool = False) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self, autocommit=autocommit)
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -95,7 +95,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class SqlUnitOfWork:
-    """Implements `ports.UnitOfWork`: one connection, one transaction."""
+    """Implements `ports.UnitOfWork`: one connection, one transaction (or, with `autocommit`, the driver's
+    autocommit: no BEGIN and no COMMIT sent, each statement its own transaction)."""
 
     conversations: SqlConversations
     messages: SqlMessages
@@ -104,8 +105,9 @@ class SqlUnitOfWork:
     attachments: SqlAttachments
     shares: SqlShares
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, *, autocommit: bool = False) -> None:
         self._db = db
+        self._autocommit = autocommit
         self._scope: contextlib.AbstractAsyncContextManager[AsyncConnection] | None = None
         self._conn: AsyncConnection | None = None
 
@@ -113,7 +115,10 @@ class SqlUnitOfWork:
         self._scope = self._db.connection()
         self._conn = await self._scope.__aenter__()
         try:
-            await self._conn.begin()
+            if self._autocommit:  # the pool restores the default isolation when the connection is returned
+                await self._conn.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                await self._conn.begin()
         except BaseException as error:
             await self._scope.__aexit__(type(error), error, error.__traceback__)
             raise

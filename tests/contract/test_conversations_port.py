@@ -48,6 +48,40 @@ async def test_work_left_without_commit_is_rolled_back(uow: UnitOfWorkFactory) -
     assert await fetch(uow, conv.id) is None
 
 
+async def test_an_autocommit_write_stands_without_a_commit(uow: UnitOfWorkFactory) -> None:
+    conv = conversation()
+    async with uow(autocommit=True) as work:
+        await work.conversations.add(conv)
+
+    assert await fetch(uow, conv.id) == conv
+
+
+async def test_an_autocommit_write_stands_when_an_error_follows_it(uow: UnitOfWorkFactory) -> None:
+    conv = conversation()
+
+    async def add_then_fail() -> None:
+        async with uow(autocommit=True) as work:
+            await work.conversations.add(conv)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await add_then_fail()
+
+    assert await fetch(uow, conv.id) == conv
+
+
+async def test_after_autocommit_work_a_unit_of_work_is_a_transaction_again(uow: UnitOfWorkFactory) -> None:
+    # The pooled connection the autocommit work used must not keep autocommit: this work is rolled back.
+    first, second = conversation(), conversation()
+    async with uow(autocommit=True) as work:
+        await work.conversations.add(first)
+    async with uow() as work:
+        await work.conversations.add(second)
+
+    assert await fetch(uow, first.id) == first
+    assert await fetch(uow, second.id) is None
+
+
 async def test_an_error_rolls_the_work_back(uow: UnitOfWorkFactory) -> None:
     conv = conversation()
 

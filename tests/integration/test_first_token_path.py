@@ -1,6 +1,7 @@
-"""What a reply's start costs the database: on the first-token path, one transaction of as few statements as
-the database allows (on Postgres: the lock that also makes the reply the current leaf, the branch read, one
-INSERT), and the files the history carries read only when it carries some."""
+"""What a reply's start and end cost the database: on the first-token path, one transaction of as few statements
+as the database allows (on Postgres: the lock that also makes the reply the current leaf, the branch read, one
+INSERT), and the files the history carries read only when it carries some; at the end one UPDATE in the
+driver's autocommit (no BEGIN, no COMMIT: one round trip)."""
 
 from __future__ import annotations
 
@@ -94,3 +95,26 @@ async def test_the_files_a_history_carries_are_read_for_the_prompt(replica: Repl
     )
 
     assert statements[-1] == "SELECT message_attachments"  # the history's files, after the INSERT
+
+
+async def test_a_reply_ends_with_one_statement_outside_any_transaction(replica: Replica) -> None:
+    conversation = await replica.conversation("alice")
+    final_writes: list[bool] = []  # for each final write: whether the driver had a transaction open after it
+
+    def record(conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        assignments = statement.split("WHERE")[0]
+        if statement.startswith("UPDATE messages") and " status=" in assignments:
+            driver = conn.connection.driver_connection
+            open_transaction = driver.is_in_transaction() if hasattr(driver, "is_in_transaction") else None
+            final_writes.append(driver.in_transaction if open_transaction is None else open_transaction)
+
+    engine = replica.app.deps.database.engine.sync_engine
+    sa.event.listen(engine, "after_cursor_execute", record)
+    try:
+        request = pb.SendMessageRequest(conversation_id=conversation.conversation_id, content="hello")
+        sent = await replica.stub.SendMessage(request, metadata=await replica.auth("alice"))
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", record)
+
+    assert sent.message.status == pb.MESSAGE_STATUS_COMPLETED
+    assert final_writes == [False]  # committed by the statement itself: no COMMIT round trip follows
