@@ -25,8 +25,14 @@ RATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000)
 IN_PROCESS_PROVIDERS = frozenset({"local", "fake"})
 
 
+# One tracer for the process, made once: `trace.get_tracer` per call makes a tracer and, while no SDK provider is
+# installed (tracing off), looks the provider up in the environment each time (~3 % of the CPU at 200 streams).
+# A proxy starts no-op spans until a provider is installed, and that provider's spans from then on.
+_TRACER = trace.ProxyTracer(TRACER_NAME)
+
+
 def tracer() -> trace.Tracer:
-    return trace.get_tracer(TRACER_NAME)
+    return _TRACER
 
 
 def configure_tracing(service_name: str = "chat-service") -> Callable[[], None]:

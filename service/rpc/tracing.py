@@ -17,6 +17,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 TRACER_NAME = "service.rpc"
+_TRACER = trace.ProxyTracer(TRACER_NAME)  # made once (see `service.telemetry.tracer`)
 # Codes that mean the server failed (gRPC semantic conventions): the span's status is ERROR. Any other code is
 # the caller's business (a bad argument, a missing resource): status left UNSET, the code recorded.
 SERVER_ERRORS = frozenset(
@@ -40,7 +41,7 @@ def start_server_span(method: str, metadata: Mapping[str, str], peer: str) -> tr
         attributes["network.peer.address"] = address.split(":", 1)[1].strip("[]")
         attributes["network.peer.port"] = port
     parent = propagate.extract(metadata)
-    span = trace.get_tracer(TRACER_NAME).start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
+    span = _TRACER.start_span(method, context=parent, kind=SpanKind.SERVER, attributes=attributes)
     # Not detached: the call runs in a task of its own, whose context ends with it (see the module docstring).
     otel_context.attach(trace.set_span_in_context(span, parent))
     return span
