@@ -84,6 +84,7 @@ deploy-check: $(VENV)/.installed-checkov
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m tests.bench
 	$(BIN)/python -m tests.bench.paced
+	$(BIN)/python -m tests.bench.reply_cost
 
 ci:
 	bash .ci/run
