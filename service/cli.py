@@ -138,10 +138,18 @@ def _serve(settings: Settings, *, demo_key: bool) -> int:
     if settings.workers > 1:
         return _supervise(settings)
     try:
-        run_loop(app.serve(settings, on_listening=lambda line: print(line, flush=True)), settings.event_loop)
+        run_loop(app.serve(settings, on_listening=announce), settings.event_loop)
     except DomainError as error:  # raised while starting: a model that cannot load, a database gone away
         return _fail(f"cannot start: {error.message}", SEE_CONFIGURATION)
     return 0
+
+
+def announce(line: str) -> None:
+    """Print `line` to stdout in one write: the workers of `--workers N` share their supervisor's stdout, and
+    `print` writes the text and its newline separately when stdout is unbuffered (PYTHONUNBUFFERED, as in the
+    image), so two workers' lines could interleave ("listening on Alistening on B\n\n")."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def run_loop(main: Coroutine[Any, Any, None], choice: str) -> None:
