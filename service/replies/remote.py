@@ -16,7 +16,7 @@ from datetime import datetime
 
 from service.domain import Message, MessageStatus, NotFound, OutOfRange, reply_error
 from service.ports import Notifications, UnitOfWorkFactory
-from service.replies.buffer import Delta, Ended
+from service.replies.buffer import Delta, Ended, Rewind
 from service.replies.generations import ABANDONED_MESSAGE
 
 CHANNEL = "chat_reply"
@@ -70,14 +70,21 @@ class RemoteFollower:
             if not watchers:
                 del self._watchers[message_id]
 
-    async def follow(self, message: Message, offset: int) -> AsyncIterator[Delta | Ended]:
+    async def follow(self, message: Message, offset: int, generation: int = 0) -> AsyncIterator[Delta | Rewind | Ended]:
+        """The reply from `offset` to its end, for a reader whose text came from `generation` (0: unknown). A
+        reader past the stored text (it read what the replica that stopped had not stored yet) is rewound when
+        another replica continues the reply from the stored end, even while it follows here."""
         cursor = offset
         with self._watch(message.id) as changed:
             async for state in self._states(message, changed):
+                rewind = state.rewind_for(cursor, generation)
+                if rewind is not None:
+                    cursor, generation = rewind
+                    yield Rewind(*rewind)
                 length = len(state.content)
                 if length > cursor:
                     yield Delta(state.content[cursor:], cursor, state.generation)
-                    cursor = length
+                    cursor, generation = length, state.generation
                 if state.status.is_final:
                     if cursor > length:
                         raise OutOfRange.past_the_end(offset, length)

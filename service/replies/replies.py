@@ -568,7 +568,7 @@ class Replies:
         if rewind is None and live is None and message.status.is_final and offset > len(message.content):
             rewind = (len(message.content), message.generation)
         if rewind is not None:
-            offset = rewind[0]
+            offset, generation = rewind
             yield Rewind(*rewind)
         if live is not None:
             async for event in read(live.buffer, offset, live.lease.epoch):
@@ -584,11 +584,13 @@ class Replies:
             if rewind is None and message.status.is_final and offset > len(message.content):
                 rewind = (len(message.content), message.generation)
             if rewind is not None:
-                offset = rewind[0]
+                offset, generation = rewind
                 yield Rewind(*rewind)
-        events = _replay(message, offset) if message.status.is_final else self._remote.follow(message, offset)
-        async for event in events:
-            yield event
+        events: AsyncIterator[Delta | Rewind | Ended] = (
+            _replay(message, offset) if message.status.is_final else self._remote.follow(message, offset, generation)
+        )
+        async for followed in events:
+            yield followed
 
     async def _owned_message(self, principal: Principal, message_id: str) -> Message:
         """A message the caller may write (regenerate, edit), with the files it carries."""

@@ -1241,6 +1241,34 @@ async def test_a_reader_of_the_stopped_replica_is_rewound_to_where_the_continuat
     assert assembled(events, "Hello, wö") == ended(events).content == "Hello, wörld 🙂"
 
 
+async def test_a_reader_following_here_is_rewound_when_another_replica_continues_the_reply_later(
+    make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
+) -> None:
+    """It had read "Hello, wö" from the replica that then stopped; only "Hello, " was stored. It resumes here
+    before anyone took the reply over (its lease has not expired yet) and follows it through the database; the
+    continuation writes other words: it must be rewound to where the continuation began, not get them past its
+    own never-stored text."""
+    replies = make_replies(ScriptedProvider(("Hello", ", ", "there")))
+    conversation = await add_conversation(storage, clock)
+    reply = await add_reply_in_flight(
+        storage, clock, conversation, content="Hello, ", lease_expires_at=clock() + timedelta(seconds=5)
+    )
+    following = asyncio.ensure_future(collect(replies.resume(ALICE, reply.id, len("Hello, wö"), generation=1)))
+    for _ in range(1000):  # until it follows the stored reply (turns of the event loop, not time)
+        if reply.id in replies._remote._watchers:
+            break
+        await asyncio.sleep(0)
+    assert not following.done()
+
+    clock.advance(10)  # the other replica's lease expires
+    await replies.generations.tick(sweep=True)  # and this one continues the reply
+    events = await bounded(following)
+
+    assert Rewind(len("Hello, "), 2) in events
+    assert assembled(events, "Hello, wö") == ended(events).content == "Hello, there"
+    assert storage.message(reply.id).content == "Hello, there"  # type: ignore[union-attr]
+
+
 async def test_a_reader_that_already_follows_the_continuation_is_not_rewound(
     make_replies: MakeReplies, storage: FakeStorage, clock: FakeClock
 ) -> None:
